@@ -1,0 +1,118 @@
+"""Engines built from settings: psycopg 3, a sized pool, and the search_path at connection start.
+
+The search_path travels in the libpq startup packet (``options=-c search_path=...``), so it costs
+no statement per connection or checkout. Behind PgBouncer in transaction mode
+(``DB_POOLER=transaction``) startup options are rejected and session state leaks between clients,
+so that mode sends none, disables server-side prepared statements, and relies on the role's
+server-side ``search_path`` (``ALTER ROLE ... IN DATABASE ... SET search_path``, which
+``sigma-db roles apply`` sets).
+
+Connection failures are translated once, here, into :class:`~sigma_db.DatabaseUnavailableError`
+with the cause chained and the password scrubbed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+
+from sigma_db.errors import DatabaseUnavailableError
+from sigma_db.identifiers import quote
+from sigma_db.settings import DatabaseSettings
+
+__all__ = ["create_async_engine", "create_engine", "engine_arguments"]
+
+
+def create_engine(settings: DatabaseSettings, **overrides: Any) -> Engine:
+    """Create a sync engine for ``settings``; ``overrides`` go to SQLAlchemy's ``create_engine``."""
+    url, kwargs = engine_arguments(settings)
+    engine = sqlalchemy.create_engine(url, **(kwargs | overrides))
+    _translate_connect_errors(engine, settings)
+    return engine
+
+
+def create_async_engine(settings: DatabaseSettings, **overrides: Any) -> AsyncEngine:
+    """Create an asyncio engine (psycopg 3 async) with the same options as :func:`create_engine`."""
+    url, kwargs = engine_arguments(settings)
+    engine = _sa_create_async_engine(url, **(kwargs | overrides))
+    _translate_connect_errors(engine.sync_engine, settings)
+    return engine
+
+
+def engine_arguments(settings: DatabaseSettings) -> tuple[URL, dict[str, Any]]:
+    """The URL and keyword arguments both engines share; useful to build a bare engine in tests."""
+    topology = settings.topology
+    connect_args: dict[str, Any] = {
+        "connect_timeout": settings.connect_timeout,
+        "application_name": settings.application_name or f"sigma_db:{topology.product.key}",
+    }
+    if settings.sslmode is not None:
+        connect_args["sslmode"] = settings.sslmode
+    if settings.pooler == "transaction":
+        connect_args["prepare_threshold"] = None
+    else:
+        search_path = ",".join(quote(schema) for schema in topology.search_path)
+        connect_args["options"] = f"-c search_path={search_path}"
+    kwargs: dict[str, Any] = {
+        "pool_size": settings.conn_max,
+        "max_overflow": 0,
+        "pool_pre_ping": settings.pool_pre_ping,
+        "pool_recycle": settings.pool_recycle,
+        "connect_args": connect_args,
+    }
+    translate = topology.schema_translate_map
+    if translate:
+        kwargs["execution_options"] = {"schema_translate_map": translate}
+    return settings.url(), kwargs
+
+
+def _translate_connect_errors(engine: Engine, settings: DatabaseSettings) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> BaseException | None:
+        # Only failures to *establish* a connection are ours to explain; statement errors
+        # (IntegrityError, ...) stay SQLAlchemy's so application code handles them as usual.
+        # Pre-ping failures stay SQLAlchemy's too: the pool invalidates and reconnects on them.
+        if context.connection is not None or context.is_pre_ping:
+            return None
+        if not isinstance(context.sqlalchemy_exception, sqlalchemy.exc.OperationalError):
+            return None
+        return _unavailable(settings, context.original_exception)
+
+
+def _unavailable(settings: DatabaseSettings, cause: BaseException) -> DatabaseUnavailableError:
+    reason = " ".join(str(cause).split())
+    secret = settings.secret()
+    if secret:
+        reason = reason.replace(secret, "********")
+    error = DatabaseUnavailableError(
+        f"Cannot connect to {settings.display_dsn}: {reason}. {_remedy(settings, reason)}"
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _remedy(settings: DatabaseSettings, reason: str) -> str:
+    lowered = reason.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        return "Check DB_USER and DB_PASSWORD (or DB_PASSWORD_FILE)."
+    if "timeout expired" in lowered:
+        return (
+            f"No answer within DB_CONNECT_TIMEOUT={settings.connect_timeout}s; check DB_HOST and "
+            "DB_PORT, and that no firewall drops the traffic."
+        )
+    if "does not exist" in lowered and "database" in lowered:
+        return f"Create database {settings.name} or fix DB_NAME."
+    if "does not exist" in lowered and "role" in lowered:
+        return f"Create role {settings.user} (sigma-db roles apply) or fix DB_USER."
+    if "translate host name" in lowered or "name or service not known" in lowered:
+        return f"DB_HOST={settings.host} does not resolve; fix DB_HOST."
+    if "ssl" in lowered:
+        return "Check DB_SSLMODE against what the server supports."
+    return (
+        "Is the server running and reachable at DB_HOST:DB_PORT? For a local one: sigma-db dev up."
+    )

@@ -1,0 +1,328 @@
+"""Run a local PostgreSQL server: find its binaries, and never as root.
+
+Shared by the test harness (which drives pytest-postgresql's executor through :func:`pg_ctl`)
+and by the local dev database. PostgreSQL refuses to run as root, and CI runs as root on a fresh
+machine, so when the current user is root every server command runs as an unprivileged system
+user (``SIGMA_DB_SERVER_USER``, else ``postgres`` if it exists, else ``sigma_postgres``, created
+on first use), in directories that user owns.
+
+Binaries are looked up in this order: ``SIGMA_DB_PG_BINDIR``, ``pg_ctl`` on ``PATH``,
+``pg_config --bindir``, then the newest ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu) and
+``/usr/pgsql-*/bin`` (RHEL) and ``/usr/local/pgsql/bin``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sigma_db.errors import SigmaDBError
+
+__all__ = [
+    "LocalServer",
+    "ServerBinaries",
+    "ServerError",
+    "find_binaries",
+    "free_port",
+    "initdb",
+    "owned_directory",
+    "pg_ctl",
+    "server_user",
+]
+
+_FALLBACK_USER = "sigma_postgres"
+_SEARCH_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin")
+
+
+class ServerError(SigmaDBError, RuntimeError):
+    """A local server could not be found, initialised, started or stopped."""
+
+    __module__ = "sigma_db"
+
+
+@dataclass(frozen=True)
+class ServerBinaries:
+    """A PostgreSQL installation's ``bin`` directory and major version."""
+
+    bindir: Path
+    major: int
+
+    def tool(self, name: str) -> Path:
+        """Path of one program (``initdb``, ``pg_ctl``, ``postgres``, ``psql``)."""
+        return self.bindir / name
+
+
+def find_binaries() -> ServerBinaries:
+    """Locate ``initdb``/``pg_ctl``; raise :class:`ServerError` with install hints if absent."""
+    for candidate in _candidate_bindirs():
+        if (candidate / "pg_ctl").is_file() and (candidate / "initdb").is_file():
+            return ServerBinaries(candidate, _major_version(candidate))
+    raise ServerError(
+        "No PostgreSQL server binaries (initdb, pg_ctl) found on PATH, via pg_config, or under "
+        "/usr/lib/postgresql/*/bin. Install them (Debian/Ubuntu: apt-get install postgresql; "
+        "macOS: brew install postgresql) or set SIGMA_DB_PG_BINDIR to their directory."
+    )
+
+
+def _candidate_bindirs() -> list[Path]:
+    found: list[Path] = []
+    configured = os.environ.get("SIGMA_DB_PG_BINDIR")
+    if configured:
+        found.append(Path(configured))
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        found.append(Path(on_path).resolve().parent)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+            found.append(Path(out))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for pattern in _SEARCH_GLOBS:
+        root = Path("/")
+        matches = sorted(root.glob(pattern.lstrip("/")), key=_version_key, reverse=True)
+        found.extend(matches)
+    return found
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", str(path))) or (0,)
+
+
+def _major_version(bindir: Path) -> int:
+    out = subprocess.run(
+        [str(bindir / "pg_ctl"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    if match is None:
+        raise ServerError(f"Cannot read the PostgreSQL version from {out!r} ({bindir}).")
+    return int(match.group(1))
+
+
+def server_user() -> str | None:
+    """The OS user to run the server as: ``None`` when not root (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    wanted = os.environ.get("SIGMA_DB_SERVER_USER")
+    for name in (wanted,) if wanted else ("postgres", _FALLBACK_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    name = wanted or _FALLBACK_USER
+    result = subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/false", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode not in (0, 9):  # 9: created meanwhile by a concurrent run
+        raise ServerError(
+            f"Running as root, and PostgreSQL refuses root; creating the system user {name!r} "
+            f"failed: {result.stderr.strip()}. Create an unprivileged user and set "
+            "SIGMA_DB_SERVER_USER to it."
+        )
+    return name
+
+
+def _as_user(argv: list[str], user: str | None) -> list[str]:
+    if user is None:
+        return argv
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+
+
+def owned_directory(path: Path, user: str | None) -> Path:
+    """Create ``path`` (mode 0700) owned by ``user`` and make its parents traversable by it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def initdb(
+    binaries: ServerBinaries,
+    datadir: Path,
+    *,
+    superuser: str,
+    password: str,
+    os_user: str | None,
+) -> None:
+    """Initialise a cluster: socket logins trusted, TCP logins need the password (scram)."""
+    owned_directory(datadir.parent, os_user)
+    pwfile = datadir.parent / ".pwfile"
+    pwfile.write_text(password + "\n", encoding="utf-8")
+    pwfile.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    if os_user is not None:
+        entry = pwd.getpwnam(os_user)
+        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    try:
+        _run(
+            _as_user(
+                [
+                    str(binaries.tool("initdb")),
+                    f"--pgdata={datadir}",
+                    f"--username={superuser}",
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ],
+                os_user,
+            ),
+            what="initdb",
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+
+
+def pg_ctl(binaries: ServerBinaries, os_user: str | None, directory: Path) -> Path:
+    """Path of a ``pg_ctl`` that runs as ``os_user``: the real one, or a wrapper script.
+
+    pytest-postgresql's executor shells out to ``pg_ctl`` for start, status and stop; pointing it
+    at this wrapper is how the same executor works as root.
+    """
+    real = binaries.tool("pg_ctl")
+    if os_user is None:
+        return real
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "pg_ctl"
+    # cd /: the caller's working directory may not be readable by the server user.
+    wrapper.write_text(
+        "#!/bin/sh\ncd / || exit 1\n"
+        f'exec setpriv --reuid={os_user} --regid={os_user} --init-groups "{real}" "$@"\n',
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _run(argv: list[str], *, what: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/")
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ServerError(f"{what} failed: {' / '.join(detail[-3:]) or result.returncode}")
+    return result.stdout
+
+
+@dataclass
+class LocalServer:
+    """A PostgreSQL cluster in ``root`` (data, socket and log inside it), listening on 127.0.0.1.
+
+    The process outlives this object: ``start`` is idempotent, ``stop`` ends it.
+    """
+
+    root: Path
+    port: int
+    superuser: str = "postgres"
+    password: str = "postgres"  # noqa: S105 - a local throwaway cluster, loopback only
+    binaries: ServerBinaries | None = None
+
+    @property
+    def datadir(self) -> Path:
+        """The cluster's data directory."""
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        """Where the Unix socket lives (inside ``root``, so paths stay short and private)."""
+        return self.root / "run"
+
+    @property
+    def logfile(self) -> Path:
+        """The server log."""
+        return self.root / "postgresql.log"
+
+    def _binaries(self) -> ServerBinaries:
+        if self.binaries is None:
+            self.binaries = find_binaries()
+        return self.binaries
+
+    def is_running(self) -> bool:
+        """Whether the cluster's postmaster is alive."""
+        if not (self.datadir / "PG_VERSION").exists():
+            return False
+        result = subprocess.run(
+            _as_user(
+                [str(self._binaries().tool("pg_ctl")), "status", "-D", str(self.datadir)],
+                server_user(),
+            ),
+            capture_output=True,
+            check=False,
+            cwd="/",
+        )
+        return result.returncode == 0
+
+    def start(self, *, timeout: float = 60) -> LocalServer:
+        """Initialise the cluster if needed, then start it and wait until it accepts logins."""
+        binaries = self._binaries()
+        user = server_user()
+        owned_directory(self.root, user)
+        owned_directory(self.socket_dir, user)
+        if not (self.datadir / "PG_VERSION").exists():
+            initdb(
+                binaries,
+                self.datadir,
+                superuser=self.superuser,
+                password=self.password,
+                os_user=user,
+            )
+        if self.is_running():
+            return self
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories='{self.socket_dir}' -c fsync=off"
+        )
+        _run(
+            _as_user(
+                [
+                    str(binaries.tool("pg_ctl")),
+                    "start",
+                    "-D",
+                    str(self.datadir),
+                    "-l",
+                    str(self.logfile),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                ],
+                user,
+            ),
+            what=f"starting PostgreSQL (log: {self.logfile})",
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown); a no-op when it is not running."""
+        if not self.is_running():
+            return
+        _run(
+            _as_user(
+                [str(self._binaries().tool("pg_ctl")), "stop", "-D", str(self.datadir), "-m", "f"],
+                server_user(),
+            ),
+            what="stopping PostgreSQL",
+        )

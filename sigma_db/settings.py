@@ -1,0 +1,264 @@
+"""``DatabaseSettings``: the ``DB_*`` environment, validated once, then passed explicitly.
+
+Everything wrong is reported in one :class:`~sigma_db.ConfigurationError` (one line per variable,
+each with its fix), not one at a time. The password is a :class:`~pydantic.SecretStr`, never part
+of a message, a repr, or the display DSN.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
+
+from sigma_db.errors import ConfigurationError
+from sigma_db.identifiers import identifier_problem
+from sigma_db.topology import Environment, Topology, resolve_topology
+
+__all__ = ["DatabaseSettings", "SSLMode"]
+
+SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+PoolerMode = Literal["none", "transaction"]
+
+_HINTS: dict[str, str] = {
+    "DB_HOST": "the server's host name or IP, e.g. DB_HOST=localhost",
+    "DB_PORT": "a whole number from 1 to 65535, e.g. DB_PORT=5432",
+    "DB_NAME": "the product database, e.g. DB_NAME=edge_lab (or edge_products in dev)",
+    "DB_USER": "the login role, e.g. DB_USER=edge_lab_rw",
+    "DB_PASSWORD": "the password, or DB_PASSWORD_FILE=/path/to/secret",
+    "DB_PASSWORD_FILE": "a readable file holding only the password",
+    "DB_SCHEMA": "app (or public) in a product database, the product name in edge_products",
+    "DB_SSLMODE": "one of disable, allow, prefer, require, verify-ca, verify-full",
+    "DB_CONN_MAX": "the pool size, a whole number from 1 to 1000, e.g. DB_CONN_MAX=10",
+    "DB_ENV": "one of dev, staging, prod",
+    "DB_POOLER": "none (direct connections) or transaction (PgBouncer transaction pooling)",
+    "DB_CONNECT_TIMEOUT": "seconds to wait for a connection, 1 to 300, e.g. 5",
+    "DB_POOL_RECYCLE": "seconds before a pooled connection is replaced, e.g. 1800",
+}
+_SECRET_FIELDS = {"password", "DB_PASSWORD"}
+
+
+class DatabaseSettings(BaseSettings):
+    """Connection settings for one product service, read from ``DB_*`` variables and ``.env``.
+
+    Build it once at start-up (``DatabaseSettings()``) and pass it to
+    :func:`sigma_db.create_engine`. Keyword arguments override the environment, which is how
+    tests and tools build settings without touching ``os.environ``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DB_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+    host: str = Field(description="Server host name, IP address, or Unix socket directory.")
+    port: int = Field(ge=1, le=65535, description="Server TCP port.")
+    name: str = Field(description="Database name: edge_<product>, or edge_products in dev.")
+    user: str = Field(description="Login role.")
+    password_file: Path | None = Field(
+        default=None, description="File holding the password (Vault agent, Kubernetes secret)."
+    )
+    password: SecretStr | None = Field(
+        default=None, validate_default=True, description="Password (or use DB_PASSWORD_FILE)."
+    )
+    schema_name: str | None = Field(
+        default=None,
+        validation_alias="DB_SCHEMA",
+        description="Default schema: app/public per product DB, the product key in edge_products.",
+    )
+    sslmode: SSLMode | None = Field(default=None, description="libpq sslmode.")
+    conn_max: int = Field(default=10, ge=1, le=1000, description="Connection pool size.")
+    env: Environment = Field(default=Environment.DEV, description="dev, staging or prod.")
+    product: str | None = Field(
+        default=None, description="Product key, when DB_NAME does not say it (tests, new products)."
+    )
+    pooler: PoolerMode = Field(
+        default="none", description="'transaction' behind PgBouncer transaction pooling."
+    )
+    connect_timeout: int = Field(default=5, ge=1, le=300, description="Seconds to connect.")
+    pool_recycle: int = Field(default=1800, ge=-1, description="Seconds before replacing a conn.")
+    pool_pre_ping: bool = Field(default=True, description="Ping a pooled conn before handing out.")
+    application_name: str | None = Field(
+        default=None, max_length=63, description="Shown in pg_stat_activity."
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # Chaining would print pydantic's own rendering; ours already names every variable.
+            raise _configuration_error(exc) from None
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_plain(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty")
+        if "@" in value or "://" in value:
+            raise ValueError("looks like a URL or DSN; give only the host name")
+        return value
+
+    @field_validator("name", "schema_name", "product")
+    @classmethod
+    def _is_identifier(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = identifier_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user_is_sane(cls, value: str) -> str:
+        if not value or len(value.encode()) > 63 or not value.isprintable():
+            raise ValueError("must be 1 to 63 bytes of printable characters")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _file_is_readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            problem = _password_file_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password_or_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if "password_file" not in info.data:  # the file's own error is already reported
+            return value
+        has_file = info.data["password_file"] is not None
+        if value is not None and has_file:
+            raise ValueError("DB_PASSWORD and DB_PASSWORD_FILE are both set; keep only one")
+        if value is None and not has_file:
+            raise PydanticCustomError("missing", "is not set")
+        return value
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> DatabaseSettings:
+        try:
+            resolve_topology(
+                database=self.name,
+                schema=self.schema_name,
+                environment=self.env,
+                product=self.product,
+            )
+        except ConfigurationError as exc:
+            raise ValueError(_JOIN.join(exc.problems)) from None
+        return self
+
+    @cached_property
+    def topology(self) -> Topology:
+        """The resolved product, environment, database and physical schemas."""
+        return resolve_topology(
+            database=self.name, schema=self.schema_name, environment=self.env, product=self.product
+        )
+
+    def secret(self) -> str:
+        """Return the password, reading ``DB_PASSWORD_FILE`` at call time so rotation works."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        assert self.password_file is not None
+        return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+
+    def url(self, *, driver: str = "psycopg") -> URL:
+        """SQLAlchemy URL including the password; SQLAlchemy masks it when rendered or logged."""
+        return URL.create(
+            f"postgresql+{driver}",
+            username=self.user,
+            password=self.secret(),
+            host=self.host,
+            port=self.port,
+            database=self.name,
+        )
+
+    @property
+    def display_dsn(self) -> str:
+        """A DSN for messages and logs: never contains the password."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as ``DB_*`` name → display value, the password masked."""
+        shown: dict[str, str] = {}
+        for field, info in type(self).model_fields.items():
+            env_name = _env_name(field, info.validation_alias)
+            value = getattr(self, field)
+            if field == "password":
+                value = "********" if value is not None else None
+            shown[env_name] = "" if value is None else str(value)
+        return shown
+
+
+_JOIN = "\x1f"  # joins several problems inside one pydantic ValueError; split again below
+
+
+def _password_file_problem(path: Path) -> str | None:
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return f"cannot be read ({reason})"
+    if not content.rstrip("\r\n"):
+        return "is empty; it must hold the password"
+    return None
+
+
+def _env_name(field: str, alias: object) -> str:
+    if isinstance(alias, str):
+        return alias
+    return f"DB_{field.upper()}"
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError:
+    problems: list[str] = []
+    fields = DatabaseSettings.model_fields
+    for error in exc.errors(include_input=True, include_url=False):
+        loc = error.get("loc", ())
+        field = str(loc[0]) if loc else ""
+        if field in fields:
+            env_name = _env_name(field, fields[field].validation_alias)
+        elif field.startswith("DB_"):
+            env_name = field
+        else:
+            env_name = ""
+        message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        if not env_name:  # model-level checks carry complete sentences already
+            problems.extend(message.split(_JOIN))
+            continue
+        hint = _HINTS.get(env_name, "a valid value")
+        if error.get("type") == "missing":
+            problems.append(f"{env_name} is not set; set {hint}.")
+            continue
+        if message.startswith(env_name):
+            problems.append(f"{message}.")
+            continue
+        got = ""
+        if env_name not in _SECRET_FIELDS and "input" in error:
+            shown = str(error["input"])
+            got = f" (got {shown[:80]!r})"
+        problems.append(f"{env_name}{got}: {message}; set {hint}.")
+    return ConfigurationError(problems, heading=_heading())
+
+
+def _heading() -> str:
+    where = " and .env" if os.path.exists(".env") else ""
+    return f"Invalid database settings (from the environment{where}):"
