@@ -1,0 +1,63 @@
+"""The ``sigma-db`` command.
+
+Every failure the user can fix ends as one message on stderr and exit status 1 (2 for a wrong
+command line), never a traceback; ``SIGMA_DB_DEBUG=1`` shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from sigma_db.errors import SigmaDBError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sigma-db", prog_name="sigma-db")
+def cli() -> None:
+    """Sigma's PostgreSQL SDK: settings, migrations, partitions, roles and local dev databases.
+
+    Connection settings come from DB_* environment variables (and a .env file); see
+    `sigma-db doctor` for what they resolve to.
+    """
+
+
+@cli.command()
+def doctor() -> None:
+    """Check the DB_* settings and the server they point at; exit 1 on any problem."""
+    from sigma_db.doctor import diagnose
+    from sigma_db.settings import DatabaseSettings
+
+    diagnosis = diagnose(DatabaseSettings())
+    width = max(len(label) for label in diagnosis.facts)
+    for label, value in diagnosis.facts.items():
+        click.echo(f"{label:<{width}}  {value}")
+    if diagnosis.healthy:
+        click.echo("\nok: no problems found")
+        return
+    click.echo("")
+    for problem in diagnosis.problems:
+        click.echo(f"problem: {problem}", err=True)
+    raise SystemExit(1)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the CLI, turning sigma_db errors into one line and exit status 1."""
+    try:
+        return cli.main(args=argv, prog_name="sigma-db", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SigmaDBError as exc:
+        if os.environ.get("SIGMA_DB_DEBUG"):
+            raise
+        click.echo(f"sigma-db: error: {exc}", err=True)
+        sys.exit(1)
