@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # pragma: no cover - only on a machine without nox
         subprocess.run(
             [str(_python), "-m", "pip", "install", "--quiet", "nox>=2024.4.15"], check=True
         )
-    os.execv(_python, [str(_python), __file__, *sys.argv[1:]])
+    os.execv(_python, [str(_python), __file__, *sys.argv[1:]])  # noqa: S606 - re-run in venv
 
 nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "venv"

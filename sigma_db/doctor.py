@@ -38,9 +38,10 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
         "consolidated dev database" if topology.consolidated else "per-product database"
     )
     result.facts["expected search_path"] = ", ".join(topology.search_path)
+    pre_ping = "on" if settings.pool_pre_ping else "off"
     result.facts["pool"] = (
-        f"size {settings.conn_max}, no overflow, pre-ping {'on' if settings.pool_pre_ping else 'off'}"
-        f", recycle {settings.pool_recycle}s, pooler {settings.pooler}"
+        f"size {settings.conn_max}, no overflow, pre-ping {pre_ping}, "
+        f"recycle {settings.pool_recycle}s, pooler {settings.pooler}"
     )
     engine = create_engine(settings, pool_size=1)
     try:
