@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from sigma_db.errors import SigmaDBError
+from sigma_db.migrations.cli import migrate_command, migrations_group
 
 __all__ = ["cli", "main"]
 
@@ -44,6 +45,10 @@ def doctor() -> None:
     for problem in diagnosis.problems:
         click.echo(f"problem: {problem}", err=True)
     raise SystemExit(1)
+
+
+cli.add_command(migrate_command)
+cli.add_command(migrations_group)
 
 
 def main(argv: list[str] | None = None) -> Any:

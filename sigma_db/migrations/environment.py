@@ -18,6 +18,7 @@ Offline (``--sql``) it renders the same statements, bookkeeping included, withou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -229,9 +230,10 @@ class _Run:
                 try:
                     self._ensure_schema(connection)
                     unmanaged = unmanaged_relations(connection, self._owned())
-                    scope = AutogenerateScope(
-                        self.schema, self._owned(), unmanaged | {(self.schema, LEDGER_TABLE)}
-                    )
+                    # Alembic skips its version table only when reflected under the schema name
+                    # it was given; in the default schema it reflects as None (alembic #569).
+                    bookkeeping = {(self.schema, LEDGER_TABLE), (self.schema, "alembic_version")}
+                    scope = AutogenerateScope(self.schema, self._owned(), unmanaged | bookkeeping)
                     self.ledger_ready = ledger_exists(connection, self.schema)
                     connection.commit()
                     self._configure(metadata, scope, offline=False, connection=connection)
@@ -290,6 +292,7 @@ class _Run:
     def _wrap_step(
         self, script: Script, migrate: Callable[..., None], migration: MigrationContext
     ) -> Callable[..., None]:
+        @functools.wraps(migrate)
         def run_revision(**kw: Any) -> None:
             if self.bookkeeping and not self.ledger_ready:
                 migration.execute(CreateTable(self.ledger, if_not_exists=True))

@@ -25,6 +25,7 @@ __all__ = [
     "LOCK_FILE_NAME",
     "LockEntry",
     "lock_findings",
+    "lock_revision",
     "read_lock",
     "update_lock",
     "write_lock",
@@ -174,3 +175,13 @@ def update_lock(
     if changes or not path.exists():
         write_lock(path, files)
     return changes
+
+
+def lock_revision(path: Path, file: RevisionFile) -> None:
+    """Set one revision's entry (``repair``), leaving every other entry exactly as it was."""
+    entries = dict(read_lock(path) or {})
+    entries[file.revision] = LockEntry(file.revision, file.checksum, file.name)
+    body = "".join(f"{e.revision} {e.checksum} {e.file}\n" for _, e in sorted(entries.items()))
+    partial = path.with_suffix(".lock.tmp")
+    partial.write_text(_HEADER + body, encoding="utf-8", newline="\n")
+    partial.replace(path)

@@ -153,8 +153,11 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
         warnings.simplefilter("always")
         try:
             revisions = list(script.walk_revisions())
-        except CommandError as exc:
-            return [_broken_chain(script, exc)]
+        except (CommandError, KeyError) as exc:
+            # A down_revision naming no file: Alembic warns "Revision X referenced from Y is
+            # not present", then fails on the lookup.
+            messages = [str(w.message) for w in caught] + [str(exc)]
+            return [_broken_chain(script, " ".join(messages))]
     problems = [
         _duplicate(str(w.message), script) for w in caught if "more than once" in str(w.message)
     ]
@@ -200,8 +203,12 @@ def _version_files(script: ScriptDirectory) -> Sequence[Path]:
 
 
 def _file_of(script: ScriptDirectory, revision: str) -> str:
-    found = script.get_revision(revision)
-    return Path(found.path).name if found is not None else revision
+    named = [p.name for p in _version_files(script) if p.name.startswith(f"{revision}_")]
+    return named[0] if len(named) == 1 else revision
+
+
+def _relative(script: ScriptDirectory) -> str:
+    return "/".join(Path(script.versions).parts[-2:])
 
 
 def _duplicate(message: str, script: ScriptDirectory) -> str:
@@ -215,14 +222,13 @@ def _duplicate(message: str, script: ScriptDirectory) -> str:
     )
 
 
-def _broken_chain(script: ScriptDirectory, exc: CommandError) -> str:
-    message = str(exc)
-    match = re.search(r"'([^']+)' referenced from '([^']+)'", message)
+def _broken_chain(script: ScriptDirectory, message: str) -> str:
+    match = re.search(r"Revision (\w+) referenced from (?:\w+ -> )?(\w+)", message)
     if match:
         missing, child = match.groups()
         return (
             f"revision {missing} is missing: {_file_of(script, child)} follows it "
             f"(down_revision = {missing!r}) but no file declares it; restore it from version "
-            f"control (git checkout -- {Path(script.versions).name}/{missing}_*.py)"
+            f"control (git checkout -- '{_relative(script)}/{missing}_*.py')"
         )
     return f"the revision chain cannot be loaded ({message}); restore the missing revision file"
