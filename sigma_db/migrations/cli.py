@@ -38,7 +38,7 @@ _CONFIG = click.option(
 )
 @click.option("--to", "target", default="head", show_default=True, help="Target revision.")
 def migrate_command(config_path: Path, dry_run: bool, sql: bool, target: str) -> None:
-    """Apply pending revisions (db-migrate); with --dry-run, list and check them (db-migrate-dry)."""
+    """Apply pending revisions (db-migrate); --dry-run lists and checks them (db-migrate-dry)."""
     from sigma_db.migrations.commands import load_config, migrate
     from sigma_db.settings import DatabaseSettings
 

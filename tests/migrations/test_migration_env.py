@@ -144,7 +144,7 @@ def consolidated(sigma_postgresql: TestServer) -> Iterator[DatabaseSettings]:
     import psycopg
 
     admin = sigma_postgresql.settings("postgres")
-    dsn = dict(host=admin.host, port=admin.port, user=admin.user, password=admin.secret())
+    dsn = {"host": admin.host, "port": admin.port, "user": admin.user, "password": admin.secret()}
     with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
         conn.execute("DROP DATABASE IF EXISTS edge_products")
         conn.execute("CREATE DATABASE edge_products")
