@@ -47,6 +47,15 @@ def doctor() -> None:
     raise SystemExit(1)
 
 
+@cli.command()
+@click.option("--keep", is_flag=True, help="Leave the demo server running afterwards.")
+def demo(keep: bool) -> None:
+    """Run the main job end to end on a throwaway local PostgreSQL and print each step."""
+    from sigma_db.demo import run_demo
+
+    run_demo(click.echo, keep=keep)
+
+
 cli.add_command(migrate_command)
 cli.add_command(migrations_group)
 
