@@ -163,6 +163,8 @@ class _Run:
         self.ledger = ledger_table(self.schema)
         self.ledger_ready = False
         self.started: dict[str, float] = {}
+        self.session: dict[str, str] = {}
+        """Timeouts already SET on the migration connection."""
         self.client = client_name()
         problems = revision_tree_problems(env.script)
         if problems:
@@ -170,7 +172,8 @@ class _Run:
 
     def run(self, metadata: MetaData | Sequence[MetaData] | None) -> None:
         if self._without_database():
-            self._configure(metadata, AutogenerateScope(self.schema, self._owned()), offline=True)
+            offline_scope = AutogenerateScope(self.schema, self._owned())
+            self._configure(metadata, lambda: offline_scope, offline=True)
             with self.env.begin_transaction():
                 self.env.run_migrations()
             return
@@ -190,14 +193,19 @@ class _Run:
         return frozenset(self.topology.owned_schemas)
 
     def _configure(
-        self, metadata: Any, scope: AutogenerateScope, *, offline: bool, **kw: Any
+        self,
+        metadata: Any,
+        scope: Callable[[], AutogenerateScope],
+        *,
+        offline: bool,
+        **kw: Any,
     ) -> None:
         options: dict[str, Any] = {
             "target_metadata": physical_metadata(metadata, self.topology),
             "version_table_schema": self.schema,
             "include_schemas": True,
-            "include_name": scope.include_name,
-            "include_object": scope.include_object,
+            "include_name": lambda *args: scope().include_name(*args),
+            "include_object": lambda *args: scope().include_object(*args),
             "transaction_per_migration": True,
             "process_revision_directives": number_revisions,
             "on_version_apply": self._record,
@@ -229,11 +237,25 @@ class _Run:
                 self._lock(connection, key)
                 try:
                     self._ensure_schema(connection)
-                    unmanaged = unmanaged_relations(connection, self._owned())
-                    # Alembic skips its version table only when reflected under the schema name
-                    # it was given; in the default schema it reflects as None (alembic #569).
-                    bookkeeping = {(self.schema, LEDGER_TABLE), (self.schema, "alembic_version")}
-                    scope = AutogenerateScope(self.schema, self._owned(), unmanaged | bookkeeping)
+                    found: list[AutogenerateScope] = []
+
+                    def scope() -> AutogenerateScope:
+                        # Asked only by autogenerate / check, so upgrades skip the query.
+                        if not found:
+                            unmanaged = unmanaged_relations(connection, self._owned())
+                            # Alembic skips its version table only when reflected under the
+                            # schema it was given; the default schema reflects as None (#569).
+                            bookkeeping = {
+                                (self.schema, LEDGER_TABLE),
+                                (self.schema, "alembic_version"),
+                            }
+                            found.append(
+                                AutogenerateScope(
+                                    self.schema, self._owned(), unmanaged | bookkeeping
+                                )
+                            )
+                        return found[0]
+
                     self.ledger_ready = ledger_exists(connection, self.schema)
                     connection.commit()
                     self._configure(metadata, scope, offline=False, connection=connection)
@@ -299,10 +321,16 @@ class _Run:
                 self.ledger_ready = True
             if migration.as_sql:
                 migration.impl.static_output(f"{REVISION_MARK}{script.revision}")
+            settings = []
             for name in _TIMEOUTS:
                 value = timeout_setting(script.module, name, self.timeouts[name])
-                if value is not None:
-                    migration.execute(text(f"SET {name} = '{value}'"))
+                # Online the session keeps its SETs across revisions: send only changes (one
+                # round trip saved per revision). Offline every revision states its own.
+                if value is not None and (migration.as_sql or self.session.get(name) != value):
+                    settings.append(f"SET {name} = '{value}'")
+                    self.session[name] = value
+            if settings:
+                migration.execute(text("; ".join(settings)))
             self.started[script.revision] = time.perf_counter()
             try:
                 migrate(**kw)

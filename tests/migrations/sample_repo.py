@@ -18,17 +18,13 @@ from sigma_db.migrations import write_layout
 from sigma_db.migrations.environment import APPLIED_KEY, SETTINGS_KEY
 
 MODELS = """
-from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    })
+from sigma_db.models import ProductBase
+
+
+class Base(ProductBase, DeclarativeBase):
+    pass
 """
 
 REVISION = '''"""{message}"""
