@@ -126,7 +126,8 @@ def bench_dry_run(server: TestServer, tmp: Path, revisions: int, rounds: int) ->
         started = time.perf_counter()
         report = dry_run(config, settings)
         times.append(time.perf_counter() - started)
-        assert report.database.reachable and len(report.pending) == revisions, report.findings
+        assert report.database.reachable, report.database.reason
+        assert len(report.pending) == revisions, report.findings
         assert report.ok, [f.line() for f in report.findings[:3]]
     return times
 
@@ -171,9 +172,8 @@ def main() -> None:
         f"{f'dry run, {args.dry_revisions} revisions (render+lint+checks)':<46} "
         f"{dry_median:>9.3f} {'< 3 s':>8} {dry_median / 3.0:>7.2f}"
     )
-    print(
-        f"{f'upgrade {args.upgrade_revisions} revisions, plain alembic env':<46} {plain_median:>9.3f}"
-    )
+    plain_label = f"upgrade {args.upgrade_revisions} revisions, plain alembic env"
+    print(f"{plain_label:<46} {plain_median:>9.3f}")
     print(
         f"{f'upgrade {args.upgrade_revisions} revisions, sigma_db env':<46} "
         f"{ours_median:>9.3f} {'<= 1.1x':>8} {ratio:>7.2f}"
