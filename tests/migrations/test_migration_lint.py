@@ -168,3 +168,42 @@ def test_lint_ignore_without_reason_is_refused(offline_repo: ProductRepo) -> Non
     offline_repo.add("init", 'ops.lint_ignore("ban-drop-column", reason="  ")')
     with pytest.raises(MigrationError, match="needs at least one rule and a reason"):
         findings(offline_repo)
+
+
+def test_the_documented_rename_passes_lint_and_runs(repo: ProductRepo) -> None:
+    """docs/migrations.md's expand → backfill → contract example, verbatim in spirit."""
+    repo.add("init", SIGNALS.replace('op.create_index("ix_signals_name", "signals", ["name"])', ""))
+    repo.add("add title", 'op.add_column("signals", sa.Column("title", sa.Text, nullable=True))')
+    repo.add(
+        "fill title",
+        'ops.run_in_batches("UPDATE signals SET title = name WHERE id IN '
+        '(SELECT id FROM signals WHERE title IS NULL LIMIT :batch_size)", batch_size=2)',
+        phase="backfill",
+    )
+    repo.add(
+        "index title", 'ops.create_index_concurrently("ix_signals_title", "signals", ["title"])'
+    )
+    repo.add(
+        "require title",
+        'op.execute("ALTER TABLE signals ADD CONSTRAINT ck_signals_title '
+        'CHECK (title IS NOT NULL) NOT VALID")',
+        phase="contract",
+    )
+    repo.add(
+        "drop name",
+        """
+        op.execute("ALTER TABLE signals VALIDATE CONSTRAINT ck_signals_title")
+        op.alter_column("signals", "title", nullable=False)
+        op.drop_column("signals", "name")
+        """,
+        phase="contract",
+    )
+    lock(repo.config())
+    assert dry_run(repo.config(), repo.settings).findings == []
+    repo.upgrade("0002")
+    repo.query("INSERT INTO app.signals (name) SELECT 'n' || g FROM generate_series(1, 5) AS g")
+    repo.upgrade()
+    assert repo.query("SELECT count(*) FROM app.signals WHERE title LIKE 'n%'") == [(5,)]
+    assert repo.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'app.ix_signals_title'::regclass"
+    ) == [(True,)]
