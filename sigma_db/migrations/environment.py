@@ -62,7 +62,7 @@ from sigma_db.migrations.revisions import (
     timeout_setting,
 )
 from sigma_db.settings import DatabaseSettings
-from sigma_db.topology import Topology
+from sigma_db.topology import DEFAULT_SCHEMA, Environment, Product, Topology
 
 __all__ = [
     "APPLIED_KEY",
@@ -137,6 +137,12 @@ def advisory_lock_key(topology: Topology) -> int:
     return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big", signed=True)
 
 
+_NUMBERING_TOPOLOGY = Topology(
+    Product("unknown", "an unconfigured product"), Environment.DEV, "", DEFAULT_SCHEMA, False
+)
+"""Stands in when `alembic revision` numbers a file without DB_* settings: nothing is rendered."""
+
+
 class _Run:
     """One invocation of env.py: the options, the lock, and the per-revision bookkeeping."""
 
@@ -149,12 +155,14 @@ class _Run:
         self.env = env
         attributes = env.config.attributes
         given = attributes.get(SETTINGS_KEY)
-        self.settings = (
-            settings
-            or (given if isinstance(given, DatabaseSettings) else None)
-            or DatabaseSettings()
-        )
-        self.topology = self.settings.topology
+        self.settings = settings or (given if isinstance(given, DatabaseSettings) else None)
+        if self.settings is None:
+            try:
+                self.settings = DatabaseSettings()
+            except ConfigurationError:
+                if not self._numbering_only():
+                    raise
+        self.topology = self.settings.topology if self.settings is not None else _NUMBERING_TOPOLOGY
         attributes[TOPOLOGY_KEY] = self.topology
         self.schema = self.topology.schema
         self.timeouts = timeouts
@@ -180,10 +188,11 @@ class _Run:
         self._run_online(metadata)
 
     def _without_database(self) -> bool:
-        if self.env.is_offline_mode():
-            return True
+        return self.env.is_offline_mode() or self._numbering_only()
+
+    def _numbering_only(self) -> bool:
         # `alembic revision` without --autogenerate runs env.py only to number the file:
-        # it must work on a laptop with no database.
+        # it must work on a laptop with no database and no DB_* settings.
         revision_context = self.env.context_opts.get("revision_context")
         return revision_context is not None and not revision_context.command_args.get(
             "autogenerate"
@@ -221,6 +230,7 @@ class _Run:
         self.env.configure(**options, **kw)
 
     def _run_online(self, metadata: Any) -> None:
+        assert self.settings is not None
         if self.settings.pooler == "transaction":
             raise ConfigurationError(
                 "Migrations need a direct connection (a session-level advisory lock and SET): "

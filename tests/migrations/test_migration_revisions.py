@@ -98,3 +98,20 @@ def test_autogenerate_sees_only_the_product_and_no_partitions(repo: ProductRepo)
     assert "'events'" not in text
     repo.upgrade()
     command.check(repo.config())  # no differences: not the partition, ledger or version table
+
+
+def test_revision_needs_no_db_settings(
+    offline_repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from alembic.config import Config
+
+    for name in [n for n in os.environ if n.startswith("DB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(offline_repo.root)
+    config = Config(str(offline_repo.root / "alembic.ini"))  # no settings handed in
+    command.revision(config, "init")
+    assert [p.name for p in offline_repo.versions.glob("*.py")] == ["0001_init.py"]
+    with pytest.raises(MigrationError, match="DB_HOST is not set"):
+        command.upgrade(Config(str(offline_repo.root / "alembic.ini")), "head", sql=True)
