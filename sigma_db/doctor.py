@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -28,11 +31,24 @@ class Diagnosis:
         return not self.problems
 
 
+def unknown_variables(settings: DatabaseSettings, environ: Mapping[str, str]) -> list[str]:
+    """One problem per ``DB_*`` variable that is set but no setting reads (usually a typo)."""
+    known = set(settings.masked())
+    problems = []
+    for name in sorted(n for n in environ if n.startswith("DB_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.append(f"{name} is set but is not a sigma_db setting; {hint}rename or unset it.")
+    return problems
+
+
 def diagnose(settings: DatabaseSettings) -> Diagnosis:
     """Connect once and compare what the server reports with what the settings promise."""
     topology = settings.topology
     result = Diagnosis()
+    result.problems.extend(unknown_variables(settings, os.environ))
     result.facts.update(settings.masked())
+    result.facts["DB_POOL_PRE_PING"] = str(settings.pool_pre_ping).lower()
     result.facts["product"] = f"{topology.product.key} ({topology.product.title})"
     result.facts["layout"] = (
         "consolidated dev database" if topology.consolidated else "per-product database"

@@ -143,7 +143,7 @@ def _as_user(argv: list[str], user: str | None) -> list[str]:
 
 
 def owned_directory(path: Path, user: str | None) -> Path:
-    """Create ``path`` (mode 0700) owned by ``user`` and make its parents traversable by it."""
+    """Create ``path`` (mode 0700) owned by ``user``; its parents must already be traversable."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if user is not None:
         entry = pwd.getpwnam(user)

@@ -60,6 +60,11 @@ class TestServer:
             "env": "dev",
             "sslmode": "disable",
             "pooler": "none",
+            "conn_max": 5,
+            "connect_timeout": 5,
+            "pool_recycle": 1800,
+            "pool_pre_ping": True,
+            "application_name": None,
         }
         return DatabaseSettings(_env_file=None, **(values | overrides))
 
