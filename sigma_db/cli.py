@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from sigma_db.cli_dev import dev
+from sigma_db.cli_roles import roles
 from sigma_db.errors import SigmaDBError
 
 __all__ = ["cli", "main"]
@@ -44,6 +46,10 @@ def doctor() -> None:
     for problem in diagnosis.problems:
         click.echo(f"problem: {problem}", err=True)
     raise SystemExit(1)
+
+
+cli.add_command(roles)
+cli.add_command(dev)
 
 
 def main(argv: list[str] | None = None) -> Any:
