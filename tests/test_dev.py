@@ -192,3 +192,31 @@ def test_environment_defaults(tmp_path: Path) -> None:
         DevDatabase.from_environment(env={"SIGMA_DB_DEV_PORT": "http"})
     with pytest.raises(ConfigurationError, match="Unknown product 'nope'"):
         DevDatabase(tmp_path, 1).env("nope")
+
+
+def test_local_server_runs_on_the_embedded_build(
+    dev_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``embedded`` extra: PostgreSQL from the pgserver wheel, no system packages."""
+    from sigma_db.server import LocalServer, _embedded_bindir, find_binaries
+
+    bindir = _embedded_bindir()
+    if bindir is None:
+        pytest.skip("pgserver not installed (pip install 'sigma-db[embedded]')")
+    monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(bindir))
+    binaries = find_binaries()
+    assert binaries.bindir == bindir
+    dev_home.parent.joinpath("embedded").mkdir()
+    server = LocalServer(dev_home.parent / "embedded" / "cluster", free_port(), binaries=binaries)
+    try:
+        server.start()
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=server.port,
+            user=server.superuser,
+            password=server.password,
+            dbname="postgres",
+        ) as conn:
+            assert conn.execute("SHOW server_version").fetchone()[0].startswith(str(binaries.major))
+    finally:
+        server.stop()
