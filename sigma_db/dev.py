@@ -214,14 +214,22 @@ class DevDatabase:
 
         from sigma_db.roles import sync_roles
 
-        with psycopg.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user=_SUPERUSER,
-            password=state["superuser_password"],
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
+        try:
+            conn = psycopg.connect(
+                host="127.0.0.1",
+                port=self.port,
+                user=_SUPERUSER,
+                password=state["superuser_password"],
+                dbname="postgres",
+                autocommit=True,
+            )
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            raise ServerError(
+                f"Cannot log in to the dev server in {self.home} ({reason}); if its state.json "
+                "was lost or edited, run sigma-db dev reset (this deletes the dev data)."
+            ) from None
+        with conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", [CONSOLIDATED_DATABASE]
             ).fetchone()

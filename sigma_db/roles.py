@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sigma_db.errors import ConfigurationError, InsufficientPrivilegeError
+from sigma_db.errors import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
 from sigma_db.identifiers import check_identifier
 from sigma_db.topology import Product, Topology
 
@@ -842,6 +842,7 @@ def sync_roles(
     from sigma_db.engine import create_engine
 
     engine = create_engine(settings, pool_size=1, pool_pre_ping=False)
+    retryable = _retryable()
     try:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
@@ -856,12 +857,7 @@ def sync_roles(
                             logger.info("%s", statement.text)
                             _execute(conn, statement, plan)
                 return plan
-            except (
-                psycopg.errors.UniqueViolation,
-                psycopg.errors.DuplicateObject,
-                psycopg.errors.SerializationFailure,
-                psycopg.errors.InternalError_,
-            ):
+            except retryable:
                 # "tuple concurrently updated" (XX000) and duplicate roles: another apply got
                 # there first; the next plan sees its work.
                 if attempt == _ATTEMPTS:
@@ -869,6 +865,18 @@ def sync_roles(
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
         engine.dispose()
+
+
+def _retryable() -> tuple[type[Exception], ...]:
+    """Errors a concurrent apply causes (duplicate role, "tuple concurrently updated")."""
+    from psycopg import errors
+
+    return (
+        errors.UniqueViolation,
+        errors.DuplicateObject,
+        errors.SerializationFailure,
+        errors.InternalError_,
+    )
 
 
 def _check_admin(conn: psycopg.Connection[Any], plan: RolePlan) -> None:
@@ -893,6 +901,15 @@ def _execute(conn: psycopg.Connection[Any], statement: Statement, plan: RolePlan
         raise InsufficientPrivilegeError(
             f"{statement.text} failed: {reason}. Run sigma-db roles apply as a superuser, or as "
             f"a CREATEROLE role that owns database {plan.database} (set DB_USER and DB_PASSWORD)."
+        ) from None
+    except _retryable():
+        raise
+    except psycopg.Error as exc:
+        # Shown with the statement's display text: the executed one may hold a verifier.
+        reason = exc.diag.message_primary or type(exc).__name__
+        raise SigmaDBError(
+            f"{statement.text} failed: {reason}. Nothing was applied (one transaction); fix "
+            "the cause, check with sigma-db roles plan, then apply again."
         ) from None
 
 

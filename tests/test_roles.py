@@ -346,3 +346,43 @@ def test_plan_needs_the_products_database(products_db: dict[str, Provisioned]) -
     )
     with lab.admin_connection() as conn, pytest.raises(ConfigurationError, match="DB_NAME="):
         plan_roles(conn, [ProductRoles(topology)])
+
+
+def test_createrole_admin_that_owns_the_database(sigma_postgresql: TestServer) -> None:
+    """Managed servers give no superuser: a CREATEROLE role owning the database is enough."""
+    key = unique_key()
+    admin_name, database = f"{key}_admin", f"t_{key}"
+    with psycopg.connect(
+        host=sigma_postgresql.host,
+        port=sigma_postgresql.port,
+        user=sigma_postgresql.superuser,
+        password=sigma_postgresql.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        conn.execute(f"CREATE ROLE {admin_name} LOGIN CREATEROLE PASSWORD 'adm-pw'")
+        conn.execute(f"CREATE DATABASE {database} OWNER {admin_name}")
+        try:
+            admin = sigma_postgresql.settings(
+                database, user=admin_name, password="adm-pw", product=key
+            )
+            login = Login(f"{key}_api", RW, SecretStr("api-pw"))
+            target = ProductRoles(admin.topology, (login,))
+            plan = sync_roles(admin, [target], apply=True)
+            assert f'GRANT "edge_{key}_migrator" TO CURRENT_USER' in plan.render()
+            # not a superuser: cannot compare the stored verifier, so the password is set again
+            again = sync_roles(admin, [target], apply=True)
+            assert [s.text for s in again.statements] == [
+                f"ALTER ROLE \"{key}_api\" PASSWORD '********'"
+            ]
+            assert not sync_roles(admin, [ProductRoles(admin.topology)], apply=True).changed
+            with psycopg.connect(
+                host=admin.host,
+                port=admin.port,
+                dbname=database,
+                user=login.name,
+                password="api-pw",
+            ) as api:
+                assert api.execute("SELECT current_schema()").fetchone() == ("app",)
+        finally:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
