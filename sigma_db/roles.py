@@ -58,6 +58,7 @@ __all__ = [
     "group_role",
     "plan_roles",
     "privilege_report",
+    "scram_verifier_matches",
     "sync_roles",
 ]
 
