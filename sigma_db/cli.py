@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from sigma_db.cli_dev import dev
+from sigma_db.cli_roles import roles
 from sigma_db.errors import SigmaDBError
 
 __all__ = ["cli", "main"]
@@ -52,6 +54,10 @@ def demo() -> None:
     from sigma_db.demo import run_demo
 
     run_demo(click.echo)
+
+
+cli.add_command(roles)
+cli.add_command(dev)
 
 
 def main(argv: list[str] | None = None) -> Any:

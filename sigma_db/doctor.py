@@ -1,4 +1,9 @@
-"""``sigma-db doctor``: what the settings resolve to, what the server says, and what to fix."""
+"""``sigma-db doctor``: what the settings resolve to, what the server says, and what to fix.
+
+Includes what the connected role may really do against what its name promises (``…_ro`` must
+not write, ``…_rw`` must not run DDL, ``…_migrator`` must be able to), because a grant that
+drifted is invisible until the day it matters.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import psycopg
 from sqlalchemy import text
 
 from sigma_db.engine import create_engine
 from sigma_db.errors import SigmaDBError
+from sigma_db.roles import privilege_report
 from sigma_db.settings import DatabaseSettings
 
 __all__ = ["Diagnosis", "diagnose"]
@@ -70,6 +77,9 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
                     "current_setting('search_path')"
                 )
             ).one()
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            report = privilege_report(driver, topology)
             missing = [
                 name
                 for name in topology.owned_schemas[:1]
@@ -86,6 +96,10 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
     result.facts["server"] = version.split(" on ")[0]
     result.facts["connected as"] = f"{user} to {database}"
     result.facts["search_path"] = f"{search_path} (effective: {effective or 'nothing'})"
+    result.facts["role promises"] = (
+        f"{report.kind} ({report.role})" if report.kind else "nothing (not a sigma_db role)"
+    )
+    result.problems.extend(report.problems)
     if version_num // 10000 < MIN_SERVER_MAJOR:
         result.problems.append(
             f"Server version {version_num // 10000} is older than {MIN_SERVER_MAJOR}; "
