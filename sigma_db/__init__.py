@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from sigma_db.errors import (
         ConfigurationError,
         DatabaseUnavailableError,
+        InsufficientPrivilegeError,
         NamingError,
         SigmaDBError,
     )
     from sigma_db.models import IdentityPrimaryKey, ProductBase, Timestamps
+    from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, plan_roles, sync_roles
     from sigma_db.session import (
         async_session_dependency,
         async_session_scope,
@@ -35,9 +37,14 @@ __all__ = [
     "DatabaseUnavailableError",
     "Environment",
     "IdentityPrimaryKey",
+    "InsufficientPrivilegeError",
+    "Login",
     "NamingError",
     "Product",
     "ProductBase",
+    "ProductRoles",
+    "RoleKind",
+    "RolePlan",
     "SigmaDBError",
     "Timestamps",
     "Topology",
@@ -48,8 +55,10 @@ __all__ = [
     "create_async_session_factory",
     "create_engine",
     "create_session_factory",
+    "plan_roles",
     "session_dependency",
     "session_scope",
+    "sync_roles",
 ]
 
 _HOME = {
@@ -57,11 +66,18 @@ _HOME = {
     "create_engine": "engine",
     "ConfigurationError": "errors",
     "DatabaseUnavailableError": "errors",
+    "InsufficientPrivilegeError": "errors",
     "NamingError": "errors",
     "SigmaDBError": "errors",
     "IdentityPrimaryKey": "models",
     "ProductBase": "models",
     "Timestamps": "models",
+    "Login": "roles",
+    "ProductRoles": "roles",
+    "RoleKind": "roles",
+    "RolePlan": "roles",
+    "plan_roles": "roles",
+    "sync_roles": "roles",
     "async_session_dependency": "session",
     "async_session_scope": "session",
     "create_async_session_factory": "session",
