@@ -15,6 +15,7 @@ import click
 from sigma_db.cli_dev import dev
 from sigma_db.cli_roles import roles
 from sigma_db.errors import SigmaDBError
+from sigma_db.migrations.cli import migrate_command, migrations_group
 
 __all__ = ["cli", "main"]
 
@@ -58,6 +59,8 @@ def demo() -> None:
 
 cli.add_command(roles)
 cli.add_command(dev)
+cli.add_command(migrate_command)
+cli.add_command(migrations_group)
 
 
 def main(argv: list[str] | None = None) -> Any:

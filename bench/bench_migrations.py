@@ -1,0 +1,185 @@
+"""Migrations: dry run over 200 revisions, and `alembic upgrade head` through our env vs plain.
+
+Targets (issue #4): the dry run (render + lint + lock + ledger checks) of 200 generated
+revisions takes < 3 s; upgrading 50 revisions through sigma_db's env.py takes <= 1.1x the time of
+Alembic's own generic env.py on the same revision files and server. Rounds alternate between
+the two envs, each on a fresh database, so machine noise hits both.
+
+    python bench/bench_migrations.py [--rounds 5] [--dry-revisions 200] [--upgrade-revisions 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+
+from sigma_db.migrations.commands import lock
+from sigma_db.migrations.dryrun import dry_run
+from sigma_db.migrations.environment import SETTINGS_KEY
+from sigma_db.migrations.layout import write_layout
+from sigma_db.testing import TestServer, start_test_server
+
+MODELS = """
+from sqlalchemy.orm import DeclarativeBase
+
+from sigma_db.models import ProductBase
+
+
+class Base(ProductBase, DeclarativeBase):
+    pass
+"""
+
+PLAIN_ENV = """
+from alembic import context
+from sqlalchemy import create_engine
+
+url = context.config.attributes["url"]
+connectable = create_engine(url)
+with connectable.connect() as connection:
+    context.configure(connection=connection, target_metadata=None, version_table_schema="app")
+    with context.begin_transaction():
+        context.run_migrations()
+connectable.dispose()
+"""
+
+REVISION = '''"""step {n}"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+phase = "expand"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "table_{n}s",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("name", sa.Text, nullable=True),
+    )
+    op.create_index("ix_table_{n}s_name", "table_{n}s", ["name"])
+    op.add_column("table_{n}s", sa.Column("score", sa.BigInteger, nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_table("table_{n}s")
+'''
+
+
+def build_repo(root: Path, revisions: int) -> Path:
+    root.mkdir(parents=True)
+    module = f"bench_models_{root.name}"
+    (root / f"{module}.py").write_text(MODELS)
+    ini = write_layout(root, models_module=module)
+    versions = root / "migrations" / "versions"
+    for n in range(1, revisions + 1):
+        rev = f"{n:04d}"
+        down = None if n == 1 else f"{n - 1:04d}"
+        (versions / f"{rev}_step_{n}.py").write_text(REVISION.format(n=n, rev=rev, down=down))
+    importlib.invalidate_caches()
+    return ini
+
+
+def fresh_database(server: TestServer, name: str) -> None:
+    with psycopg.connect(
+        host=server.host,
+        port=server.port,
+        user=server.superuser,
+        password=server.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'ALTER DATABASE "{name}" SET search_path = app, public')
+    with psycopg.connect(
+        host=server.host,
+        port=server.port,
+        user=server.superuser,
+        password=server.password,
+        dbname=name,
+        autocommit=True,
+    ) as conn:
+        conn.execute("CREATE SCHEMA app")
+
+
+def bench_dry_run(server: TestServer, tmp: Path, revisions: int, rounds: int) -> list[float]:
+    ini = build_repo(tmp / "dry", revisions)
+    fresh_database(server, "bench_dry")
+    settings = server.settings("bench_dry")
+    lock(Config(str(ini)))
+    times = []
+    for _ in range(rounds):
+        config = Config(str(ini), output_buffer=io.StringIO())
+        started = time.perf_counter()
+        report = dry_run(config, settings)
+        times.append(time.perf_counter() - started)
+        assert report.database.reachable, report.database.reason
+        assert len(report.pending) == revisions, report.findings
+        assert report.ok, [f.line() for f in report.findings[:3]]
+    return times
+
+
+def bench_upgrade(
+    server: TestServer, tmp: Path, revisions: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    ours_ini = build_repo(tmp / "ours", revisions)
+    plain_ini = build_repo(tmp / "plain", revisions)
+    (plain_ini.parent / "migrations" / "env.py").write_text(PLAIN_ENV)
+    ours: list[float] = []
+    plain: list[float] = []
+    for index in range(rounds):
+        for kind in ("ours", "plain") if index % 2 == 0 else ("plain", "ours"):
+            name = f"bench_{kind}"
+            fresh_database(server, name)
+            settings = server.settings(name)
+            config = Config(str(ours_ini if kind == "ours" else plain_ini))
+            config.attributes[SETTINGS_KEY] = settings
+            config.attributes["url"] = settings.url()
+            started = time.perf_counter()
+            command.upgrade(config, "head")
+            (ours if kind == "ours" else plain).append(time.perf_counter() - started)
+    return ours, plain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dry-revisions", type=int, default=200)
+    parser.add_argument("--upgrade-revisions", type=int, default=50)
+    args = parser.parse_args()
+    with start_test_server() as server, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        dry = bench_dry_run(server, tmp, args.dry_revisions, args.rounds)
+        ours, plain = bench_upgrade(server, tmp, args.upgrade_revisions, args.rounds)
+    dry_median = statistics.median(dry)
+    ours_median, plain_median = statistics.median(ours), statistics.median(plain)
+    ratio = ours_median / plain_median
+    print(f"{'measurement':<46} {'median s':>9} {'target':>8} {'ratio':>7}")
+    print(
+        f"{f'dry run, {args.dry_revisions} revisions (render+lint+checks)':<46} "
+        f"{dry_median:>9.3f} {'< 3 s':>8} {dry_median / 3.0:>7.2f}"
+    )
+    plain_label = f"upgrade {args.upgrade_revisions} revisions, plain alembic env"
+    print(f"{plain_label:<46} {plain_median:>9.3f}")
+    print(
+        f"{f'upgrade {args.upgrade_revisions} revisions, sigma_db env':<46} "
+        f"{ours_median:>9.3f} {'<= 1.1x':>8} {ratio:>7.2f}"
+    )
+    print(f"\n(median of {args.rounds} rounds; ratio = ours / target or ours / plain)")
+
+
+if __name__ == "__main__":
+    main()

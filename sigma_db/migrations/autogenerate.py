@@ -1,0 +1,108 @@
+"""What ``alembic revision --autogenerate`` and ``alembic check`` may look at: only this product.
+
+Three rules, from Alembic's known traps:
+
+* Only the product's own physical schemas are reflected (``include_schemas=True`` alone drags in
+  every other product's schema in the consolidated dev database, alembic #710/#733); the default
+  schema is compared as ``schema=None``, the way models name it (alembic #569).
+* Partitions (``pg_class.relispartition``) and extension-owned relations are never compared, so
+  autogenerate never proposes to drop them (alembic #539, #1787). :func:`unmanaged_relations`
+  is the reusable query; partition maintenance builds on it.
+* Models name logical areas (``schema="audit"``); in the consolidated database those live in
+  ``<product>_audit``. :func:`physical_metadata` renames them on a copy of the metadata before
+  comparison instead of relying on ``schema_translate_map`` (alembic #555, #1503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import MetaData, Table, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.schema import SchemaConst
+
+from sigma_db.topology import Topology
+
+__all__ = ["AutogenerateScope", "physical_metadata", "unmanaged_relations"]
+
+_UNMANAGED = text(
+    """
+    SELECT n.nspname, c.relname
+    FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = ANY(:schemas)
+      AND (c.relispartition
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend AS d
+                      WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                        AND d.objid = c.oid AND d.deptype = 'e'))
+    """
+)
+
+
+def unmanaged_relations(
+    connection: Connection, schemas: Iterable[str]
+) -> frozenset[tuple[str, str]]:
+    """``(schema, name)`` of every partition and extension-owned relation in ``schemas``."""
+    rows = connection.execute(_UNMANAGED, {"schemas": list(schemas)})
+    return frozenset((str(schema), str(name)) for schema, name in rows)
+
+
+@dataclass(frozen=True)
+class AutogenerateScope:
+    """``include_name`` / ``include_object`` hooks limiting autogenerate to one product."""
+
+    default_schema: str
+    schemas: frozenset[str]
+    """Physical schemas the product owns (default schema included)."""
+    unmanaged: frozenset[tuple[str, str]] = frozenset()
+    """Relations never compared: partitions, extension members, the ledger."""
+
+    def _table_key(self, schema: str | None, name: str) -> tuple[str, str]:
+        return (schema or self.default_schema, name)
+
+    def include_name(self, name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
+        """Alembic ``include_name``: reflect only owned schemas and managed tables."""
+        if type_ == "schema":
+            return name is None or name in self.schemas
+        if type_ == "table":
+            table = name
+            schema = parent_names.get("schema_name")
+        else:
+            table = parent_names.get("table_name")
+            schema = parent_names.get("schema_name")
+        if table is None:
+            return True
+        return self._table_key(schema, str(table)) not in self.unmanaged
+
+    def include_object(
+        self, obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        """Alembic ``include_object``: the same rule for objects already reflected or declared."""
+        table = obj if isinstance(obj, Table) else getattr(obj, "table", None)
+        if not isinstance(table, Table):
+            return True
+        if table.schema is not None and table.schema not in self.schemas:
+            return False
+        return self._table_key(table.schema, table.name) not in self.unmanaged
+
+
+def physical_metadata(metadata: MetaData | Sequence[MetaData] | None, topology: Topology) -> Any:
+    """``metadata`` with logical schemas renamed to this topology's physical ones (a copy)."""
+    if metadata is None or not topology.consolidated:
+        return metadata
+    if not isinstance(metadata, MetaData):
+        return [physical_metadata(each, topology) for each in metadata]
+
+    def physical(schema: str | None) -> str | None:
+        return None if schema is None else topology.physical_schema(schema)
+
+    copy = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.sorted_tables:
+        table.to_metadata(
+            copy,
+            schema=physical(table.schema) or SchemaConst.RETAIN_SCHEMA,
+            referred_schema_fn=lambda _t, _s, _c, referred: physical(referred),
+        )
+    return copy

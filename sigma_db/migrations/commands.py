@@ -1,0 +1,150 @@
+"""What the ``sigma-db`` migration verbs do, callable from Python (nox sessions, tests, tools).
+
+:func:`migrate` runs ``alembic upgrade`` in-process through the product's env.py;
+:func:`lock` updates ``checksums.lock``; :func:`repair` accepts a deliberate edit of an applied
+revision, recording who and why in the ledger and in the lock file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import func, select
+
+from sigma_db.errors import ConfigurationError
+from sigma_db.migrations.environment import APPLIED_KEY, SETTINGS_KEY, advisory_lock_key
+from sigma_db.migrations.errors import MigrationError
+from sigma_db.migrations.ledger import (
+    applied_revisions,
+    client_name,
+    ledger_table,
+    read_ledger,
+)
+from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_revision, update_lock
+from sigma_db.migrations.revisions import load_revisions, revision_files
+from sigma_db.settings import DatabaseSettings
+
+__all__ = ["load_config", "lock", "migrate", "repair"]
+
+
+def load_config(path: Path, settings: DatabaseSettings | None = None) -> Config:
+    """The product's Alembic config; ``settings`` (if given) are handed to env.py."""
+    if not path.is_file():
+        raise ConfigurationError(
+            f"No Alembic config at {path}: run in the product repository (where alembic.ini "
+            "is) or pass --config PATH."
+        )
+    config = Config(str(path))
+    if settings is not None:
+        config.attributes[SETTINGS_KEY] = settings
+    return config
+
+
+def migrate(config: Config, settings: DatabaseSettings, target: str = "head") -> list[str]:
+    """Upgrade to ``target``; return ``"upgrade 0002"``-style lines for what was applied."""
+    load_revisions(config)
+    config.attributes[SETTINGS_KEY] = settings
+    applied: list[str] = []
+    config.attributes[APPLIED_KEY] = applied
+    try:
+        command.upgrade(config, target)
+    except MigrationError:
+        raise
+    except CommandError as exc:
+        raise MigrationError(_explain(str(exc))) from exc
+    return applied
+
+
+def lock(config: Config, accept: tuple[str, ...] = ()) -> tuple[Path, list[str]]:
+    """Add new revisions to the lock file (and accepted edits); return its path and changes."""
+    script = load_revisions(config)
+    path = Path(script.dir) / LOCK_FILE_NAME
+    return path, update_lock(path, revision_files(script), accept=accept)
+
+
+def repair(config: Config, settings: DatabaseSettings, revision: str, reason: str) -> str:
+    """Record the current content of an applied ``revision`` as accepted, with ``reason``."""
+    reason = " ".join(reason.split())
+    if len(reason) < 3:
+        raise ConfigurationError("--reason is required: say why the edit is safe (a sentence).")
+    script = load_revisions(config)
+    files = {f.revision: f for f in revision_files(script)}
+    file = files.get(revision)
+    if file is None:
+        raise MigrationError(
+            f"No revision file declares {revision}; restore it first (repair accepts an edited "
+            "file, not a missing one)."
+        )
+    from sigma_db.engine import create_engine
+
+    schema = settings.topology.schema
+    table = ledger_table(schema)
+    key = advisory_lock_key(settings.topology)
+    engine = create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+    try:
+        with engine.connect() as connection:
+            connection.execute(select(func.pg_advisory_lock(key)))
+            try:
+                rows = read_ledger(connection, schema)
+                applied = applied_revisions(rows)
+                heads = MigrationContext.configure(
+                    connection, opts={"version_table_schema": schema}
+                ).get_current_heads()
+                lineage = {rev.revision for head in heads for rev in _lineage(script, head)}
+                if revision not in applied and revision not in lineage:
+                    raise MigrationError(
+                        f"{revision} is not applied in {settings.display_dsn}; nothing to repair. "
+                        f"To accept an edit of a revision never applied: sigma-db migrations lock "
+                        f"--accept {revision}"
+                    )
+                current = applied.get(revision)
+                if current is not None and current.checksum == file.checksum:
+                    lock_revision(Path(script.dir) / LOCK_FILE_NAME, file)
+                    return f"{revision} already matches the ledger; lock file updated"
+                table.create(connection, checkfirst=True)
+                connection.execute(
+                    table.insert().values(
+                        revision=revision,
+                        operation="repair",
+                        description=file.description or None,
+                        phase=None if file.phase is None else file.phase.value,
+                        checksum=file.checksum,
+                        client=client_name(),
+                        success=True,
+                        reason=reason,
+                    )
+                )
+                connection.commit()
+            finally:
+                connection.rollback()
+                connection.execute(select(func.pg_advisory_unlock(key)))
+                connection.commit()
+    finally:
+        engine.dispose()
+    lock_revision(Path(script.dir) / LOCK_FILE_NAME, file)
+    return f"repaired {revision} ({file.name}): sha256 {file.checksum[:12]} accepted ({reason})"
+
+
+def _lineage(script: ScriptDirectory, head: str) -> list[Script]:
+    try:
+        return [rev for rev in script.iterate_revisions(head, "base") if isinstance(rev, Script)]
+    except CommandError:
+        return []
+
+
+def _explain(message: str) -> str:
+    missing = re.search(r"Can't locate revision identified by '([^']+)'", message)
+    if missing:
+        rev = missing.group(1)
+        return (
+            f"the database is at revision {rev}, which no revision file declares; restore the "
+            f"file from version control (git checkout -- 'migrations/versions/{rev}_*.py'), or "
+            "check that DB_* points at the right database"
+        )
+    return message

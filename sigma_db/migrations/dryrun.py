@@ -1,0 +1,169 @@
+"""``db-migrate-dry``: all a migration would do and all that is wrong with it, writing nothing.
+
+Offline checks always run: the revision tree, the lock file, each revision's SQL rendered in
+``--sql`` mode (as it would run on the target), and its lint. When the database answers, the dry
+run also reads (in a read-only session) the version table and the ledger: what is pending, and
+whether an applied revision was edited, deleted or applied outside sigma-db. When it does not
+answer, the report says so and renders every revision, as for a fresh database.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.exc import SQLAlchemyError
+
+from sigma_db.errors import DatabaseUnavailableError, SigmaDBError
+from sigma_db.migrations.environment import BOOKKEEPING_KEY, REVISION_MARK, SETTINGS_KEY
+from sigma_db.migrations.errors import MigrationError
+from sigma_db.migrations.findings import Finding
+from sigma_db.migrations.ledger import LedgerRow, history_findings, read_ledger
+from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_findings, read_lock
+from sigma_db.migrations.revisions import RevisionFile, revision_files, revision_tree_problems
+from sigma_db.settings import DatabaseSettings
+
+__all__ = ["DatabaseState", "DryRunReport", "dry_run", "render_sql"]
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What the database says, or why it could not be asked."""
+
+    reachable: bool
+    heads: tuple[str, ...] = ()
+    ledger: tuple[LedgerRow, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class DryRunReport:
+    """The dry run's answer; :attr:`findings` empty means the gate passes."""
+
+    target: str
+    database: DatabaseState
+    revisions: list[RevisionFile] = field(default_factory=list)
+    pending: list[object] = field(default_factory=list)
+    """:class:`~sigma_db.migrations.lint.RenderedRevision` per pending revision, oldest first."""
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.findings
+
+
+def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) -> DryRunReport:
+    """Check and render what ``sigma-db migrate`` would do; never writes anything anywhere."""
+    topology = settings.topology
+    report = DryRunReport(
+        target=f"{settings.display_dsn} schema {topology.schema}",
+        database=DatabaseState(False, reason="not asked"),
+    )
+    script = ScriptDirectory.from_config(config)
+    problems = revision_tree_problems(script)
+    if problems:
+        report.findings.extend(Finding("revision-tree", problem) for problem in problems)
+        return report
+    files = revision_files(script)
+    report.revisions = files
+    lock_path = _lock_path(script)
+    try:
+        report.findings.extend(lock_findings(files, read_lock(lock_path), lock_path))
+    except MigrationError as exc:
+        report.findings.append(Finding("lock-corrupt", str(exc)))
+
+    state = read_database(settings)
+    report.database = state
+    start: str | None = None
+    if state.reachable:
+        unknown = [head for head in state.heads if not _known(script, head)]
+        lineage: list[str] = []
+        for head in state.heads:
+            if head not in unknown:
+                lineage.extend(rev.revision for rev in script.iterate_revisions(head, "base"))
+        report.findings.extend(
+            history_findings(files, state.ledger, lineage, unknown_heads=unknown)
+        )
+        if unknown:
+            return report
+        start = state.heads[0] if state.heads else None
+    current = script.get_current_head()
+    if current is None or start == current:
+        return report
+    sql = render_sql(config, settings, start)
+    if lint:
+        from sigma_db.migrations.lint import lint_revisions, split_rendered
+
+        rendered = split_rendered(sql, {f.revision: f for f in files})
+        report.pending = list(rendered)
+        report.findings.extend(lint_revisions(rendered))
+    return report
+
+
+def render_sql(config: Config, settings: DatabaseSettings, start: str | None) -> str:
+    """The offline SQL of every revision after ``start`` (``None``: from an empty database)."""
+    buffer = io.StringIO()
+    rendering = Config(
+        config.config_file_name,
+        ini_section=config.config_ini_section,
+        output_buffer=buffer,
+        attributes={**config.attributes, SETTINGS_KEY: settings, BOOKKEEPING_KEY: False},
+    )
+    target = "head" if start is None else f"{start}:head"
+    try:
+        command.upgrade(rendering, target, sql=True)
+    except SigmaDBError:
+        raise
+    except Exception as exc:  # a revision's own code failed while rendering: say which one
+        output = buffer.getvalue()
+        where = output.rfind(REVISION_MARK)
+        revision = output[where + len(REVISION_MARK) :].split()[0] if where >= 0 else "?"
+        raise MigrationError(
+            f"revision {revision}: rendering its SQL offline failed ({type(exc).__name__}: "
+            f"{exc}); code that reads data must check context.is_offline_mode()"
+        ) from exc
+    return buffer.getvalue()
+
+
+def read_database(settings: DatabaseSettings) -> DatabaseState:
+    """Version heads and ledger rows, read in a read-only session; unreachable is an answer."""
+    from sigma_db.engine import create_engine
+
+    schema = settings.topology.schema
+    engine = create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SET default_transaction_read_only = on")
+            connection.commit()
+            migration = MigrationContext.configure(
+                connection, opts={"version_table_schema": schema}
+            )
+            heads = tuple(migration.get_current_heads())
+            ledger = tuple(read_ledger(connection, schema))
+            connection.rollback()
+    except DatabaseUnavailableError as exc:
+        return DatabaseState(False, reason=str(exc))
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", exc)).split())
+        return DatabaseState(False, reason=f"cannot read the migration history: {reason}")
+    finally:
+        engine.dispose()
+    return DatabaseState(True, heads, ledger)
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _lock_path(script: ScriptDirectory) -> Path:
+    return Path(script.dir) / LOCK_FILE_NAME

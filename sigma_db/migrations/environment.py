@@ -1,0 +1,401 @@
+"""The one entry point a product's ``migrations/env.py`` calls: :func:`run_migrations`.
+
+A product's whole ``env.py``::
+
+    from sigma_db.migrations import run_migrations
+    from lab.models import Base
+
+    run_migrations(Base.metadata)
+
+Online it: reads :class:`~sigma_db.DatabaseSettings` (the migrator's credentials in CI/CD);
+connects directly (never through a transaction pooler: session state is needed); takes a
+session-level advisory lock keyed on the product schema so concurrent runners serialize; creates
+the default schema if missing; keeps ``alembic_version`` and the ledger there; runs each revision
+in its own transaction after ``SET lock_timeout`` / ``SET statement_timeout`` (defaults below,
+overridable per revision); and writes the revision's ledger row in that same transaction.
+Offline (``--sql``) it renders the same statements, bookkeeping included, without a database.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import context as alembic_context
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
+from alembic.script import Script
+from sqlalchemy import MetaData, func, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.schema import CreateTable
+
+from sigma_db.errors import ConfigurationError, SigmaDBError
+from sigma_db.identifiers import quote
+from sigma_db.migrations.autogenerate import (
+    AutogenerateScope,
+    physical_metadata,
+    unmanaged_relations,
+)
+from sigma_db.migrations.checksum import file_checksum
+from sigma_db.migrations.errors import MigrationError
+from sigma_db.migrations.ledger import (
+    LEDGER_TABLE,
+    Operation,
+    client_name,
+    history_findings,
+    ledger_exists,
+    ledger_table,
+    read_ledger,
+)
+from sigma_db.migrations.ops import TOPOLOGY_KEY
+from sigma_db.migrations.revisions import (
+    number_revisions,
+    revision_files,
+    revision_phase,
+    revision_tree_problems,
+    timeout_setting,
+)
+from sigma_db.settings import DatabaseSettings
+from sigma_db.topology import DEFAULT_SCHEMA, Environment, Product, Topology
+
+__all__ = [
+    "APPLIED_KEY",
+    "BOOKKEEPING_KEY",
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_STATEMENT_TIMEOUT",
+    "REVISION_MARK",
+    "SETTINGS_KEY",
+    "advisory_lock_key",
+    "run_migrations",
+]
+
+DEFAULT_LOCK_TIMEOUT = "5s"
+"""Give up on a table lock after 5 s rather than queue every reader behind the migration."""
+DEFAULT_STATEMENT_TIMEOUT = "15min"
+"""Bound any single statement; long backfills use :func:`~sigma_db.migrations.run_in_batches`."""
+
+SETTINGS_KEY = "sigma_db.settings"
+"""``Config.attributes`` key: settings handed in by a caller (the CLI, tests) instead of DB_*."""
+BOOKKEEPING_KEY = "sigma_db.bookkeeping"
+"""``Config.attributes`` key: ``False`` renders revisions only, without ledger SQL (dry run)."""
+APPLIED_KEY = "sigma_db.applied"
+"""``Config.attributes`` key: list the environment appends ``"upgrade 0002"``-style lines to."""
+REVISION_MARK = "-- sigma-db: revision "
+"""Offline output marks where each revision's statements start."""
+
+log = logging.getLogger("sigma_db.migrations")
+
+_TIMEOUTS = ("lock_timeout", "statement_timeout")
+
+
+def run_migrations(
+    target_metadata: MetaData | Sequence[MetaData] | None,
+    *,
+    settings: DatabaseSettings | None = None,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: str | None = DEFAULT_STATEMENT_TIMEOUT,
+) -> None:
+    """Run the current Alembic command (upgrade, downgrade, revision, check, ...) for a product.
+
+    ``settings`` defaults to what the caller put in ``config.attributes["sigma_db.settings"]``,
+    else ``DatabaseSettings()`` from the environment. Errors the user can fix surface as one
+    :class:`MigrationError` line.
+    """
+    try:
+        _Run(
+            _current_environment(),
+            settings,
+            {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout},
+        ).run(target_metadata)
+    except MigrationError:
+        raise
+    except SigmaDBError as exc:
+        raise MigrationError(str(exc)) from exc
+
+
+def _current_environment() -> EnvironmentContext:
+    # alembic.context is a module-level proxy onto the EnvironmentContext of the running command;
+    # context_opts (the command's plan function) is only reachable on the object itself.
+    env = getattr(alembic_context, "_proxy", None)
+    if not isinstance(env, EnvironmentContext):
+        raise ConfigurationError(
+            "run_migrations() runs inside an Alembic command: call it from migrations/env.py and "
+            "run `alembic upgrade head` or `sigma-db migrate` in the product repository."
+        )
+    return env
+
+
+def advisory_lock_key(topology: Topology) -> int:
+    """The advisory lock every migration runner of this product schema takes (signed 64 bit)."""
+    seed = f"sigma_db.migrations:{topology.database}:{topology.schema}".encode()
+    return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big", signed=True)
+
+
+_NUMBERING_TOPOLOGY = Topology(
+    Product("unknown", "an unconfigured product"), Environment.DEV, "", DEFAULT_SCHEMA, False
+)
+"""Stands in when `alembic revision` numbers a file without DB_* settings: nothing is rendered."""
+
+
+class _Run:
+    """One invocation of env.py: the options, the lock, and the per-revision bookkeeping."""
+
+    def __init__(
+        self,
+        env: EnvironmentContext,
+        settings: DatabaseSettings | None,
+        timeouts: dict[str, str | None],
+    ) -> None:
+        self.env = env
+        attributes = env.config.attributes
+        given = attributes.get(SETTINGS_KEY)
+        self.settings = settings or (given if isinstance(given, DatabaseSettings) else None)
+        if self.settings is None:
+            try:
+                self.settings = DatabaseSettings()
+            except ConfigurationError:
+                if not self._numbering_only():
+                    raise
+        self.topology = self.settings.topology if self.settings is not None else _NUMBERING_TOPOLOGY
+        attributes[TOPOLOGY_KEY] = self.topology
+        self.schema = self.topology.schema
+        self.timeouts = timeouts
+        self.bookkeeping = bool(attributes.get(BOOKKEEPING_KEY, True))
+        self.applied: list[str] = attributes.setdefault(APPLIED_KEY, [])
+        self.ledger = ledger_table(self.schema)
+        self.ledger_ready = False
+        self.started: dict[str, float] = {}
+        self.session: dict[str, str] = {}
+        """Timeouts already SET on the migration connection."""
+        self.client = client_name()
+        problems = revision_tree_problems(env.script)
+        if problems:
+            raise MigrationError("; ".join(problems))
+
+    def run(self, metadata: MetaData | Sequence[MetaData] | None) -> None:
+        if self._without_database():
+            offline_scope = AutogenerateScope(self.schema, self._owned())
+            self._configure(metadata, lambda: offline_scope, offline=True)
+            with self.env.begin_transaction():
+                self.env.run_migrations()
+            return
+        self._run_online(metadata)
+
+    def _without_database(self) -> bool:
+        return self.env.is_offline_mode() or self._numbering_only()
+
+    def _numbering_only(self) -> bool:
+        # `alembic revision` without --autogenerate runs env.py only to number the file:
+        # it must work on a laptop with no database and no DB_* settings.
+        revision_context = self.env.context_opts.get("revision_context")
+        return revision_context is not None and not revision_context.command_args.get(
+            "autogenerate"
+        )
+
+    def _owned(self) -> frozenset[str]:
+        return frozenset(self.topology.owned_schemas)
+
+    def _configure(
+        self,
+        metadata: Any,
+        scope: Callable[[], AutogenerateScope],
+        *,
+        offline: bool,
+        **kw: Any,
+    ) -> None:
+        options: dict[str, Any] = {
+            "target_metadata": physical_metadata(metadata, self.topology),
+            "version_table_schema": self.schema,
+            "include_schemas": True,
+            "include_name": lambda *args: scope().include_name(*args),
+            "include_object": lambda *args: scope().include_object(*args),
+            "transaction_per_migration": True,
+            "process_revision_directives": number_revisions,
+            "on_version_apply": self._record,
+        }
+        planned = self.env.context_opts.get("fn")
+        if planned is not None:
+            options["fn"] = self._wrap_plan(planned)
+        if offline:
+            options.update(dialect_name="postgresql", literal_binds=True)
+            options["dialect_opts"] = {"paramstyle": "named"}
+            if not self.env.is_offline_mode():
+                options["as_sql"] = True  # numbering a new revision: nothing is rendered
+        self.env.configure(**options, **kw)
+
+    def _run_online(self, metadata: Any) -> None:
+        assert self.settings is not None
+        if self.settings.pooler == "transaction":
+            raise ConfigurationError(
+                "Migrations need a direct connection (a session-level advisory lock and SET): "
+                "point DB_HOST/DB_PORT at the server, not at PgBouncer, and unset DB_POOLER."
+            )
+        from sigma_db.engine import create_engine
+
+        engine = create_engine(
+            self.settings, pool_size=1, pool_pre_ping=False, execution_options={}
+        )
+        try:
+            with engine.connect() as connection:
+                key = advisory_lock_key(self.topology)
+                self._lock(connection, key)
+                try:
+                    self._ensure_schema(connection)
+                    found: list[AutogenerateScope] = []
+
+                    def scope() -> AutogenerateScope:
+                        # Asked only by autogenerate / check, so upgrades skip the query.
+                        if not found:
+                            unmanaged = unmanaged_relations(connection, self._owned())
+                            # Alembic skips its version table only when reflected under the
+                            # schema it was given; the default schema reflects as None (#569).
+                            bookkeeping = {
+                                (self.schema, LEDGER_TABLE),
+                                (self.schema, "alembic_version"),
+                            }
+                            found.append(
+                                AutogenerateScope(
+                                    self.schema, self._owned(), unmanaged | bookkeeping
+                                )
+                            )
+                        return found[0]
+
+                    self.ledger_ready = ledger_exists(connection, self.schema)
+                    connection.commit()
+                    self._configure(metadata, scope, offline=False, connection=connection)
+                    with self.env.begin_transaction():
+                        self.env.run_migrations()
+                finally:
+                    _unlock(connection, key)
+        finally:
+            engine.dispose()
+
+    def _lock(self, connection: Connection, key: int) -> None:
+        if not connection.execute(select(func.pg_try_advisory_lock(key))).scalar():
+            log.info(
+                "Waiting for another migration run on %s schema %s to finish",
+                self.topology.database,
+                self.schema,
+            )
+            connection.execute(select(func.pg_advisory_lock(key)))
+        connection.commit()
+
+    def _ensure_schema(self, connection: Connection) -> None:
+        name = quote(self.schema)
+        found = connection.execute(
+            select(text("to_regnamespace(:name) IS NOT NULL")), {"name": name}
+        )
+        if not found.scalar():
+            log.info("Creating schema %s", self.schema)
+            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {name}"))
+
+    def _wrap_plan(self, planned: Callable[..., Iterable[Any]]) -> Callable[..., list[Any]]:
+        def plan(heads: Any, migration: MigrationContext) -> list[Any]:
+            steps = list(planned(heads, migration))
+            revision_steps = [step for step in steps if isinstance(step, RevisionStep)]
+            if revision_steps and self.bookkeeping and not migration.as_sql:
+                self._verify_history(migration)
+            for step in revision_steps:
+                step.migration_fn = self._wrap_step(step.revision, step.migration_fn, migration)
+            return steps
+
+        return plan
+
+    def _verify_history(self, migration: MigrationContext) -> None:
+        connection = migration.connection
+        assert connection is not None
+        script = self.env.script
+        findings = [
+            finding
+            for finding in history_findings(
+                revision_files(script), read_ledger(connection, self.schema), ()
+            )
+            if finding.rule in {"edited", "missing"}
+        ]
+        if findings:
+            raise MigrationError("; ".join(finding.line() for finding in findings))
+
+    def _wrap_step(
+        self, script: Script, migrate: Callable[..., None], migration: MigrationContext
+    ) -> Callable[..., None]:
+        @functools.wraps(migrate)
+        def run_revision(**kw: Any) -> None:
+            if self.bookkeeping and not self.ledger_ready:
+                migration.execute(CreateTable(self.ledger, if_not_exists=True))
+                self.ledger_ready = True
+            if migration.as_sql:
+                migration.impl.static_output(f"{REVISION_MARK}{script.revision}")
+            settings = []
+            for name in _TIMEOUTS:
+                value = timeout_setting(script.module, name, self.timeouts[name])
+                # Online the session keeps its SETs across revisions: send only changes (one
+                # round trip saved per revision). Offline every revision states its own.
+                if value is not None and (migration.as_sql or self.session.get(name) != value):
+                    settings.append(f"SET {name} = '{value}'")
+                    self.session[name] = value
+            if settings:
+                migration.execute(text("; ".join(settings)))
+            self.started[script.revision] = time.perf_counter()
+            try:
+                migrate(**kw)
+            except DBAPIError as exc:
+                raise MigrationError(_failure(script, exc)) from exc
+
+        return run_revision
+
+    def _record(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
+        if not self.bookkeeping:
+            return
+        operation: Operation
+        if step.is_stamp:
+            operation = "stamp" if step.is_upgrade else "downgrade"
+        else:
+            operation = "upgrade" if step.is_upgrade else "downgrade"
+        for revision in step.up_revision_ids:
+            script = step.revision_map.get_revision(revision)
+            assert isinstance(script, Script)
+            started = self.started.pop(revision, None)
+            duration = None
+            if started is not None and not ctx.as_sql:
+                duration = round((time.perf_counter() - started) * 1000)
+            phase = revision_phase(script.module)
+            ctx.execute(
+                self.ledger.insert().values(
+                    revision=revision,
+                    operation=operation,
+                    description=(script.doc or "").strip() or None,
+                    phase=None if phase is None else phase.value,
+                    checksum=file_checksum(script.path),
+                    client=self.client,
+                    duration_ms=duration,
+                    success=True,
+                )
+            )
+            self.applied.append(f"{operation} {revision}")
+
+
+def _unlock(connection: Connection, key: int) -> None:
+    try:
+        connection.rollback()
+        connection.execute(select(func.pg_advisory_unlock(key)))
+        connection.commit()
+    except SQLAlchemyError:  # the connection is gone, and with it the session lock
+        log.debug("advisory unlock skipped: connection closed", exc_info=True)
+
+
+def _failure(script: Script, exc: DBAPIError) -> str:
+    reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+    statement = " ".join(str(exc.statement or "").split())
+    if len(statement) > 200:
+        statement = statement[:199] + "…"
+    return (
+        f"revision {script.revision} ({Path(script.path).name}) failed: {reason}; statement: "
+        f"{statement}. Its transaction was rolled back: the version table and the ledger are "
+        "unchanged. Fix the revision (or the data) and run the migration again."
+    )

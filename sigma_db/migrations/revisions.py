@@ -1,0 +1,234 @@
+"""Numbered revisions in one straight line: ``0001_init.py``, ``0002_add_signals.py``, ...
+
+Alembic's random hex ids are replaced, at ``alembic revision`` time, by the next four-digit
+number (its ``process_revision_directives`` hook), and file names follow the id. The revision
+tree must stay a single line (one head, no duplicate ids); :func:`load_revisions` checks that
+before anything runs and says how to fix it, because Alembic's own errors for these cases name
+neither the files nor the fix.
+
+Each revision declares its phase as a module-level ``phase = "expand"`` (or ``"backfill"``,
+``"contract"``), and may override the session timeouts with ``lock_timeout = "10s"`` /
+``statement_timeout = "30min"``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.operations.ops import MigrationScript
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+
+from sigma_db.migrations.checksum import file_checksum
+from sigma_db.migrations.errors import MigrationError
+
+__all__ = [
+    "FILE_TEMPLATE",
+    "Phase",
+    "RevisionFile",
+    "load_revisions",
+    "next_revision_id",
+    "number_revisions",
+    "revision_files",
+    "revision_phase",
+    "timeout_setting",
+]
+
+FILE_TEMPLATE = "%(rev)s_%(slug)s"
+"""Alembic ``file_template``: the file name starts with the revision number."""
+
+_WIDTH = 4
+_NUMBERED = re.compile(rf"\d{{{_WIDTH},}}\Z")
+_DURATION = re.compile(r"(0|[1-9]\d{0,8})\s*(us|ms|s|min|h|d)?\Z")
+
+
+class Phase(enum.StrEnum):
+    """Where a revision sits in expand → backfill → contract."""
+
+    EXPAND = "expand"
+    """Only adds: new tables, nullable columns, indexes, NOT VALID constraints."""
+    BACKFILL = "backfill"
+    """Only changes data (in batches), no schema change."""
+    CONTRACT = "contract"
+    """Removes or tightens what old code no longer needs: drops, renames, SET NOT NULL."""
+
+
+@dataclass(frozen=True)
+class RevisionFile:
+    """One revision on disk, as the ledger, the lock file and the dry run see it."""
+
+    revision: str
+    path: Path
+    checksum: str
+    description: str
+    phase: Phase | None
+    """``None`` when the file declares no valid phase (the dry run reports that)."""
+
+    @property
+    def name(self) -> str:
+        """The file name, for messages."""
+        return self.path.name
+
+
+def next_revision_id(existing: Iterable[str]) -> str:
+    """The number after the highest numbered id in ``existing`` (``0001`` when there is none)."""
+    numbers = [int(rev) for rev in existing if _NUMBERED.match(rev)]
+    return f"{max(numbers, default=0) + 1:0{_WIDTH}d}"
+
+
+def number_revisions(
+    context: MigrationContext, revision: Any, directives: list[MigrationScript]
+) -> None:
+    """``process_revision_directives`` hook: give each new revision the next number as its id."""
+    script = context.opts.get("script")
+    assert isinstance(script, ScriptDirectory)
+    heads = script.get_heads()
+    if len(heads) > 1:
+        raise MigrationError(
+            f"Cannot add a revision: the chain has {len(heads)} heads ({', '.join(heads)}). "
+            "Make it one line first: set down_revision of the later one to the other."
+        )
+    taken = [rev.revision for rev in script.walk_revisions()]
+    for directive in directives:
+        directive.rev_id = next_revision_id(taken)
+        taken.append(directive.rev_id)
+    # File names come from the id; set here so an alembic.ini without file_template still works.
+    script.file_template = FILE_TEMPLATE
+
+
+def revision_phase(module: Any) -> Phase | None:
+    """The phase a revision module declares, or ``None`` if it declares none or a wrong one."""
+    value = getattr(module, "phase", None)
+    try:
+        return Phase(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def timeout_setting(module: Any, name: str, default: str | None) -> str | None:
+    """A revision's ``lock_timeout``/``statement_timeout`` override, checked, else ``default``.
+
+    ``None`` (in the revision) means: leave the server's setting alone; the lint reports it.
+    """
+    value = getattr(module, name, default)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not _DURATION.match(text):
+        where = getattr(module, "__file__", "a revision")
+        raise MigrationError(
+            f"{Path(str(where)).name}: {name} = {value!r} is not a duration; write e.g. "
+            f'{name} = "5s" (units us, ms, s, min, h, d) or "0" to disable it.'
+        )
+    return text
+
+
+def load_revisions(config: Config) -> ScriptDirectory:
+    """Load the script directory and insist on one numbered line of revisions.
+
+    Raises :class:`MigrationError` naming the files for: two heads, a duplicate id, a broken
+    ``down_revision`` (usually a deleted file), or a file outside the chain.
+    """
+    try:
+        script = ScriptDirectory.from_config(config)
+    except CommandError as exc:
+        raise MigrationError(f"{exc}; check script_location in {config.config_file_name}.") from exc
+    problems = revision_tree_problems(script)
+    if problems:
+        raise MigrationError("; ".join(problems))
+    return script
+
+
+def revision_tree_problems(script: ScriptDirectory) -> list[str]:
+    """Everything wrong with the shape of the revision tree, one sentence each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            revisions = list(script.walk_revisions())
+        except (CommandError, KeyError) as exc:
+            # A down_revision naming no file: Alembic warns "Revision X referenced from Y is
+            # not present", then fails on the lookup.
+            messages = [str(w.message) for w in caught] + [str(exc)]
+            return [_broken_chain(script, " ".join(messages))]
+    problems = [
+        _duplicate(str(w.message), script) for w in caught if "more than once" in str(w.message)
+    ]
+    heads = script.get_heads()
+    if len(heads) > 1:
+        named = sorted(_file_of(script, head) for head in heads)
+        problems.append(
+            f"the revisions have {len(heads)} heads ({', '.join(named)}); keep one line: "
+            "renumber the newer file and set its down_revision to the other head"
+        )
+    chained = {Path(rev.path).resolve() for rev in revisions}
+    for path in _version_files(script):
+        if path.resolve() not in chained and not problems:
+            problems.append(f"{path.name} is not a revision Alembic can load; fix or remove it")
+    for rev in revisions:
+        if not _NUMBERED.match(rev.revision):
+            problems.append(
+                f"{Path(rev.path).name}: revision id {rev.revision!r} is not numbered; use the "
+                f"next number (alembic revision -m ... assigns it)"
+            )
+    return problems
+
+
+def revision_files(script: ScriptDirectory) -> list[RevisionFile]:
+    """Every revision, oldest first, with its checksum, description and phase."""
+    files: list[RevisionFile] = []
+    for rev in reversed(list(script.walk_revisions())):
+        assert isinstance(rev, Script)
+        files.append(
+            RevisionFile(
+                revision=rev.revision,
+                path=Path(rev.path),
+                checksum=file_checksum(rev.path),
+                description=(rev.doc or "").strip(),
+                phase=revision_phase(rev.module),
+            )
+        )
+    return files
+
+
+def _version_files(script: ScriptDirectory) -> Sequence[Path]:
+    return sorted(p for p in Path(script.versions).glob("*.py") if p.name != "__init__.py")
+
+
+def _file_of(script: ScriptDirectory, revision: str) -> str:
+    named = [p.name for p in _version_files(script) if p.name.startswith(f"{revision}_")]
+    return named[0] if len(named) == 1 else revision
+
+
+def _relative(script: ScriptDirectory) -> str:
+    return "/".join(Path(script.versions).parts[-2:])
+
+
+def _duplicate(message: str, script: ScriptDirectory) -> str:
+    match = re.search(r"Revision (\S+) is present more than once", message)
+    rev = match.group(1) if match else "?"
+    files = [p.name for p in _version_files(script) if p.name.startswith(f"{rev}_")]
+    return (
+        f"revision {rev} is declared by more than one file "
+        f"({', '.join(files) or 'see versions/'}); "
+        "give the newer one the next free number"
+    )
+
+
+def _broken_chain(script: ScriptDirectory, message: str) -> str:
+    match = re.search(r"Revision (\w+) referenced from (?:\w+ -> )?(\w+)", message)
+    if match:
+        missing, child = match.groups()
+        return (
+            f"revision {missing} is missing: {_file_of(script, child)} follows it "
+            f"(down_revision = {missing!r}) but no file declares it; restore it from version "
+            f"control (git checkout -- '{_relative(script)}/{missing}_*.py')"
+        )
+    return f"the revision chain cannot be loaded ({message}); restore the missing revision file"

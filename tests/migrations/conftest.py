@@ -1,0 +1,23 @@
+"""Fixtures: a sample product repository from the shipped templates, on a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sample_repo import ProductRepo, make_repo
+
+from sigma_db import DatabaseSettings
+from sigma_db.testing import TestServer
+
+
+@pytest.fixture
+def repo(tmp_path: Path, db_settings: DatabaseSettings) -> ProductRepo:
+    """A product repo (lab, per-product layout, schema app) on a fresh database."""
+    return make_repo(tmp_path / "lab", db_settings)
+
+
+@pytest.fixture
+def offline_repo(tmp_path: Path, sigma_postgresql: TestServer) -> ProductRepo:
+    """A product repo whose settings name a database that does not exist (offline use)."""
+    return make_repo(tmp_path / "lab", sigma_postgresql.settings("edge_lab"))

@@ -1,0 +1,247 @@
+"""The verbs end to end: migrate (--dry-run), migrations lock/repair; errors as one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sample_repo import ProductRepo
+
+from sigma_db import DatabaseSettings
+from sigma_db.cli import main
+
+SIGNALS = """
+op.create_table(
+    "signals",
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+)
+"""
+
+
+def db_env(settings: DatabaseSettings) -> dict[str, str]:
+    return {
+        "DB_HOST": settings.host,
+        "DB_PORT": str(settings.port),
+        "DB_NAME": settings.name,
+        "DB_USER": settings.user,
+        "DB_PASSWORD": settings.secret(),
+        "DB_SCHEMA": settings.topology.schema,
+        "DB_PRODUCT": settings.topology.product.key,
+        "DB_SSLMODE": "disable",
+    }
+
+
+@pytest.fixture
+def in_repo(repo: ProductRepo, monkeypatch: pytest.MonkeyPatch) -> ProductRepo:
+    for name in [n for n in os.environ if n.startswith("DB_")]:
+        monkeypatch.delenv(name)
+    for name, value in db_env(repo.settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(repo.root)
+    return repo
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("sigma-db: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_migrate_then_dry_run_is_clean(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    assert run(["migrations", "lock"], capsys)[0] == 0
+    code, out, _ = run(["migrate", "--dry-run"], capsys)
+    assert code == 0
+    assert "reachable, at empty (no revision applied); 1 pending" in out
+    assert "pending 0001 init (expand) 0001_init.py" in out
+    assert "CREATE TABLE signals" in out
+    code, out, _ = run(["migrate"], capsys)
+    assert (code, out.splitlines()[-1]) == (0, "ok: 1 revision(s) applied")
+    assert "s3cret" not in out
+    code, out, _ = run(["migrate", "--dry-run"], capsys)
+    assert code == 0
+    assert "at 0001; 0 pending" in out
+    assert in_repo.query("SELECT count(*) FROM app.migration_runs") == [(1,)]
+
+
+def test_edited_applied_revision_fails_dry_run_until_repaired(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    run(["migrate"], capsys)
+    path.write_text(path.read_text().replace('"name"', '"title"'))
+    code, _, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    problems = [line for line in err.splitlines() if line.startswith("problem:")]
+    assert problems[0].startswith("problem: 0001 (0001_init.py): lock-mismatch:")
+    assert problems[1].startswith("problem: 0001 (0001_init.py): edited: changed after it was")
+    assert "sigma-db migrations repair 0001" in problems[1]
+    in_repo.add("next", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    code, _, err = run(["migrate"], capsys)  # applying on top of an edited revision refuses
+    assert code == 1
+    assert "0001 (0001_init.py): edited" in error_line(err)
+    (in_repo.versions / "0002_next.py").unlink()
+    code, out, _ = run(
+        ["migrations", "repair", "0001", "--reason", "rename before release"], capsys
+    )
+    assert code == 0
+    assert out.startswith("repaired 0001 (0001_init.py)")
+    assert run(["migrate", "--dry-run"], capsys)[0] == 0
+    assert in_repo.query("SELECT operation, reason FROM app.migration_runs ORDER BY id") == [
+        ("upgrade", None),
+        ("repair", "rename before release"),
+    ]
+
+
+def test_deleted_applied_revision_is_one_line(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    second = in_repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    run(["migrate"], capsys)
+    second.unlink()
+    code, _, err = run(["migrate"], capsys)
+    line = error_line(err)
+    assert code == 1
+    assert "at revision 0002, which no revision file declares; restore the file" in line
+    code, _, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "problem: 0002: unknown: the database is at revision 0002" in err
+
+
+def test_corrupt_lock_file_is_one_line(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    (in_repo.root / "migrations" / "checksums.lock").write_text("0001 not-a-checksum\n")
+    code, _, err = run(["migrations", "lock"], capsys)
+    assert code == 1
+    assert "checksums.lock is corrupt: line 1 is not '<revision> <sha256> <file>'" in error_line(
+        err
+    )
+    code, _, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "lock-corrupt" in err
+
+
+def test_lock_refuses_silent_edits(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    path.write_text(path.read_text() + "\n# edited\n")
+    code, _, err = run(["migrations", "lock"], capsys)
+    assert code == 1
+    assert "--accept 0001" in error_line(err)
+    code, out, _ = run(["migrations", "lock", "--accept", "0001"], capsys)
+    assert (code, out.splitlines()[0]) == (0, "re-locked 0001 0001_init.py (edit accepted)")
+
+
+def test_crlf_checkout_has_the_same_checksum(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    code, out, _ = run(["migrations", "lock"], capsys)
+    assert (code, out.splitlines()[-1].endswith("already up to date")) == (0, True)
+
+
+def test_unreachable_database(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    from sigma_db.server import free_port
+
+    monkeypatch.setenv("DB_PORT", str(free_port()))
+    code, _, err = run(["migrate"], capsys)
+    line = error_line(err)
+    assert code == 1
+    assert line.startswith("sigma-db: error: Cannot connect to postgresql://postgres@127.0.0.1:")
+    assert "s3cret" not in err
+    code, out, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 0, err
+    assert "database: NOT reachable, offline checks only" in out
+    assert "pending 0001 init" in out
+
+
+def test_missing_settings_and_config(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DB_HOST")
+    code, _, err = run(["migrate"], capsys)
+    assert code == 1
+    assert "DB_HOST is not set; set the server's host name" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("DB_HOST", "127.0.0.1")
+    code, _, err = run(["migrate", "-c", "nowhere.ini"], capsys)
+    assert "No Alembic config at nowhere.ini: run in the product repository" in error_line(err)
+
+
+def sigma_db_process(repo: ProductRepo, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    env.update(db_env(repo.settings))
+    return subprocess.Popen(
+        [sys.executable, "-m", "sigma_db", *args],
+        cwd=repo.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_apply_each_revision_once(repo: ProductRepo) -> None:
+    for number in range(1, 5):
+        repo.add(
+            f"step {number}",
+            f'op.execute("CREATE TABLE t{number} (id int); SELECT pg_sleep(0.2)")',
+        )
+    first = sigma_db_process(repo, "migrate")
+    second = sigma_db_process(repo, "migrate")
+    results = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], results
+    outs = sorted(out.splitlines()[-1] for out, _ in results)
+    assert outs == ["ok: 4 revision(s) applied", "ok: already up to date"]
+    assert any("Waiting for another migration run" in err for _, err in results)
+    assert repo.query(
+        "SELECT revision, count(*) FROM app.migration_runs GROUP BY 1 ORDER BY 1"
+    ) == [("0001", 1), ("0002", 1), ("0003", 1), ("0004", 1)]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0004",)]
+
+
+def test_dry_run_subprocess_names_revision_and_statement(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("drop", 'op.drop_column("signals", "name")')
+    lock = sigma_db_process(repo, "migrations", "lock")
+    assert lock.communicate(timeout=60)[1] == "" or lock.returncode == 0
+    dry = sigma_db_process(repo, "migrate", "--dry-run", "--no-sql")
+    out, err = dry.communicate(timeout=60)
+    assert dry.returncode == 1
+    assert next(line for line in err.splitlines() if line.startswith("problem:")) == (
+        "problem: 0002 (0002_drop.py) statement 1 `ALTER TABLE signals DROP COLUMN name`: "
+        "ban-drop-column: Dropping a column may break existing clients; breaks code still "
+        "running; allowed only in a contract revision"
+    )
+    assert "CREATE TABLE" not in out
+    assert repo.query("SELECT to_regclass('app.alembic_version') IS NULL") == [(True,)]
+    assert not (Path(repo.root) / "migrations" / "checksums.lock.tmp").exists()

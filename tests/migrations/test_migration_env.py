@@ -1,0 +1,241 @@
+"""The environment entry point against a real server: ledger, failure atomicity, topologies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from pglast import parser
+from sample_repo import ProductRepo, make_repo
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from sigma_db import DatabaseSettings
+from sigma_db.migrations import MigrationError
+from sigma_db.testing import TestServer
+
+SIGNALS = """
+op.create_table(
+    "signals",
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+)
+"""
+LEDGER = "SELECT revision, operation FROM app.migration_runs ORDER BY id"
+
+
+def test_upgrade_applies_and_records_ledger(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS, 'op.drop_table("signals")')
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    assert repo.upgrade() == ["upgrade 0001", "upgrade 0002"]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
+    rows = repo.query(
+        "SELECT revision, operation, phase, length(checksum), success, duration_ms >= 0, "
+        "description, applied_by, client IS NOT NULL FROM app.migration_runs ORDER BY id"
+    )
+    assert rows == [
+        ("0001", "upgrade", "expand", 64, True, True, "init", "postgres", True),
+        ("0002", "upgrade", "expand", 64, True, True, "add score", "postgres", True),
+    ]
+    assert repo.upgrade() == []  # idempotent
+
+
+def test_downgrade_is_recorded(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS, 'op.drop_table("signals")')
+    repo.upgrade()
+    command.downgrade(repo.config(), "base")
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0001", "downgrade")]
+    assert repo.query("SELECT count(*) FROM app.alembic_version") == [(0,)]
+
+
+def test_failing_revision_leaves_version_table_and_ledger_as_before(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    before = (
+        repo.query("SELECT version_num FROM app.alembic_version"),
+        repo.query("SELECT * FROM app.migration_runs ORDER BY id"),
+    )
+    repo.add(
+        "half done",
+        """
+        op.add_column("signals", sa.Column("score", sa.BigInteger))
+        op.execute("INSERT INTO signals (name) VALUES ('a')")
+        op.execute("SELECT 1/0")
+        """,
+    )
+    with pytest.raises(MigrationError) as caught:
+        repo.upgrade()
+    message = str(caught.value)
+    assert "0002 (0002_half_done.py) failed: division by zero" in message
+    assert "\n" not in message
+    after = (
+        repo.query("SELECT version_num FROM app.alembic_version"),
+        repo.query("SELECT * FROM app.migration_runs ORDER BY id"),
+    )
+    assert after == before
+    columns = repo.query(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = 'app' AND table_name = 'signals' ORDER BY ordinal_position"
+    )
+    assert columns == [("id",), ("name",)]
+    assert repo.query("SELECT count(*) FROM app.signals") == [(0,)]
+
+
+def test_timeouts_are_set_per_revision_and_overridable(repo: ProductRepo) -> None:
+    probe = """
+    op.execute(
+        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
+        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
+        "current_setting('statement_timeout')"
+    )
+    """
+    repo.add("init", probe.format(rev="0001"))
+    repo.add(
+        "slow", probe.format(rev="0002"), extra='lock_timeout = "1min"\nstatement_timeout = "0"'
+    )
+    repo.upgrade()
+    assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
+        ("0001", "5s", "15min"),
+        ("0002", "1min", "0"),
+    ]
+
+
+def test_bad_timeout_value_is_one_clear_error(repo: ProductRepo) -> None:
+    repo.add("init", "pass", extra='lock_timeout = "5 s\'; DROP TABLE x; --"')
+    with pytest.raises(MigrationError, match=r"0001_init.py: lock_timeout = .* is not a duration"):
+        repo.upgrade()
+
+
+def test_schema_is_created_and_version_table_lives_there(
+    sigma_postgresql: TestServer, sigma_database: str, tmp_path: Path
+) -> None:
+    settings = sigma_postgresql.settings(sigma_database, schema_name="app")
+    repo = make_repo(tmp_path / "lab", settings)
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    assert repo.query(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 2"
+    ) == [("app", "alembic_version"), ("app", "migration_runs"), ("app", "signals")]
+
+
+def test_pooler_transaction_mode_is_refused(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    settings = repo.settings.model_copy(update={"pooler": "transaction"})
+    with pytest.raises(MigrationError, match="direct connection"):
+        repo.upgrade(settings=settings)
+
+
+AREA_REVISION = """
+ops.create_area_schema("audit")
+op.create_table(
+    "audit_logs",
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    schema=ops.area("audit"),
+)
+"""
+
+
+@pytest.fixture
+def consolidated(sigma_postgresql: TestServer) -> Iterator[DatabaseSettings]:
+    import psycopg
+
+    admin = sigma_postgresql.settings("postgres")
+    dsn = {"host": admin.host, "port": admin.port, "user": admin.user, "password": admin.secret()}
+    with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
+        conn.execute("DROP DATABASE IF EXISTS edge_products")
+        conn.execute("CREATE DATABASE edge_products")
+    yield sigma_postgresql.settings("edge_products", schema_name="lab", product=None)
+    with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
+        conn.execute("DROP DATABASE edge_products WITH (FORCE)")
+
+
+def test_same_revisions_migrate_both_topologies(
+    repo: ProductRepo, consolidated: DatabaseSettings
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("audit", AREA_REVISION)
+    repo.add(
+        "backfill", "op.execute(\"INSERT INTO signals (name) VALUES ('x')\")", phase="backfill"
+    )
+    assert repo.upgrade() == ["upgrade 0001", "upgrade 0002", "upgrade 0003"]
+    assert repo.upgrade(settings=consolidated) == ["upgrade 0001", "upgrade 0002", "upgrade 0003"]
+    tables = (
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+        "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+    )
+    assert [r[0] for r in repo.query(tables)] == [
+        "app.alembic_version",
+        "app.migration_runs",
+        "app.signals",
+        "audit.audit_logs",
+    ]
+    assert [r[0] for r in repo.query(tables, consolidated)] == [
+        "lab.alembic_version",
+        "lab.migration_runs",
+        "lab.signals",
+        "lab_audit.audit_logs",
+    ]
+    assert repo.query("SELECT name FROM lab.signals", consolidated) == [("x",)]
+
+
+def _fingerprints(statements: list[str]) -> list[str]:
+    found = []
+    for statement in statements:
+        sql = re.sub(r"%\((\w+)\)s", "$1", statement)
+        for raw in parser.split(sql):
+            found.append(parser.fingerprint(raw))
+    return found
+
+
+def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> None:
+    chain = [
+        ("init", SIGNALS, {}),
+        ("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))', {}),
+        (
+            "index score",
+            'ops.create_index_concurrently("ix_signals_score", "signals", ["score"])',
+            {},
+        ),
+        (
+            "fill score",
+            'ops.run_in_batches("UPDATE signals SET score = 0 WHERE id IN (SELECT id FROM '
+            'signals WHERE score IS NULL LIMIT :batch_size)", batch_size=10)',
+            {"phase": "backfill"},
+        ),
+    ]
+    for message, upgrade, kw in chain:
+        repo.add(message, upgrade, **kw)
+    offline = repo.sql()
+    executed: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        executed.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", capture)
+    try:
+        repo.upgrade()
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
+    online = [s for s in executed if not s.lstrip().upper().startswith(("SELECT", "SHOW"))]
+    offline_statements = []
+    session: set[str] = set()
+    for statement in parser.split(offline):
+        if statement.strip().upper().startswith(("BEGIN", "COMMIT")):
+            continue
+        if statement.startswith("SET "):
+            # Offline each revision states its timeouts; online the session keeps them, so
+            # only changes are sent.
+            if statement in session:
+                continue
+            session.add(statement)
+        offline_statements.append(statement)
+    # Same statements in the same order: timeouts, DDL, CONCURRENTLY, backfill, version table
+    # and ledger bookkeeping (constants differ: durations, bind values). The table is empty, so
+    # run_in_batches runs its statement once online too.
+    assert len(offline_statements) > 12
+    assert _fingerprints(offline_statements) == _fingerprints(online)
+    assert repo.query("SELECT count(*) FROM app.migration_runs") == [(4,)]

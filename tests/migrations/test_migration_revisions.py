@@ -1,0 +1,117 @@
+"""Numbered revisions, one head, autogenerate limited to the product (real server)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sample_repo import ProductRepo
+
+from sigma_db.migrations import MigrationError
+from sigma_db.migrations.revisions import next_revision_id
+
+MODEL = """
+from sqlalchemy import BigInteger, Column, Date, Identity, Index, Integer, Table, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+Table(
+    "events",
+    Base.metadata,
+    Column("id", Integer),
+    Column("at", Date),
+    Index("ix_events_at", "at"),
+    postgresql_partition_by="RANGE (at)",
+)
+
+class Signal(Base):
+    __tablename__ = "signals"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+"""
+
+
+def test_next_revision_id() -> None:
+    assert next_revision_id([]) == "0001"
+    assert next_revision_id(["0001", "0009", "abc"]) == "0010"
+    assert next_revision_id(["9999"]) == "10000"
+
+
+def test_revision_command_numbers_files_without_a_database(offline_repo: ProductRepo) -> None:
+    first = command.revision(offline_repo.config(), "init")
+    second = command.revision(offline_repo.config(), "add signals")
+    names = sorted(p.name for p in offline_repo.versions.glob("*.py"))
+    assert names == ["0001_init.py", "0002_add_signals.py"]
+    assert first.revision == "0001"  # type: ignore[union-attr]
+    assert second.down_revision == "0001"  # type: ignore[union-attr]
+    text = (offline_repo.versions / "0002_add_signals.py").read_text()
+    assert 'phase = "expand"' in text
+    assert "revision: str = '0002'" in text
+
+
+def test_two_heads_is_one_clear_error(offline_repo: ProductRepo) -> None:
+    offline_repo.add("init")
+    offline_repo.add("a")
+    offline_repo.add("b", down="0001")
+    with pytest.raises(MigrationError) as caught:
+        offline_repo.sql()
+    message = str(caught.value)
+    assert "2 heads (0002_a.py, 0003_b.py)" in message
+    assert "down_revision" in message
+    with pytest.raises(MigrationError, match="heads"):
+        command.revision(offline_repo.config(), "c")
+
+
+def test_deleted_revision_file_is_one_clear_error(offline_repo: ProductRepo) -> None:
+    offline_repo.add("init")
+    offline_repo.add("a").unlink()
+    offline_repo.add("b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(MigrationError) as caught:
+            offline_repo.sql()
+    assert "revision 0002 is missing: 0003_b.py follows it" in str(caught.value)
+    assert "git checkout" in str(caught.value)
+
+
+def test_autogenerate_sees_only_the_product_and_no_partitions(repo: ProductRepo) -> None:
+    (repo.root / f"{repo.models}.py").write_text(
+        (repo.root / f"{repo.models}.py").read_text() + MODEL
+    )
+    repo.query(
+        """
+        CREATE SCHEMA app; CREATE SCHEMA sim; CREATE TABLE sim.runs (id int);
+        CREATE TABLE app.events (id int, at date) PARTITION BY RANGE (at);
+        CREATE TABLE app.events_2024 PARTITION OF app.events
+            FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+        CREATE INDEX ix_events_at ON app.events (at);
+        """.replace("CREATE SCHEMA app;", "")
+    )
+    script = command.revision(repo.config(), "add signals", autogenerate=True)
+    assert script is not None
+    text = Path(script.path).read_text()  # type: ignore[union-attr]
+    assert "op.create_table('signals'" in text
+    assert "events_2024" not in text
+    assert "sim" not in text
+    assert script.revision == "0001"  # type: ignore[union-attr]
+    assert "'events'" not in text
+    repo.upgrade()
+    command.check(repo.config())  # no differences: not the partition, ledger or version table
+
+
+def test_revision_needs_no_db_settings(
+    offline_repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from alembic.config import Config
+
+    for name in [n for n in os.environ if n.startswith("DB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(offline_repo.root)
+    config = Config(str(offline_repo.root / "alembic.ini"))  # no settings handed in
+    command.revision(config, "init")
+    assert [p.name for p in offline_repo.versions.glob("*.py")] == ["0001_init.py"]
+    with pytest.raises(MigrationError, match="DB_HOST is not set"):
+        command.upgrade(Config(str(offline_repo.root / "alembic.ini")), "head", sql=True)
