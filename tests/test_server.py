@@ -61,6 +61,7 @@ def test_missing_binaries_say_how_to_install(
     monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(server, "_SEARCH_GLOBS", ())
+    monkeypatch.setattr(server, "_embedded_bindir", lambda: None)  # no pgserver wheel either
     with pytest.raises(ServerError, match="apt-get install postgresql") as exc:
         find_binaries()
     assert "SIGMA_DB_PG_BINDIR" in str(exc.value)
