@@ -46,6 +46,15 @@ def doctor() -> None:
     raise SystemExit(1)
 
 
+@cli.command()
+@click.option("--keep", is_flag=True, help="Leave the demo server running afterwards.")
+def demo(keep: bool) -> None:
+    """Run the main job end to end on a throwaway local PostgreSQL and print each step."""
+    from sigma_db.demo import run_demo
+
+    run_demo(click.echo, keep=keep)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI, turning sigma_db errors into one line and exit status 1."""
     try:

@@ -13,17 +13,18 @@ with the cause chained and the password scrubbed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
 from sigma_db.errors import DatabaseUnavailableError
 from sigma_db.identifiers import quote
 from sigma_db.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["create_async_engine", "create_engine", "engine_arguments"]
 
@@ -38,8 +39,11 @@ def create_engine(settings: DatabaseSettings, **overrides: Any) -> Engine:
 
 def create_async_engine(settings: DatabaseSettings, **overrides: Any) -> AsyncEngine:
     """Create an asyncio engine (psycopg 3 async) with the same options as :func:`create_engine`."""
+    # Imported here: SQLAlchemy's asyncio layer (and greenlet) is a cost sync services skip.
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
     url, kwargs = engine_arguments(settings)
-    engine = _sa_create_async_engine(url, **(kwargs | overrides))
+    engine = sa_create_async_engine(url, **(kwargs | overrides))
     _translate_connect_errors(engine.sync_engine, settings)
     return engine
 

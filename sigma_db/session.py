@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:  # the asyncio layer loads only for services that use it
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 __all__ = [
     "async_session_dependency",
@@ -33,6 +35,8 @@ def create_async_session_factory(
     engine: AsyncEngine, **options: Any
 ) -> async_sessionmaker[AsyncSession]:
     """An ``async_sessionmaker`` bound to ``engine``; ``options`` override the defaults."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
     return async_sessionmaker(engine, **({"expire_on_commit": False} | options))
 
 

@@ -1,0 +1,113 @@
+"""The sigma-db command: one line per problem, exit codes, no tracebacks, no passwords."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sigma_db import DatabaseSettings, __version__
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sigma_db", *args],
+        capture_output=True,
+        text=True,
+        env=clean | (env or {}),
+        cwd="/",
+        check=False,
+        timeout=60,
+    )
+
+
+def as_env(settings: DatabaseSettings) -> dict[str, str]:
+    return {
+        "DB_HOST": settings.host,
+        "DB_PORT": str(settings.port),
+        "DB_NAME": settings.name,
+        "DB_USER": settings.user,
+        "DB_PASSWORD": settings.secret(),
+        "DB_PRODUCT": "lab",
+    }
+
+
+def test_version_and_help() -> None:
+    assert __version__ in run("--version").stdout
+    help_text = run("--help").stdout
+    assert "doctor" in help_text and "demo" in help_text
+
+
+def test_doctor_healthy(db_settings: DatabaseSettings) -> None:
+    result = run("doctor", env=as_env(db_settings))
+    assert result.returncode == 0, result.stderr
+    assert "ok: no problems found" in result.stdout
+    assert "search_path" in result.stdout and "app, public" in result.stdout
+    assert "PostgreSQL 1" in result.stdout
+    assert db_settings.secret() not in result.stdout + result.stderr
+    assert "********" in result.stdout
+
+
+def test_doctor_missing_database(db_settings: DatabaseSettings) -> None:
+    result = run("doctor", env=as_env(db_settings) | {"DB_SCHEMA": "public"})
+    assert result.returncode == 0, result.stderr
+    env = as_env(db_settings) | {
+        "DB_NAME": "edge_products",
+        "DB_SCHEMA": "sim",
+        "DB_PRODUCT": "sim",
+    }
+    missing_db = run("doctor", env=env)
+    assert missing_db.returncode == 1
+    assert "Create database edge_products or fix DB_NAME" in missing_db.stderr
+
+
+def test_doctor_missing_schema_has_a_fix(db_settings: DatabaseSettings) -> None:
+    import psycopg
+
+    with psycopg.connect(
+        host=db_settings.host,
+        port=db_settings.port,
+        user=db_settings.user,
+        password=db_settings.secret(),
+        dbname=db_settings.name,
+        autocommit=True,
+    ) as conn:
+        conn.execute("DROP SCHEMA app")
+    result = run("doctor", env=as_env(db_settings))
+    assert result.returncode == 1
+    assert "Schema app does not exist" in result.stderr
+
+
+def test_bad_settings_one_message_no_traceback() -> None:
+    result = run("doctor", env={"DB_PORT": "abc", "DB_PASSWORD": "hunter2-secret"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("sigma-db: error: Invalid database settings")
+    assert "Traceback" not in result.stderr
+    assert "DB_HOST is not set" in result.stderr and "DB_PORT (got 'abc')" in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_unreachable_server_one_message(db_settings: DatabaseSettings) -> None:
+    env = as_env(db_settings) | {"DB_PORT": "1"}
+    result = run("doctor", env=env)
+    assert result.returncode == 1
+    assert "Cannot connect to postgresql://postgres@127.0.0.1:1/" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert db_settings.secret() not in result.stderr
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    assert "read back 3 packs and 3 audit entries" in result.stdout
+    assert "stopped the server" in result.stdout

@@ -1,0 +1,195 @@
+"""DatabaseSettings: every bad input named at once, with its fix; the password never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sigma_db import ConfigurationError, DatabaseSettings
+
+SECRET = "p@ss:w/o%r#d-very-secret"
+GOOD = {
+    "DB_HOST": "db.internal",
+    "DB_PORT": "5432",
+    "DB_NAME": "edge_lab",
+    "DB_USER": "edge_lab_rw",
+    "DB_PASSWORD": SECRET,
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    for name in list(__import__("os").environ):
+        if name.startswith("DB_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def load() -> DatabaseSettings:
+    return DatabaseSettings()
+
+
+def problems_of(exc: pytest.ExceptionInfo[ConfigurationError]) -> list[str]:
+    return exc.value.problems
+
+
+def test_reads_required_and_defaults(env: pytest.MonkeyPatch) -> None:
+    settings = load()
+    assert (settings.host, settings.port, settings.name, settings.user) == (
+        "db.internal",
+        5432,
+        "edge_lab",
+        "edge_lab_rw",
+    )
+    assert settings.secret() == SECRET
+    assert settings.topology.schema == "app"
+    assert settings.conn_max == 10
+    assert settings.env == "dev"
+
+
+def test_all_missing_variables_listed_in_one_error(env: pytest.MonkeyPatch) -> None:
+    for name in GOOD:
+        env.delenv(name)
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    message = str(exc.value)
+    for name in GOOD:
+        assert f"{name} is not set" in message
+    assert len(problems_of(exc)) == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DB_PORT", "abc", "DB_PORT (got 'abc')"),
+        ("DB_PORT", "0", "DB_PORT (got '0')"),
+        ("DB_PORT", "70000", "DB_PORT (got '70000')"),
+        ("DB_SSLMODE", "sometimes", "DB_SSLMODE (got 'sometimes')"),
+        ("DB_CONN_MAX", "0", "DB_CONN_MAX (got '0')"),
+        ("DB_CONN_MAX", "-3", "DB_CONN_MAX (got '-3')"),
+        ("DB_ENV", "production", "DB_ENV (got 'production')"),
+        ("DB_HOST", "postgres://u:pw@h/db", "looks like a URL"),
+    ],
+)
+def test_invalid_values_name_the_variable_and_fix(
+    env: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    env.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert expected in str(exc.value)
+    assert "; set " in str(exc.value)  # every line carries its fix
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ['edge"lab', "edge_lab;drop", "Edge_Lab", "edge lab", "x" * 64, "select", ""],
+)
+@pytest.mark.parametrize("variable", ["DB_NAME", "DB_SCHEMA"])
+def test_database_and_schema_names_are_identifiers(
+    env: pytest.MonkeyPatch, variable: str, bad: str
+) -> None:
+    env.setenv(variable, bad)
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert variable in str(exc.value)
+
+
+def test_several_invalid_values_reported_together(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_PORT", "abc")
+    env.setenv("DB_SSLMODE", "bogus")
+    env.setenv("DB_CONN_MAX", "0")
+    env.delenv("DB_USER")
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert len(problems_of(exc)) == 4
+
+
+def test_password_never_in_errors_or_repr(env: pytest.MonkeyPatch) -> None:
+    settings = load()
+    shown = [repr(settings), str(settings), str(settings.url()), repr(settings.url())]
+    shown += [settings.display_dsn, str(settings.masked())]
+    assert not any(SECRET in text for text in shown)
+    env.setenv("DB_PORT", "nope")
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert SECRET not in str(exc.value)
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__
+
+
+def test_password_with_url_metacharacters_round_trips(env: pytest.MonkeyPatch) -> None:
+    url = load().url()
+    assert url.password == SECRET
+    assert url.render_as_string(hide_password=False).count("@") == 1  # escaped in the URL
+
+
+def test_password_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("DB_PASSWORD")
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n", encoding="utf-8")
+    env.setenv("DB_PASSWORD_FILE", str(secret))
+    assert load().secret() == "from-a-file"
+    secret.write_text("rotated\n", encoding="utf-8")
+    assert load().secret() == "rotated"
+
+
+def test_unreadable_password_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("DB_PASSWORD")
+    env.setenv("DB_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert "DB_PASSWORD_FILE" in str(exc.value) and "cannot be read" in str(exc.value)
+
+
+def test_empty_password_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("DB_PASSWORD")
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    env.setenv("DB_PASSWORD_FILE", str(empty))
+    with pytest.raises(ConfigurationError, match=r"DB_PASSWORD_FILE.*is empty"):
+        load()
+
+
+def test_password_and_file_both_set(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x", encoding="utf-8")
+    env.setenv("DB_PASSWORD_FILE", str(secret))
+    with pytest.raises(ConfigurationError, match="both set; keep only one"):
+        load()
+
+
+def test_dotenv_file_is_read_and_environment_wins(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("DB_USER")
+    (tmp_path / ".env").write_text("DB_USER=from_dotenv\nDB_HOST=ignored\n", encoding="utf-8")
+    settings = load()
+    assert settings.user == "from_dotenv"
+    assert settings.host == "db.internal"
+
+
+def test_keyword_arguments_override_environment(env: pytest.MonkeyPatch) -> None:
+    assert DatabaseSettings(port=6543).port == 6543
+
+
+def test_consolidated_database_in_prod_is_a_configuration_error(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_NAME", "edge_products")
+    env.setenv("DB_SCHEMA", "lab")
+    env.setenv("DB_ENV", "prod")
+    with pytest.raises(ConfigurationError, match="not allowed in DB_ENV=prod"):
+        load()
+
+
+def test_unknown_product_schema_in_consolidated_dev(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_NAME", "edge_products")
+    env.setenv("DB_SCHEMA", "billing")
+    with pytest.raises(ConfigurationError, match=r"one of lab\|sim\|market\|pilot\|platform"):
+        load()
+
+
+def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
+    settings = load()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
