@@ -18,6 +18,12 @@ if TYPE_CHECKING:
         SigmaDBError,
     )
     from sigma_db.models import IdentityPrimaryKey, ProductBase, Timestamps
+    from sigma_db.partitions import (
+        DatePartitioned,
+        DatePartitioning,
+        PartitionManager,
+        copy_rows,
+    )
     from sigma_db.session import (
         async_session_dependency,
         async_session_scope,
@@ -33,9 +39,12 @@ __all__ = [
     "ConfigurationError",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "DatePartitioned",
+    "DatePartitioning",
     "Environment",
     "IdentityPrimaryKey",
     "NamingError",
+    "PartitionManager",
     "Product",
     "ProductBase",
     "SigmaDBError",
@@ -44,6 +53,7 @@ __all__ = [
     "__version__",
     "async_session_dependency",
     "async_session_scope",
+    "copy_rows",
     "create_async_engine",
     "create_async_session_factory",
     "create_engine",
@@ -62,6 +72,10 @@ _HOME = {
     "IdentityPrimaryKey": "models",
     "ProductBase": "models",
     "Timestamps": "models",
+    "DatePartitioned": "partitions",
+    "DatePartitioning": "partitions",
+    "PartitionManager": "partitions",
+    "copy_rows": "partitions",
     "async_session_dependency": "session",
     "async_session_scope": "session",
     "create_async_session_factory": "session",

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from sigma_db.errors import SigmaDBError
+from sigma_db.partitions.cli import partitions
 
 __all__ = ["cli", "main"]
 
@@ -53,6 +54,9 @@ def demo(keep: bool) -> None:
     from sigma_db.demo import run_demo
 
     run_demo(click.echo, keep=keep)
+
+
+cli.add_command(partitions)
 
 
 def main(argv: list[str] | None = None) -> Any:

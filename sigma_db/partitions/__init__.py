@@ -10,31 +10,37 @@
 See ``docs/partitioning.md`` for the guide.
 """
 
-from sigma_db.partitions.declaration import (
-    DEFAULT_PREMAKE,
-    DEFAULT_RETENTION,
-    DatePartitioned,
-    DatePartitioning,
-    PartitionedTable,
-    partitioned_table,
-)
-from sigma_db.partitions.ingest import copy_rows
-from sigma_db.partitions.manager import (
-    MaintenancePlan,
-    MaintenanceReport,
-    PartitionAction,
-    PartitionManager,
-    TablePlan,
-)
-from sigma_db.partitions.migration import create_partitions, exclude_partitions
-from sigma_db.partitions.windows import (
-    Interval,
-    PartitionWindow,
-    default_partition_name,
-    partition_name,
-    window_containing,
-    windows_covering,
-)
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sigma_db.partitions.declaration import (
+        DEFAULT_PREMAKE,
+        DEFAULT_RETENTION,
+        DatePartitioned,
+        DatePartitioning,
+        PartitionedTable,
+        partitioned_table,
+    )
+    from sigma_db.partitions.ingest import copy_rows
+    from sigma_db.partitions.manager import (
+        MaintenancePlan,
+        MaintenanceReport,
+        PartitionAction,
+        PartitionManager,
+        TablePlan,
+    )
+    from sigma_db.partitions.migration import create_partitions, exclude_partitions
+    from sigma_db.partitions.windows import (
+        Interval,
+        PartitionWindow,
+        default_partition_name,
+        partition_name,
+        window_containing,
+        windows_covering,
+    )
 
 __all__ = [
     "DEFAULT_PREMAKE",
@@ -58,3 +64,40 @@ __all__ = [
     "window_containing",
     "windows_covering",
 ]
+
+_HOME = {
+    "DEFAULT_PREMAKE": "declaration",
+    "DEFAULT_RETENTION": "declaration",
+    "DatePartitioned": "declaration",
+    "DatePartitioning": "declaration",
+    "PartitionedTable": "declaration",
+    "partitioned_table": "declaration",
+    "copy_rows": "ingest",
+    "MaintenancePlan": "manager",
+    "MaintenanceReport": "manager",
+    "PartitionAction": "manager",
+    "PartitionManager": "manager",
+    "TablePlan": "manager",
+    "create_partitions": "migration",
+    "exclude_partitions": "migration",
+    "Interval": "windows",
+    "PartitionWindow": "windows",
+    "default_partition_name": "windows",
+    "partition_name": "windows",
+    "window_containing": "windows",
+    "windows_covering": "windows",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562) so that `sigma-db --help` and `import sigma_db.partitions.cli` stay cheap.
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sigma_db.partitions' has no attribute {name!r}")
+    value = getattr(import_module(f"sigma_db.partitions.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
