@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -63,7 +63,9 @@ def test_missing_column() -> None:
 
 
 def test_naive_timestamp_column() -> None:
-    with pytest.raises(ConfigurationError, match=r"Reading.*without time zone.*TIMESTAMP\(timezone=True\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"Reading.*without time zone.*TIMESTAMP\(timezone=True\)"
+    ):
         define(
             DatePartitioning(column="taken_at"),
             taken_at=mapped_column(DateTime, primary_key=True),
@@ -79,7 +81,9 @@ def test_wrong_column_type() -> None:
 
 
 def test_interval_not_in_the_list() -> None:
-    with pytest.raises(ConfigurationError, match=r"Reading: interval 'hour' is not one of 'day', 'week', 'month'"):
+    with pytest.raises(
+        ConfigurationError, match=r"Reading: interval 'hour' is not one of 'day', 'week', 'month'"
+    ):
         define(DatePartitioning(column="taken_at", interval="hour"))
 
 
@@ -188,7 +192,3 @@ def test_not_a_partitioned_model() -> None:
 
     with pytest.raises(ConfigurationError, match="Pack is not a date-partitioned model"):
         partitioned_table(Pack)
-
-
-def test_unused_imports_are_used() -> None:  # keep date/datetime imports meaningful
-    assert date(2026, 1, 1) < datetime(2026, 1, 2).date()

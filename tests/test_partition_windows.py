@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -71,7 +72,7 @@ def test_windows_tile_without_gaps_or_overlaps(
     windows = list(windows_covering(interval, first, last))
     assert windows[0].contains(first)
     assert windows[-1].contains(last)
-    for before, after in zip(windows, windows[1:], strict=False):
+    for before, after in itertools.pairwise(windows):
         assert before.end == after.start
     names = [partition_name("signals", w) for w in windows]
     assert len(set(names)) == len(names)  # one name per window

@@ -138,6 +138,7 @@ def _parse_now(text: str | None) -> datetime | None:
         value = None
     if value is None or value.tzinfo is None:
         raise ConfigurationError(
-            f"--now {text!r} is not an ISO-8601 instant with a zone; e.g. 2026-11-27T00:00:00+00:00."
+            f"--now {text!r} is not an ISO-8601 instant with a zone; "
+            "e.g. 2026-11-27T00:00:00+00:00."
         )
     return value

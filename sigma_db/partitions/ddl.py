@@ -43,7 +43,7 @@ def physical_schema(logical: str | None, execution_options: Mapping[str, Any]) -
     where unqualified names resolve.
     """
     translate = execution_options.get("schema_translate_map") or {}
-    return translate.get(logical, logical)  # type: ignore[no-any-return]
+    return translate.get(logical, logical)
 
 
 def qualified(schema: str | None, name: str) -> str:
@@ -52,8 +52,11 @@ def qualified(schema: str | None, name: str) -> str:
 
 
 def bound_literal(moment: datetime, *, key_is_date: bool) -> str:
-    """A partition bound as SQL: ``'2026-11-27'`` for a date key, an explicit ``+00`` instant
-    for timestamptz (so the session's TimeZone cannot move it)."""
+    """A partition bound as SQL text.
+
+    ``'2026-11-27'`` for a date key; for timestamptz an instant with an explicit ``+00``, so the
+    session's TimeZone cannot move it.
+    """
     utc = moment.astimezone(UTC)
     if key_is_date:
         return f"'{utc.date().isoformat()}'"
@@ -87,8 +90,7 @@ def detach_sql(
     """``ALTER TABLE <parent> DETACH PARTITION <child> [CONCURRENTLY | FINALIZE]``."""
     mode = " FINALIZE" if finalize else " CONCURRENTLY" if concurrently else ""
     return (
-        f"ALTER TABLE {qualified(schema, parent)} "
-        f"DETACH PARTITION {qualified(schema, child)}{mode}"
+        f"ALTER TABLE {qualified(schema, parent)} DETACH PARTITION {qualified(schema, child)}{mode}"
     )
 
 

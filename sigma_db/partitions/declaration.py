@@ -119,9 +119,7 @@ class DatePartitioning:
         """What is wrong with the declaration itself (no table needed); empty when it is fine."""
         problems: list[str] = []
         if not isinstance(self.column, str) or not self.column:
-            problems.append(
-                "column must name the partition key column, e.g. column='observed_at'"
-            )
+            problems.append("column must name the partition key column, e.g. column='observed_at'")
         if not isinstance(self.interval, Interval):
             allowed = ", ".join(repr(i.value) for i in Interval)
             problems.append(f"interval {self.interval!r} is not one of {allowed}; pick one")
@@ -134,13 +132,14 @@ class DatePartitioning:
             )
         if self.expired not in _EXPIRED:
             problems.append(f"expired {self.expired!r} must be 'drop' or 'detach'")
-        if not isinstance(self.default_partition, bool):
+        default_partition: object = self.default_partition  # people pass anything
+        if not isinstance(default_partition, bool):
             problems.append("default_partition must be True or False")
         problems.extend(self._retention_problems())
         return problems
 
     def _retention_problems(self) -> list[str]:
-        retention = self.retention
+        retention: object = self.retention
         if retention is None or isinstance(retention, timedelta):
             raw: Mapping[Any, Any] = {} if retention is None else {"every environment": retention}
         elif isinstance(retention, Mapping):
@@ -338,4 +337,3 @@ def _create_initial_partitions(target: Table, connection: Connection, **_: Any) 
     schema = physical_schema(target.schema, connection.get_execution_options())
     for statement in initial_partition_statements(partitioned, schema):
         connection.exec_driver_sql(statement)
-

@@ -250,7 +250,8 @@ class PartitionManager:
             default_env = None
         else:
             raise ConfigurationError(
-                f"PartitionManager needs DatabaseSettings or an Engine, not {type(target).__name__}."
+                "PartitionManager needs DatabaseSettings or an Engine, not "
+                f"{type(target).__name__}."
             )
         chosen = environment if environment is not None else default_env
         if chosen is None:
@@ -362,8 +363,9 @@ class PartitionManager:
             if existing.detach_pending:
                 # Only a run of ours starts a concurrent detach, and only of an expired partition.
                 statements = [
-                    detach_sql(partitioned.name, existing.name, schema, concurrently=False,
-                               finalize=True)
+                    detach_sql(
+                        partitioned.name, existing.name, schema, concurrently=False, finalize=True
+                    )
                 ]
                 if declaration.expired == "drop":
                     statements.append(drop_sql(existing.name, schema))
@@ -444,7 +446,10 @@ class PartitionManager:
                     statements.append(drop_sql(existing.name, schema))
                 plan.actions.append(
                     PartitionAction(
-                        "retire", existing.name, tuple(statements), window,
+                        "retire",
+                        existing.name,
+                        tuple(statements),
+                        window,
                         concurrently=concurrently,
                     )
                 )
@@ -491,11 +496,17 @@ class PartitionManager:
             statements = [action.statements[0] for action in chunk]
             if self._transaction(conn, plan, statements, outcome, what=chunk[0].partition):
                 outcome.created += len(chunk)
-                say(f"{plan.table}: created {len(chunk)} partitions "
-                    f"({chunk[0].partition} .. {chunk[-1].partition})")
+                say(
+                    f"{plan.table}: created {len(chunk)} partitions "
+                    f"({chunk[0].partition} .. {chunk[-1].partition})"
+                )
 
     def _run_one(
-        self, conn: Any, plan: TablePlan, action: PartitionAction, outcome: TableOutcome,
+        self,
+        conn: Any,
+        plan: TablePlan,
+        action: PartitionAction,
+        outcome: TableOutcome,
         say: _Progress,
     ) -> None:
         if action.kind == "move":
@@ -534,7 +545,11 @@ class PartitionManager:
         return None
 
     def _retire_concurrently(
-        self, conn: Any, plan: TablePlan, action: PartitionAction, outcome: TableOutcome,
+        self,
+        conn: Any,
+        plan: TablePlan,
+        action: PartitionAction,
+        outcome: TableOutcome,
         say: _Progress,
     ) -> None:
         """DETACH CONCURRENTLY runs outside a transaction; DROP follows once it is done.
@@ -547,8 +562,9 @@ class PartitionManager:
         def body() -> None:
             conn.execute(detach)
 
-        if not self._with_retries(conn, plan, body, outcome, what=action.partition,
-                                  transaction=False):
+        if not self._with_retries(
+            conn, plan, body, outcome, what=action.partition, transaction=False
+        ):
             return
         outcome.detached += 1
         if drop and self._transaction(conn, plan, drop, outcome, what=action.partition):
@@ -556,8 +572,13 @@ class PartitionManager:
         say(f"{plan.table}: {action.describe().replace('expired ', '', 1)}")
 
     def _transaction(
-        self, conn: Any, plan: TablePlan, statements: Sequence[str], outcome: TableOutcome,
-        *, what: str,
+        self,
+        conn: Any,
+        plan: TablePlan,
+        statements: Sequence[str],
+        outcome: TableOutcome,
+        *,
+        what: str,
     ) -> bool:
         def body() -> None:
             for statement in statements:
@@ -566,8 +587,14 @@ class PartitionManager:
         return self._with_retries(conn, plan, body, outcome, what=what)
 
     def _with_retries(
-        self, conn: Any, plan: TablePlan, body: Callable[[], None], outcome: TableOutcome,
-        *, what: str, transaction: bool = True,
+        self,
+        conn: Any,
+        plan: TablePlan,
+        body: Callable[[], None],
+        outcome: TableOutcome,
+        *,
+        what: str,
+        transaction: bool = True,
     ) -> bool:
         import psycopg
 
