@@ -61,21 +61,38 @@ class PartitionFilter:
         self, obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
     ) -> bool:
         """Alembic ``include_object``: skip partitions and their indexes and constraints."""
+        if not reflected:
+            return True
         if type_ == "table":
-            return not (reflected and self.is_partition(name, obj.schema))
+            return not self.is_partition(name, obj.schema)
         table = getattr(obj, "table", None)
-        if isinstance(table, Table) and reflected:
-            return not self.is_partition(table.name, table.schema)
+        if isinstance(table, Table) and self.is_partition(table.name, table.schema):
+            return False
+        if type_ == "foreign_key_constraint":
+            # A foreign key to a partitioned table is stored once per referenced partition too;
+            # SQLAlchemy reflects those copies on the parent, pointing at the partitions.
+            for element in obj.elements:
+                *schema, referred, _column = element.target_fullname.split(".")
+                if self.is_partition(referred, schema[-1] if schema else None):
+                    return False
         return True
 
 
 def exclude_partitions(connection: Connection) -> PartitionFilter:
-    """Build a :class:`PartitionFilter` from the live catalog (run it in ``env.py``, online)."""
+    """Build a :class:`PartitionFilter` from the live catalog (run it in ``env.py``, online).
+
+    It leaves the connection as it found it: reading the catalog would otherwise autobegin a
+    transaction, and Alembic's ``begin_transaction()`` then assumes the caller owns it and never
+    commits the migrations.
+    """
+    had_transaction = connection.in_transaction()
     rows = connection.exec_driver_sql(
         "SELECT n.nspname, c.relname FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relispartition"
     ).all()
     default_schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+    if not had_transaction:
+        connection.rollback()
     return PartitionFilter(frozenset((str(s), str(t)) for s, t in rows), str(default_schema))
 
 
