@@ -10,11 +10,12 @@ One run, for each date-partitioned table, in this order:
    holds rows for its range (pg_partman #429); this is how pg_partman's ``partition_data_proc``
    gets round it too. Nothing is lost or duplicated: it commits whole or not at all;
 3. **create** every missing partition in ``[now - retention, now + premake]``, in batches;
-4. **retire** partitions whose *whole* range ends at or before ``now - retention``: detach, then
-   drop (or keep, ``expired="detach"``). ``DETACH ... CONCURRENTLY`` is not allowed while the
-   table has a DEFAULT partition (PostgreSQL's rule), so those tables detach with a plain
-   ``DETACH`` under ``lock_timeout``, one short transaction per partition, detach and drop
-   together; tables without a DEFAULT partition detach ``CONCURRENTLY``.
+4. **retire** partitions whose *whole* range ends at or before ``now - retention``: detach,
+   then drop (or keep, ``expired="detach"``), each its own short transaction so the parent is
+   locked only for the detach. ``DETACH ... CONCURRENTLY`` is not allowed while the table has a
+   DEFAULT partition (PostgreSQL's rule), so those tables use a plain ``DETACH`` under
+   ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for about a millisecond);
+   tables declared without a DEFAULT partition detach ``CONCURRENTLY``.
 
 Rows in the DEFAULT partition that no window may take (older than the retention, or beyond the
 premade range) stay there and are reported as a problem: the run's caller exits non-zero.
@@ -476,8 +477,8 @@ class PartitionManager:
             if creates:
                 self._create_batch(conn, plan, creates, outcome, say)
                 creates = []
-            if action.kind == "retire" and action.concurrently:
-                self._retire_concurrently(conn, plan, action, outcome, say)
+            if action.kind in ("retire", "finalize"):
+                self._retire(conn, plan, action, outcome, say)
             else:
                 self._run_one(conn, plan, action, outcome, say)
         if creates:
@@ -519,9 +520,6 @@ class PartitionManager:
         if self._transaction(conn, plan, action.statements, outcome, what=action.partition):
             if action.kind == "create_default":
                 outcome.created += 1
-            if action.kind in ("retire", "finalize"):
-                outcome.detached += 1
-                outcome.dropped += len(action.statements) > 1
             say(f"{plan.table}: {action.describe()}")
 
     def _move(
@@ -544,7 +542,7 @@ class PartitionManager:
             return moved
         return None
 
-    def _retire_concurrently(
+    def _retire(
         self,
         conn: Any,
         plan: TablePlan,
@@ -552,10 +550,13 @@ class PartitionManager:
         outcome: TableOutcome,
         say: _Progress,
     ) -> None:
-        """DETACH CONCURRENTLY runs outside a transaction; DROP follows once it is done.
+        """Detach (or finalize a detach), then drop: two statements, each its own transaction.
 
-        Interrupted between its two internal transactions, the partition stays "detach
-        pending"; the next run's plan finalizes it (``DETACH PARTITION ... FINALIZE``).
+        The detach is the only step that locks the parent, and it is quick; dropping a big table
+        frees its files at commit, which takes time proportional to its size. Separate, the
+        parent is locked for the detach alone. ``DETACH ... CONCURRENTLY`` cannot run in a
+        transaction block anyway; interrupted between its two internal transactions, the
+        partition stays "detach pending" and the next run finalizes it.
         """
         detach, *drop = action.statements
 
@@ -567,7 +568,10 @@ class PartitionManager:
         ):
             return
         outcome.detached += 1
-        if drop and self._transaction(conn, plan, drop, outcome, what=action.partition):
+        if drop:
+            if not self._transaction(conn, plan, drop, outcome, what=action.partition):
+                outcome.problems[-1] += f"; it is detached: drop it by hand ({drop[0]})"
+                return
             outcome.dropped += 1
         say(f"{plan.table}: {action.describe().replace('expired ', '', 1)}")
 
