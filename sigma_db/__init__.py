@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sigma_db.errors import (
         ConfigurationError,
         DatabaseUnavailableError,
+        InsufficientPrivilegeError,
         NamingError,
         SigmaDBError,
     )
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         PartitionManager,
         copy_rows,
     )
+    from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, plan_roles, sync_roles
     from sigma_db.session import (
         async_session_dependency,
         async_session_scope,
@@ -43,10 +45,15 @@ __all__ = [
     "DatePartitioning",
     "Environment",
     "IdentityPrimaryKey",
+    "InsufficientPrivilegeError",
+    "Login",
     "NamingError",
     "PartitionManager",
     "Product",
     "ProductBase",
+    "ProductRoles",
+    "RoleKind",
+    "RolePlan",
     "SigmaDBError",
     "Timestamps",
     "Topology",
@@ -58,8 +65,10 @@ __all__ = [
     "create_async_session_factory",
     "create_engine",
     "create_session_factory",
+    "plan_roles",
     "session_dependency",
     "session_scope",
+    "sync_roles",
 ]
 
 _HOME = {
@@ -67,6 +76,7 @@ _HOME = {
     "create_engine": "engine",
     "ConfigurationError": "errors",
     "DatabaseUnavailableError": "errors",
+    "InsufficientPrivilegeError": "errors",
     "NamingError": "errors",
     "SigmaDBError": "errors",
     "IdentityPrimaryKey": "models",
@@ -76,6 +86,12 @@ _HOME = {
     "DatePartitioning": "partitions",
     "PartitionManager": "partitions",
     "copy_rows": "partitions",
+    "Login": "roles",
+    "ProductRoles": "roles",
+    "RoleKind": "roles",
+    "RolePlan": "roles",
+    "plan_roles": "roles",
+    "sync_roles": "roles",
     "async_session_dependency": "session",
     "async_session_scope": "session",
     "create_async_session_factory": "session",

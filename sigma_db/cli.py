@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from sigma_db.cli_dev import dev
+from sigma_db.cli_roles import roles
 from sigma_db.errors import SigmaDBError
 from sigma_db.partitions.cli import partitions
 
@@ -48,12 +50,15 @@ def doctor() -> None:
 
 
 @cli.command()
-@click.option("--keep", is_flag=True, help="Leave the demo server running afterwards.")
-def demo(keep: bool) -> None:
+def demo() -> None:
     """Run the main job end to end on a throwaway local PostgreSQL and print each step."""
     from sigma_db.demo import run_demo
 
-    run_demo(click.echo, keep=keep)
+    run_demo(click.echo)
+
+
+cli.add_command(roles)
+cli.add_command(dev)
 
 
 cli.add_command(partitions)
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except SigmaDBError as exc:
-        if os.environ.get("SIGMA_DB_DEBUG"):
+        if os.environ.get("SIGMA_DB_DEBUG", "0") not in ("", "0", "false"):
             raise
         click.echo(f"sigma-db: error: {exc}", err=True)
         sys.exit(1)

@@ -58,7 +58,7 @@ def _step(echo: Echo, title: str) -> Iterator[None]:
     echo(f"  ok  {title} ({(time.perf_counter() - started) * 1000:.0f} ms)")
 
 
-def run_demo(echo: Echo = print, keep: bool = False) -> None:
+def run_demo(echo: Echo = print) -> None:
     """Start a local server, lay out the Lab product, write and read rows, stop the server."""
     root = Path(tempfile.mkdtemp(prefix="sigma-db-demo-"))
     owned_directory(root, server_user())
@@ -107,18 +107,10 @@ def run_demo(echo: Echo = print, keep: bool = False) -> None:
         finally:
             engine.dispose()
     finally:
-        if keep:
-            echo(f"kept the server running: {settings_hint(server)}")
-        else:
-            server.stop()
-            shutil.rmtree(root, ignore_errors=True)
-            echo("  ok  stopped the server and removed its files")
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        echo("  ok  stopped the server and removed its files")
     echo("done.")
-
-
-def settings_hint(server: LocalServer) -> str:
-    """Where a kept demo server listens (the password is not printed)."""
-    return f"DB_HOST=127.0.0.1 DB_PORT={server.port} DB_USER={server.superuser}"
 
 
 def _create_layout(server: LocalServer, settings: DatabaseSettings) -> None:

@@ -1,13 +1,23 @@
-"""``sigma-db doctor``: what the settings resolve to, what the server says, and what to fix."""
+"""``sigma-db doctor``: what the settings resolve to, what the server says, and what to fix.
+
+Includes what the connected role may really do against what its name promises (``…_ro`` must
+not write, ``…_rw`` must not run DDL, ``…_migrator`` must be able to), because a grant that
+drifted is invisible until the day it matters.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import psycopg
 from sqlalchemy import text
 
 from sigma_db.engine import create_engine
 from sigma_db.errors import SigmaDBError
+from sigma_db.roles import privilege_report
 from sigma_db.settings import DatabaseSettings
 
 __all__ = ["Diagnosis", "diagnose"]
@@ -28,11 +38,24 @@ class Diagnosis:
         return not self.problems
 
 
+def unknown_variables(settings: DatabaseSettings, environ: Mapping[str, str]) -> list[str]:
+    """One problem per ``DB_*`` variable that is set but no setting reads (usually a typo)."""
+    known = set(settings.masked())
+    problems = []
+    for name in sorted(n for n in environ if n.startswith("DB_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.append(f"{name} is set but is not a sigma_db setting; {hint}rename or unset it.")
+    return problems
+
+
 def diagnose(settings: DatabaseSettings) -> Diagnosis:
     """Connect once and compare what the server reports with what the settings promise."""
     topology = settings.topology
     result = Diagnosis()
+    result.problems.extend(unknown_variables(settings, os.environ))
     result.facts.update(settings.masked())
+    result.facts["DB_POOL_PRE_PING"] = str(settings.pool_pre_ping).lower()
     result.facts["product"] = f"{topology.product.key} ({topology.product.title})"
     result.facts["layout"] = (
         "consolidated dev database" if topology.consolidated else "per-product database"
@@ -54,6 +77,9 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
                     "current_setting('search_path')"
                 )
             ).one()
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            report = privilege_report(driver, topology)
             missing = [
                 name
                 for name in topology.owned_schemas[:1]
@@ -70,6 +96,10 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
     result.facts["server"] = version.split(" on ")[0]
     result.facts["connected as"] = f"{user} to {database}"
     result.facts["search_path"] = f"{search_path} (effective: {effective or 'nothing'})"
+    result.facts["role promises"] = (
+        f"{report.kind} ({report.role})" if report.kind else "nothing (not a sigma_db role)"
+    )
+    result.problems.extend(report.problems)
     if version_num // 10000 < MIN_SERVER_MAJOR:
         result.problems.append(
             f"Server version {version_num // 10000} is older than {MIN_SERVER_MAJOR}; "

@@ -32,8 +32,8 @@ __all__ = ["create_async_engine", "create_engine", "engine_arguments"]
 def create_engine(settings: DatabaseSettings, **overrides: Any) -> Engine:
     """Create a sync engine for ``settings``; ``overrides`` go to SQLAlchemy's ``create_engine``."""
     url, kwargs = engine_arguments(settings)
-    engine = sqlalchemy.create_engine(url, **(kwargs | overrides))
-    _translate_connect_errors(engine, settings)
+    engine = sqlalchemy.create_engine(url, **_merged(kwargs, overrides))
+    _instrument(engine, settings)
     return engine
 
 
@@ -43,8 +43,8 @@ def create_async_engine(settings: DatabaseSettings, **overrides: Any) -> AsyncEn
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
     url, kwargs = engine_arguments(settings)
-    engine = sa_create_async_engine(url, **(kwargs | overrides))
-    _translate_connect_errors(engine.sync_engine, settings)
+    engine = sa_create_async_engine(url, **_merged(kwargs, overrides))
+    _instrument(engine.sync_engine, settings)
     return engine
 
 
@@ -75,7 +75,27 @@ def engine_arguments(settings: DatabaseSettings) -> tuple[URL, dict[str, Any]]:
     return settings.url(), kwargs
 
 
-def _translate_connect_errors(engine: Engine, settings: DatabaseSettings) -> None:
+def _merged(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win, but extend (not replace) ``connect_args`` and ``execution_options``.
+
+    Replacing them would silently drop the search_path or the schema translation.
+    """
+    merged = defaults | overrides
+    for key in ("connect_args", "execution_options"):
+        if key in defaults and key in overrides:
+            merged[key] = defaults[key] | overrides[key]
+    return merged
+
+
+def _instrument(engine: Engine, settings: DatabaseSettings) -> None:
+    if settings.password_file is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _fresh_password(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+            # Read the secret file per new connection: a rotated password (Vault agent,
+            # Kubernetes secret) reaches the pool without restarting the service.
+            cparams["password"] = settings.secret()
+
     @event.listens_for(engine, "handle_error")
     def _on_error(context: ExceptionContext) -> BaseException | None:
         # Only failures to *establish* a connection are ours to explain; statement errors
@@ -89,7 +109,7 @@ def _translate_connect_errors(engine: Engine, settings: DatabaseSettings) -> Non
 
 
 def _unavailable(settings: DatabaseSettings, cause: BaseException) -> DatabaseUnavailableError:
-    reason = " ".join(str(cause).split())
+    reason = " ".join(str(cause).split()).rstrip(" .?")
     secret = settings.secret()
     if secret:
         reason = reason.replace(secret, "********")

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "InsufficientPrivilegeError",
     "NamingError",
     "SigmaDBError",
 ]
@@ -43,5 +44,15 @@ class NamingError(ConfigurationError):
 
 class DatabaseUnavailableError(SigmaDBError, ConnectionError):
     """The server could not be reached or refused the login; never carries a password."""
+
+    __module__ = "sigma_db"
+
+
+class InsufficientPrivilegeError(SigmaDBError, PermissionError):
+    """The connected role may not do what was asked (create roles, grant, own a schema).
+
+    Distinct from a connection failure: the server is up and the login worked, but a more
+    privileged role is needed; the message names the one to use.
+    """
 
     __module__ = "sigma_db"

@@ -18,7 +18,7 @@ class is defined (at import time, not in review)::
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import TIMESTAMP, BigInteger, Constraint, Identity, Index, MetaData, Table, func
 from sqlalchemy.orm import (
@@ -232,7 +232,14 @@ class Timestamps:
     zones compare correctly. The defaults are server-side (``now()``), so rows inserted by
     migrations, psql or other tools get them too. ``now()`` is the *transaction* start time:
     every row written in one transaction carries the same value.
+
+    ``eager_defaults``: the database computes both values, and PostgreSQL hands them back in
+    the INSERT/UPDATE's own ``RETURNING``, so they are readable after the unit of work ends
+    (``expire_on_commit=False``) at no extra round trip. A model that declares its own
+    ``__mapper_args__`` should keep ``"eager_defaults": True`` in it.
     """
+
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
 
     created_at: Mapped[datetime] = mapped_column(
         TIMESTAMP(timezone=True), server_default=func.now(), nullable=False, sort_order=100

@@ -8,7 +8,8 @@ on first use), in directories that user owns.
 
 Binaries are looked up in this order: ``SIGMA_DB_PG_BINDIR``, ``pg_ctl`` on ``PATH``,
 ``pg_config --bindir``, then the newest ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu) and
-``/usr/pgsql-*/bin`` (RHEL) and ``/usr/local/pgsql/bin``.
+``/usr/pgsql-*/bin`` (RHEL) and ``/usr/local/pgsql/bin``, and last the build inside the
+``pgserver`` wheel (the ``embedded`` extra) for machines without a system PostgreSQL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "LocalServer",
     "ServerBinaries",
     "ServerError",
+    "as_user",
     "find_binaries",
     "free_port",
     "initdb",
@@ -67,7 +69,8 @@ def find_binaries() -> ServerBinaries:
     raise ServerError(
         "No PostgreSQL server binaries (initdb, pg_ctl) found on PATH, via pg_config, or under "
         "/usr/lib/postgresql/*/bin. Install them (Debian/Ubuntu: apt-get install postgresql; "
-        "macOS: brew install postgresql) or set SIGMA_DB_PG_BINDIR to their directory."
+        "macOS: brew install postgresql), or pip install 'sigma-db[embedded]' for a build "
+        "inside a wheel, or set SIGMA_DB_PG_BINDIR to their directory."
     )
 
 
@@ -92,7 +95,26 @@ def _candidate_bindirs() -> list[Path]:
         root = Path("/")
         matches = sorted(root.glob(pattern.lstrip("/")), key=_version_key, reverse=True)
         found.extend(matches)
+    embedded = _embedded_bindir()
+    if embedded is not None:
+        found.append(embedded)
     return found
+
+
+def _embedded_bindir() -> Path | None:
+    """The server build shipped in the ``pgserver`` wheel (``pip install 'sigma-db[embedded]'``).
+
+    Located without importing it: the package only has to be installed, not loaded.
+    """
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("pgserver")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -136,14 +158,21 @@ def server_user() -> str | None:
     return name
 
 
-def _as_user(argv: list[str], user: str | None) -> list[str]:
+def as_user(argv: list[str], user: str | None) -> list[str]:
+    """``argv`` prefixed to run as ``user`` (from :func:`server_user`), or unchanged for None.
+
+    Public because other daemons that refuse root (PgBouncer in the tests) need it too.
+    """
     if user is None:
         return argv
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
 
 
+_as_user = as_user  # the original private name, kept for existing callers
+
+
 def owned_directory(path: Path, user: str | None) -> Path:
-    """Create ``path`` (mode 0700) owned by ``user`` and make its parents traversable by it."""
+    """Create ``path`` (mode 0700) owned by ``user``; its parents must already be traversable."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if user is not None:
         entry = pwd.getpwnam(user)
@@ -169,7 +198,7 @@ def initdb(
         os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     try:
         _run(
-            _as_user(
+            as_user(
                 [
                     str(binaries.tool("initdb")),
                     f"--pgdata={datadir}",
@@ -264,7 +293,7 @@ class LocalServer:
         if not (self.datadir / "PG_VERSION").exists():
             return False
         result = subprocess.run(
-            _as_user(
+            as_user(
                 [str(self._binaries().tool("pg_ctl")), "status", "-D", str(self.datadir)],
                 server_user(),
             ),
@@ -295,7 +324,7 @@ class LocalServer:
             f"-c unix_socket_directories='{self.socket_dir}' -c fsync=off"
         )
         _run(
-            _as_user(
+            as_user(
                 [
                     str(binaries.tool("pg_ctl")),
                     "start",
@@ -320,7 +349,7 @@ class LocalServer:
         if not self.is_running():
             return
         _run(
-            _as_user(
+            as_user(
                 [str(self._binaries().tool("pg_ctl")), "stop", "-D", str(self.datadir), "-m", "f"],
                 server_user(),
             ),

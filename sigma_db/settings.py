@@ -47,6 +47,9 @@ _HINTS: dict[str, str] = {
     "DB_POOLER": "none (direct connections) or transaction (PgBouncer transaction pooling)",
     "DB_CONNECT_TIMEOUT": "seconds to wait for a connection, 1 to 300, e.g. 5",
     "DB_POOL_RECYCLE": "seconds before a pooled connection is replaced, e.g. 1800",
+    "DB_POOL_PRE_PING": "true or false",
+    "DB_PRODUCT": "the product key, e.g. DB_PRODUCT=lab",
+    "DB_APPLICATION_NAME": "at most 63 bytes of printable text, e.g. lab-api",
 }
 _SECRET_FIELDS = {"password", "DB_PASSWORD"}
 
@@ -96,9 +99,7 @@ class DatabaseSettings(BaseSettings):
     connect_timeout: int = Field(default=5, ge=1, le=300, description="Seconds to connect.")
     pool_recycle: int = Field(default=1800, ge=-1, description="Seconds before replacing a conn.")
     pool_pre_ping: bool = Field(default=True, description="Ping a pooled conn before handing out.")
-    application_name: str | None = Field(
-        default=None, max_length=63, description="Shown in pg_stat_activity."
-    )
+    application_name: str | None = Field(default=None, description="Shown in pg_stat_activity.")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -125,9 +126,11 @@ class DatabaseSettings(BaseSettings):
                 raise ValueError(problem)
         return value
 
-    @field_validator("user")
+    @field_validator("user", "application_name")
     @classmethod
-    def _user_is_sane(cls, value: str) -> str:
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value or len(value.encode()) > 63 or not value.isprintable():
             raise ValueError("must be 1 to 63 bytes of printable characters")
         return value
@@ -149,6 +152,8 @@ class DatabaseSettings(BaseSettings):
         has_file = info.data["password_file"] is not None
         if value is not None and has_file:
             raise ValueError("DB_PASSWORD and DB_PASSWORD_FILE are both set; keep only one")
+        if value is not None and not value.get_secret_value():
+            raise ValueError("is empty")
         if value is None and not has_file:
             raise PydanticCustomError("missing", "is not set")
         return value
@@ -254,11 +259,13 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
         got = ""
         if env_name not in _SECRET_FIELDS and "input" in error:
             shown = str(error["input"])
-            got = f" (got {shown[:80]!r})"
+            # A DSN pasted into the wrong variable may carry a password: never echo one.
+            looks_secret = "@" in shown or "://" in shown
+            got = " (value not shown)" if looks_secret else f" (got {shown[:80]!r})"
         problems.append(f"{env_name}{got}: {message}; set {hint}.")
     return ConfigurationError(problems, heading=_heading())
 
 
 def _heading() -> str:
-    where = " and .env" if os.path.exists(".env") else ""
-    return f"Invalid database settings (from the environment{where}):"
+    where = ", environment and .env" if os.path.exists(".env") else " and environment"
+    return f"Invalid database settings (from arguments{where}):"

@@ -70,6 +70,13 @@ class Product:
             raise ConfigurationError(
                 f"product name {key!r} is reserved (it names a schema); choose another name."
             )
+        area = key.rpartition("_")[2]
+        if "_" in key and area in LOGICAL_SCHEMAS:
+            raise ConfigurationError(
+                f"product name {key!r} ends in a logical area (_{area}): in the consolidated dev "
+                f"database it would collide with product {key.rpartition('_')[0]!r}'s {area} "
+                "schema; choose another name."
+            )
         if len(f"edge_{key}_migrator".encode()) > 63:
             raise ConfigurationError(
                 f"product name {key!r} is too long: its role edge_{key}_migrator would exceed "
@@ -155,8 +162,14 @@ def resolve_topology(
     chosen = _named_or_none(product, problems)
     if database == CONSOLIDATED_DATABASE:
         return _consolidated(schema, environment, chosen, problems)
+    named_by_database = _product_from_database(database)
     if chosen is None:
-        chosen = _product_from_database(database)
+        chosen = named_by_database
+    elif named_by_database is not None and named_by_database != chosen:
+        problems.append(
+            f"DB_NAME={database!r} is {named_by_database.title}'s database, but "
+            f"DB_PRODUCT={chosen.key!r}; fix one of them (DB_NAME={chosen.database})."
+        )
     if chosen is None:
         problems.append(
             f"DB_NAME={database!r} does not name a product database; use edge_<product> "

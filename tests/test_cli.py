@@ -111,3 +111,11 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stderr
     assert "read back 3 packs and 3 audit entries" in result.stdout
     assert "stopped the server" in result.stdout
+
+
+def test_doctor_names_a_misspelled_variable(db_settings: DatabaseSettings) -> None:
+    result = run("doctor", env=as_env(db_settings) | {"DB_SSL_MODE": "require"})
+    assert result.returncode == 1
+    assert "DB_SSL_MODE is set but is not a sigma_db setting; did you mean DB_SSLMODE?" in (
+        result.stderr
+    )

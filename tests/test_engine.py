@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -77,6 +78,8 @@ def test_search_path_costs_no_statement_per_connection_or_checkout(
     finally:
         ours.dispose()
         bare.dispose()
+    # SQLAlchemy's psycopg pre-ping is an empty query that pg_stat_statements does not record,
+    # so with pre-ping on the proof is the equality with a bare engine of the same pool.
     assert seen_ours == seen_bare
     if not pre_ping:
         # BEGIN (psycopg's implicit transaction), the query, ROLLBACK (the pool's reset on
@@ -237,3 +240,43 @@ def test_engine_is_thread_safe_under_pool_limit(db_settings: DatabaseSettings) -
         thread.join()
     engine.dispose()
     assert errors == []
+
+
+def test_overrides_extend_connect_args_and_keep_the_search_path(
+    db_settings: DatabaseSettings,
+) -> None:
+    engine = create_engine(db_settings, connect_args={"application_name": "override"})
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT current_schemas(false), current_setting('application_name')")
+            ).one()
+        assert list(row) == [["app", "public"], "override"]
+    finally:
+        engine.dispose()
+
+
+def test_rotated_password_file_reaches_new_connections(
+    sigma_postgresql: TestServer, db_settings: DatabaseSettings, tmp_path: Path
+) -> None:
+    with _admin(sigma_postgresql, db_settings.name) as admin:
+        admin.execute("CREATE ROLE rotating LOGIN PASSWORD 'first-pw'")
+    secret = tmp_path / "secret"
+    secret.write_text("first-pw\n", encoding="utf-8")
+    settings = db_settings.model_copy(
+        update={"user": "rotating", "password": None, "password_file": secret, "conn_max": 1}
+    )
+    engine = create_engine(settings)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            conn.invalidate()
+        with _admin(sigma_postgresql, db_settings.name) as admin:
+            admin.execute("ALTER ROLE rotating PASSWORD 'second-pw'")
+        secret.write_text("second-pw\n", encoding="utf-8")
+        with engine.connect() as conn:  # a new connection, after the rotation
+            assert conn.execute(text("SELECT current_user")).scalar_one() == "rotating"
+    finally:
+        engine.dispose()
+        with _admin(sigma_postgresql, db_settings.name) as admin:
+            admin.execute("DROP ROLE rotating")

@@ -121,12 +121,12 @@ def test_same_model_name_in_two_products_does_not_collide() -> None:
 
 def test_a_base_may_bring_metadata_that_carries_the_convention() -> None:
     class Base(ProductBase, DeclarativeBase):
-        metadata = MetaData(schema="app", naming_convention=NAMING_CONVENTION)
+        metadata = MetaData(schema="audit", naming_convention=NAMING_CONVENTION)
 
     class Pack(IdentityPrimaryKey, Base):
         pass
 
-    assert Pack.__table__.fullname == "app.packs"
+    assert Pack.__table__.fullname == "audit.packs"
     assert str(Pack.__table__.primary_key.name) == "pk_packs"
 
 
@@ -136,7 +136,7 @@ def test_a_base_with_metadata_lacking_the_convention_is_rejected() -> None:
     ):
 
         class Base(ProductBase, DeclarativeBase):
-            metadata = MetaData(schema="app")
+            metadata = MetaData(schema="audit")
 
 
 def test_product_base_must_come_before_declarative_base() -> None:

@@ -11,6 +11,7 @@ from sigma_db import (
     DatabaseSettings,
     IdentityPrimaryKey,
     ProductBase,
+    Timestamps,
     async_session_dependency,
     async_session_scope,
     create_async_engine,
@@ -102,3 +103,18 @@ async def test_async_engine_and_scope(db_settings: DatabaseSettings) -> None:
     path, total = await _async_roundtrip(db_settings)
     assert path == ["app", "public"]
     assert total == 1
+
+
+class Card(IdentityPrimaryKey, Timestamps, Base):
+    title: Mapped[str] = mapped_column(String(50))
+
+
+def test_timestamps_readable_after_the_unit_of_work(factory) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(factory) as session:
+        card = Card(title="first")
+        session.add(card)
+    created = card.created_at
+    with session_scope(factory) as session:
+        card = session.merge(card)
+        card.title = "second"
+    assert card.updated_at >= created  # loaded by RETURNING, no DetachedInstanceError

@@ -72,7 +72,8 @@ def test_all_missing_variables_listed_in_one_error(env: pytest.MonkeyPatch) -> N
         ("DB_CONN_MAX", "0", "DB_CONN_MAX (got '0')"),
         ("DB_CONN_MAX", "-3", "DB_CONN_MAX (got '-3')"),
         ("DB_ENV", "production", "DB_ENV (got 'production')"),
-        ("DB_HOST", "postgres://u:pw@h/db", "looks like a URL"),
+        ("DB_HOST", "postgres://u:pw@h/db", "DB_HOST (value not shown): looks like a URL"),
+        ("DB_PASSWORD", "", "DB_PASSWORD: is empty"),
     ],
 )
 def test_invalid_values_name_the_variable_and_fix(

@@ -106,3 +106,13 @@ def test_schema_of_another_product_in_own_database() -> None:
 def test_bad_product_names(bad: str) -> None:
     with pytest.raises(ConfigurationError):
         Product.named(bad)
+
+
+def test_product_names_that_would_collide_with_a_logical_area() -> None:
+    with pytest.raises(ConfigurationError, match="collide with product 'lab'"):
+        Product.named("lab_audit")
+
+
+def test_database_of_another_product_is_refused_even_in_dev() -> None:
+    with pytest.raises(ConfigurationError, match="is Sigma Sim's database"):
+        resolve_topology(database="edge_sim", schema=None, environment=DEV, product="lab")

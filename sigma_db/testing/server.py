@@ -60,6 +60,11 @@ class TestServer:
             "env": "dev",
             "sslmode": "disable",
             "pooler": "none",
+            "conn_max": 5,
+            "connect_timeout": 5,
+            "pool_recycle": 1800,
+            "pool_pre_ping": True,
+            "application_name": None,
         }
         return DatabaseSettings(_env_file=None, **(values | overrides))
 
@@ -96,6 +101,25 @@ def _executor_class() -> Any:
     return RootSafeExecutor
 
 
+def _wait_until_accepting(host: str, port: int, user: str, password: str) -> None:
+    """Wait until the server accepts logins: ``pg_ctl status`` succeeds while it still recovers."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            psycopg.connect(
+                host=host, port=port, user=user, password=password, dbname="postgres"
+            ).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @contextmanager
 def start_test_server(extra_options: str = "") -> Iterator[TestServer]:
     """Start a throwaway server (as an unprivileged user when root); stop and delete it after."""
@@ -123,6 +147,7 @@ def start_test_server(extra_options: str = "") -> Iterator[TestServer]:
     )
     executor.start()
     try:
+        _wait_until_accepting("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD)
         yield TestServer("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD, binaries)
     finally:
         try:

@@ -1,0 +1,222 @@
+"""``sigma-db dev``: a real local server in a temporary state directory on a free port."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+from sqlalchemy import text
+
+from sigma_db import ConfigurationError, DatabaseSettings, create_engine
+from sigma_db.cli import main
+from sigma_db.dev import DevDatabase
+from sigma_db.server import ServerError, free_port
+from sigma_db.topology import PRODUCTS
+
+
+@pytest.fixture
+def dev_home() -> Iterator[Path]:
+    # Not tmp_path: pytest's base directory is private to root, and when the suite runs as
+    # root the server runs as another user that must be able to enter the state directory.
+    root = Path(tempfile.mkdtemp(prefix="sigma-db-dev-"))
+    root.chmod(0o711)
+    try:
+        yield root / "dev"
+    finally:
+        DevDatabase(root / "dev", 1).down()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _exports(output: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in output.splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            values[name] = shlex.split(value)[0]
+    return values
+
+
+def test_dev_lifecycle(
+    dev_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    where = ("dev", "--home", str(dev_home), "--port", str(port))
+    code, out, err = _cli(capsys, *where, "env", "lab")
+    assert code == 1
+    assert "run sigma-db dev up first" in err
+
+    code, out, err = _cli(capsys, *where, "up")
+    assert code == 0, err
+    assert "provisioned" in out
+    code, out, _ = _cli(capsys, *where, "up")
+    assert "already provisioned: no changes" in out
+
+    state = dev_home / "state.json"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    code, out, _ = _cli(capsys, *where, "status")
+    assert "dev database: running" in out
+    assert str(port) in out
+
+    for name in list(os.environ):
+        if name.startswith("DB_"):
+            monkeypatch.delenv(name)
+    settings: dict[str, DatabaseSettings] = {}
+    for key in PRODUCTS:
+        code, out, _ = _cli(capsys, *where, "env", key)
+        assert out.splitlines()[0] == "unset DB_PASSWORD_FILE DB_PRODUCT"
+        env = _exports(out)
+        assert env["DB_NAME"] == "edge_products"
+        assert env["DB_SCHEMA"] == key
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            settings[key] = DatabaseSettings(_env_file=None)
+        engine = create_engine(settings[key])
+        try:
+            with engine.connect() as conn:
+                schema, user = conn.execute(text("SELECT current_schema(), current_user")).one()
+        finally:
+            engine.dispose()
+        assert (schema, user) == (key, f"{PRODUCTS[key].database}_rw")
+
+    code, out, _ = _cli(capsys, *where, "env", "lab", "--role", "migrator")
+    migrator = _exports(out)
+    with psycopg.connect(
+        host=migrator["DB_HOST"],
+        port=int(migrator["DB_PORT"]),
+        dbname=migrator["DB_NAME"],
+        user=migrator["DB_USER"],
+        password=migrator["DB_PASSWORD"],
+        autocommit=True,
+    ) as conn:
+        conn.execute("CREATE TABLE packs (id int)")
+        conn.execute("CREATE TABLE lab_audit.audit_logs (id int)")
+    lab, sim = settings["lab"], settings["sim"]
+    with psycopg.connect(
+        host=lab.host, port=lab.port, dbname=lab.name, user=lab.user, password=lab.secret()
+    ) as conn:
+        conn.execute("INSERT INTO packs VALUES (1)")
+        conn.execute("INSERT INTO lab_audit.audit_logs VALUES (1)")
+        conn.commit()
+    with (
+        psycopg.connect(
+            host=sim.host, port=sim.port, dbname=sim.name, user=sim.user, password=sim.secret()
+        ) as conn,
+        pytest.raises(errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM lab.packs")
+
+    code, out, _ = _cli(capsys, *where, "down")
+    assert out.strip() == "stopped"
+    code, out, _ = _cli(capsys, *where, "status")
+    assert "dev database: stopped" in out
+    code, out, _ = _cli(capsys, *where, "up")  # restart: data and passwords survive
+    assert "already provisioned" in out
+    with psycopg.connect(
+        host=lab.host, port=lab.port, dbname=lab.name, user=lab.user, password=lab.secret()
+    ) as conn:
+        assert conn.execute("SELECT count(*) FROM packs").fetchone() == (1,)
+
+    code, out, err = _cli(capsys, *where, "reset", "--yes")
+    assert code == 0, err
+    code, out, _ = _cli(capsys, *where, "env", "lab")
+    assert _exports(out)["DB_PASSWORD"] != lab.secret()
+    fresh = _exports(out)
+    with psycopg.connect(
+        host=fresh["DB_HOST"],
+        port=int(fresh["DB_PORT"]),
+        dbname=fresh["DB_NAME"],
+        user=fresh["DB_USER"],
+        password=fresh["DB_PASSWORD"],
+    ) as conn:
+        assert conn.execute("SELECT to_regclass('packs')").fetchone() == (None,)
+
+
+def test_passwords_appear_only_in_dev_env(
+    dev_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ("dev", "--home", str(dev_home), "--port", str(free_port()))
+    _, up_out, up_err = _cli(capsys, *where, "up")
+    _, status_out, _ = _cli(capsys, *where, "status")
+    secrets = DevDatabase(dev_home, 1)._state()["passwords"].values()
+    for secret in secrets:
+        assert secret not in up_out + up_err + status_out
+
+
+def test_port_in_use_is_one_clear_error(dev_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        code, _, err = _cli(capsys, "dev", "--home", str(dev_home), "--port", str(port), "up")
+    assert code == 1
+    assert err.startswith("sigma-db: error: Port ")
+    assert "SIGMA_DB_DEV_PORT" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_state_dir_the_server_user_cannot_enter(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(ServerError, match="SIGMA_DB_DEV_HOME"):
+        DevDatabase(private / "dev", free_port()).up()
+
+
+def test_environment_defaults(tmp_path: Path) -> None:
+    env = {"SIGMA_DB_DEV_HOME": str(tmp_path / "h"), "SIGMA_DB_DEV_PORT": "6543"}
+    assert DevDatabase.from_environment(env=env) == DevDatabase(tmp_path / "h", 6543)
+    assert DevDatabase.from_environment(env={"SIGMA_DB_DEV_HOME": str(tmp_path)}).port == 54329
+    with pytest.raises(ConfigurationError, match="SIGMA_DB_DEV_PORT"):
+        DevDatabase.from_environment(env={"SIGMA_DB_DEV_PORT": "http"})
+    with pytest.raises(ConfigurationError, match="Unknown product 'nope'"):
+        DevDatabase(tmp_path, 1).env("nope")
+
+
+def test_local_server_runs_on_the_embedded_build(
+    dev_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``embedded`` extra: PostgreSQL from the pgserver wheel, no system packages."""
+    from sigma_db.server import LocalServer, _embedded_bindir, find_binaries
+
+    bindir = _embedded_bindir()
+    if bindir is None:
+        pytest.skip("pgserver not installed (pip install 'sigma-db[embedded]')")
+    monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(bindir))
+    binaries = find_binaries()
+    assert binaries.bindir == bindir
+    dev_home.parent.joinpath("embedded").mkdir()
+    server = LocalServer(dev_home.parent / "embedded" / "cluster", free_port(), binaries=binaries)
+    try:
+        server.start()
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=server.port,
+            user=server.superuser,
+            password=server.password,
+            dbname="postgres",
+        ) as conn:
+            assert conn.execute("SHOW server_version").fetchone()[0].startswith(str(binaries.major))
+    finally:
+        server.stop()

@@ -1,0 +1,225 @@
+"""``sigma-db roles plan|apply`` and ``doctor``'s privilege check, through ``main()``."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from _provision import Provisioned, unique_key
+
+from sigma_db import DatabaseSettings
+from sigma_db.cli import main
+from sigma_db.roles import RoleKind
+from sigma_db.server import free_port
+from sigma_db.testing import TestServer
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+    def invoke(settings: DatabaseSettings, *args: str, **extra_env: str) -> tuple[int, str, str]:
+        for name in list(os.environ):
+            if name.startswith("DB_"):
+                monkeypatch.delenv(name)
+        env = {
+            "DB_HOST": settings.host,
+            "DB_PORT": str(settings.port),
+            "DB_NAME": settings.name,
+            "DB_USER": settings.user,
+            "DB_PASSWORD": settings.secret(),
+            "DB_ENV": "dev",
+            "DB_SSLMODE": "disable",
+        }
+        if settings.product:
+            env["DB_PRODUCT"] = settings.product
+        if settings.schema_name:
+            env["DB_SCHEMA"] = settings.schema_name
+        for name, value in (env | extra_env).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def _one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sigma-db: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_plan_then_apply_then_no_changes(
+    run, sigma_postgresql: TestServer, sigma_database: str
+) -> None:
+    key = unique_key()
+    admin = sigma_postgresql.settings(sigma_database, product=key)
+    password = f"pw-{uuid.uuid4().hex}"
+    login = f"{key}_api"
+    args = ("--login", f"{login}:rw", "--password-env", "API_DB_PASSWORD")
+    code, out, _ = run(admin, "roles", "plan", *args, API_DB_PASSWORD=password)
+    assert code == 0
+    assert f'CREATE ROLE "edge_{key}_rw"' in out
+    assert "PASSWORD '********'" in out
+    assert password not in out
+    code, out, _ = run(admin, "roles", "apply", *args, API_DB_PASSWORD=password)
+    assert code == 0
+    assert "-- applied" in out
+    assert password not in out
+    code, out, _ = run(admin, "roles", "apply", *args, API_DB_PASSWORD=password)
+    assert code == 0
+    assert "no changes" in out
+    assert "nothing to apply" in out
+    with psycopg.connect(
+        host=admin.host, port=admin.port, dbname=admin.name, user=login, password=password
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (f"edge_{key}_rw",)
+
+
+def test_password_from_file(
+    run, sigma_postgresql: TestServer, sigma_database: str, tmp_path: Path
+) -> None:
+    key = unique_key()
+    admin = sigma_postgresql.settings(sigma_database, product=key)
+    secret = tmp_path / "secret"
+    secret.write_text("file-pw-123\n")
+    code, out, _ = run(
+        admin, "roles", "apply", "--login", f"{key}_ci:migrator", "--password-file", str(secret)
+    )
+    assert code == 0, out
+    assert "file-pw-123" not in out
+    with psycopg.connect(
+        host=admin.host,
+        port=admin.port,
+        dbname=admin.name,
+        user=f"{key}_ci",
+        password="file-pw-123",
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (f"edge_{key}_migrator",)
+
+
+def test_unknown_product_is_one_line(run, products_db: dict[str, Provisioned]) -> None:
+    admin = products_db["lab"].admin
+    code, _, err = run(admin, "roles", "plan", "--product", "nope")
+    assert code == 1
+    line = _one_line_error(err)
+    assert "Unknown product 'nope'" in line
+    assert "DB_NAME=edge_nope" in line
+
+
+def test_all_products_in_consolidated_db_is_up_to_date(
+    run, products_db: dict[str, Provisioned]
+) -> None:
+    admin = products_db["lab"].admin
+    code, out, _ = run(admin, "roles", "plan", "--product", "lab", "--product", "sim")
+    assert code == 0
+    assert "no changes" in out
+
+
+def test_unreachable_server_is_one_line(run, sigma_postgresql: TestServer) -> None:
+    admin = sigma_postgresql.settings("edge_lab", port=free_port(), product=None)
+    code, _, err = run(admin, "roles", "plan")
+    assert code == 1
+    line = _one_line_error(err)
+    assert "Cannot connect to postgresql://postgres@127.0.0.1" in line
+    assert sigma_postgresql.password not in err
+
+
+def test_insufficient_privilege_is_one_line(run, provisioned: Provisioned) -> None:
+    as_rw = provisioned.settings(RoleKind.RW, product=unique_key())
+    code, _, err = run(as_rw, "roles", "apply")
+    assert code == 1
+    line = _one_line_error(err)
+    assert "neither SUPERUSER nor CREATEROLE" in line
+    assert provisioned.passwords[RoleKind.RW] not in err
+
+
+def test_conflicting_login_is_one_line(
+    run, sigma_postgresql: TestServer, sigma_database: str
+) -> None:
+    key = unique_key()
+    admin = sigma_postgresql.settings(sigma_database, product=key)
+    with psycopg.connect(
+        host=admin.host,
+        port=admin.port,
+        dbname=admin.name,
+        user=admin.user,
+        password=admin.secret(),
+        autocommit=True,
+    ) as conn:
+        conn.execute(f"CREATE ROLE edge_{key}_ro LOGIN SUPERUSER")
+        try:
+            code, _, err = run(admin, "roles", "apply")
+        finally:
+            conn.execute(f"DROP ROLE edge_{key}_ro")
+    assert code == 1
+    line = _one_line_error(err)
+    assert "already exists as a LOGIN role with SUPERUSER" in line
+    assert "RENAME TO" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (("--login", "api"), {}, "must be NAME:KIND"),
+        (("--login", "api:admin"), {}, "must be NAME:KIND"),
+        (("--login", "Bad-Name:rw"), {}, "login role name 'Bad-Name'"),
+        (("--login", "x_api:rw", "--password-env", "NOPE_UNSET"), {}, "NOPE_UNSET"),
+        (("--login", "x_missing:rw"), {}, "does not exist; give its password"),
+        (("--password-env", "A", "--password-file", "/x"), {"A": "b"}, "not both"),
+        (("--all-products",), {}, "only applies to the consolidated"),
+        (("--product", "sim"), {}, "does not match DB_NAME"),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    run, provisioned: Provisioned, args: tuple[str, ...], env: dict[str, str], expected: str
+) -> None:
+    code, _, err = run(provisioned.admin, "roles", "plan", *args, **env)
+    assert code == 1
+    assert expected in _one_line_error(err)
+
+
+def test_there_is_no_password_argument(run, provisioned: Provisioned) -> None:
+    code, _, err = run(provisioned.admin, "roles", "apply", "--password", "x")
+    assert code == 2
+    assert "No such option '--password'" in err
+
+
+# -- doctor
+
+
+def test_doctor_is_healthy_for_each_provisioned_role(run, provisioned: Provisioned) -> None:
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE TABLE probes (id int)")
+    for kind in RoleKind:
+        code, out, err = run(provisioned.settings(kind), "doctor")
+        assert code == 0, err
+        assert re.search(rf"role promises +{kind} \(", out), out
+
+
+def test_doctor_reports_privileges_beyond_the_name(run, provisioned: Provisioned) -> None:
+    roles = provisioned.target.roles
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE TABLE probes (id int)")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT INSERT ON app.probes TO {roles[RoleKind.RO]}")
+        admin.execute(f"GRANT CREATE ON SCHEMA app TO {roles[RoleKind.RW]}")
+    code, _, err = run(provisioned.settings(RoleKind.RO), "doctor")
+    assert code == 1
+    assert "promises read-only but may write to app.probes" in err
+    code, _, err = run(provisioned.settings(RoleKind.RW), "doctor")
+    assert code == 1
+    assert f"may CREATE in schema app, but {roles[RoleKind.RW]} must not run DDL" in err
+    assert "sigma-db roles apply" in err
