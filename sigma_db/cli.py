@@ -59,8 +59,6 @@ def demo() -> None:
 
 cli.add_command(roles)
 cli.add_command(dev)
-
-
 cli.add_command(partitions)
 
 
