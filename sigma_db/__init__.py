@@ -19,6 +19,12 @@ if TYPE_CHECKING:
         SigmaDBError,
     )
     from sigma_db.models import IdentityPrimaryKey, ProductBase, Timestamps
+    from sigma_db.partitions import (
+        DatePartitioned,
+        DatePartitioning,
+        PartitionManager,
+        copy_rows,
+    )
     from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, plan_roles, sync_roles
     from sigma_db.session import (
         async_session_dependency,
@@ -35,11 +41,14 @@ __all__ = [
     "ConfigurationError",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "DatePartitioned",
+    "DatePartitioning",
     "Environment",
     "IdentityPrimaryKey",
     "InsufficientPrivilegeError",
     "Login",
     "NamingError",
+    "PartitionManager",
     "Product",
     "ProductBase",
     "ProductRoles",
@@ -51,6 +60,7 @@ __all__ = [
     "__version__",
     "async_session_dependency",
     "async_session_scope",
+    "copy_rows",
     "create_async_engine",
     "create_async_session_factory",
     "create_engine",
@@ -72,6 +82,10 @@ _HOME = {
     "IdentityPrimaryKey": "models",
     "ProductBase": "models",
     "Timestamps": "models",
+    "DatePartitioned": "partitions",
+    "DatePartitioning": "partitions",
+    "PartitionManager": "partitions",
+    "copy_rows": "partitions",
     "Login": "roles",
     "ProductRoles": "roles",
     "RoleKind": "roles",

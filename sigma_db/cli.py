@@ -16,6 +16,7 @@ from sigma_db.cli_dev import dev
 from sigma_db.cli_roles import roles
 from sigma_db.errors import SigmaDBError
 from sigma_db.migrations.cli import migrate_command, migrations_group
+from sigma_db.partitions.cli import partitions
 
 __all__ = ["cli", "main"]
 
@@ -61,6 +62,7 @@ cli.add_command(roles)
 cli.add_command(dev)
 cli.add_command(migrate_command)
 cli.add_command(migrations_group)
+cli.add_command(partitions)
 
 
 def main(argv: list[str] | None = None) -> Any:

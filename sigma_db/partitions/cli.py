@@ -1,0 +1,144 @@
+"""``sigma-db partitions``: the maintenance run for cron or a Kubernetes CronJob.
+
+``sigma-db partitions maintain --models myproduct.models`` imports the product's models module
+(the one that defines, or imports, its ``DatePartitioned`` models), connects with the ``DB_*``
+settings and runs :meth:`~sigma_db.partitions.PartitionManager.maintain`. Exit status 0 when
+every table is in order (or another run held the lock), 1 with one ``problem:`` line per table
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta
+from importlib import import_module
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from sigma_db.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
+__all__ = ["find_partitioned_tables", "partitions"]
+
+
+@click.group()
+def partitions() -> None:
+    """Date-partitioned tables: create ahead, move rows out of DEFAULT, retire expired."""
+
+
+@partitions.command()
+@click.option(
+    "--models",
+    "models_module",
+    envvar="SIGMA_DB_MODELS",
+    required=True,
+    metavar="MODULE",
+    help="Import path of the module defining the product's models, e.g. lab.models "
+    "(or SIGMA_DB_MODELS).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to wait for another run's lock (0: skip at once).",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5,
+    show_default=True,
+    help="Seconds any one DDL statement may wait for its table lock.",
+)
+@click.option(
+    "--now",
+    "now_text",
+    metavar="ISO-8601",
+    help="Act as if it were this instant (with a zone, e.g. 2026-11-27T00:00:00+00:00).",
+)
+def maintain(
+    models_module: str, dry_run: bool, wait: float, lock_timeout: float, now_text: str | None
+) -> None:
+    """Create missing partitions, empty DEFAULT, detach and drop expired ones."""
+    from sigma_db.partitions.manager import PartitionManager
+    from sigma_db.settings import DatabaseSettings
+
+    tables = find_partitioned_tables(_import(models_module))
+    now = _parse_now(now_text)
+    manager = PartitionManager(
+        DatabaseSettings(), *tables, lock_timeout=timedelta(seconds=lock_timeout)
+    )
+    report = manager.maintain(now, dry_run=dry_run, wait=wait, progress=click.echo)
+    if dry_run and report.plan is not None:
+        click.echo(f"plan at {report.plan.now.isoformat()} (DB_ENV={report.plan.environment}):")
+        for line in report.plan.lines():
+            click.echo(line)
+    elif not report.skipped:
+        click.echo(f"done in {report.seconds:.1f}s")
+    problems = report.problem_lines()
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    if problems:
+        raise SystemExit(1)
+
+
+def find_partitioned_tables(module: ModuleType) -> list[Table]:
+    """Every date-partitioned table reachable from ``module``: its models and their metadata."""
+    from sigma_db.partitions.declaration import INFO_KEY
+
+    found: dict[str, Table] = {}
+    for value in vars(module).values():
+        for table in _tables_of(value):
+            if INFO_KEY in table.info:
+                found.setdefault(table.fullname, table)
+    if not found:
+        raise ConfigurationError(
+            f"module {module.__name__} defines no DatePartitioned models; pass --models the "
+            "module that defines (or imports) them."
+        )
+    return list(found.values())
+
+
+def _tables_of(value: Any) -> list[Table]:
+    from sqlalchemy import MetaData
+
+    if isinstance(value, MetaData):
+        return list(value.sorted_tables)
+    metadata = getattr(value, "metadata", None) if isinstance(value, type) else None
+    if isinstance(metadata, MetaData):
+        return list(metadata.sorted_tables)
+    return []
+
+
+def _import(name: str) -> ModuleType:
+    # Console scripts do not put the working directory on sys.path; products run from their root.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return import_module(name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--models {name}: cannot import it ({exc}); pass the import path of the module "
+            "defining the models, e.g. --models lab.models, from the project root."
+        ) from exc
+
+
+def _parse_now(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise ConfigurationError(
+            f"--now {text!r} is not an ISO-8601 instant with a zone; "
+            "e.g. 2026-11-27T00:00:00+00:00."
+        )
+    return value

@@ -1,0 +1,789 @@
+"""Partition maintenance: create what is missing, empty the DEFAULT partition, retire the expired.
+
+One run, for each date-partitioned table, in this order:
+
+1. **finalize** a ``DETACH ... CONCURRENTLY`` an earlier run left half done;
+2. **move** rows out of the DEFAULT partition: for each window holding rows there (and within
+   retention, and not beyond ``now + premake``), in one transaction: lock the DEFAULT partition,
+   ``DELETE ... RETURNING`` its rows for that window into a temporary table, create the
+   partition, insert the rows into it. PostgreSQL refuses to create a partition while the DEFAULT
+   holds rows for its range (pg_partman #429); this is how pg_partman's ``partition_data_proc``
+   gets round it too. Nothing is lost or duplicated: it commits whole or not at all;
+3. **create** every missing partition in ``[now - retention, now + premake]``, in batches;
+4. **retire** partitions whose *whole* range ends at or before ``now - retention``: detach,
+   then drop (or keep, ``expired="detach"``), each its own short transaction so the parent is
+   locked only for the detach. ``DETACH ... CONCURRENTLY`` is not allowed while the table has a
+   DEFAULT partition (PostgreSQL's rule), so those tables use a plain ``DETACH`` under
+   ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for about a millisecond);
+   tables declared without a DEFAULT partition detach ``CONCURRENTLY``.
+
+Rows in the DEFAULT partition that no window may take (older than the retention, or beyond the
+premade range) stay there and are reported as a problem: the run's caller exits non-zero.
+
+Runs are serialized by a session-level advisory lock: a second run exits at once (or waits
+``wait`` seconds) and reports it was skipped; either way the result is that of one run, and a run
+with nothing to do changes nothing. Every statement runs under ``lock_timeout``; a lock not
+granted in time is retried, then reported, and the next run picks it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlalchemy.engine import Engine
+
+from sigma_db.errors import ConfigurationError
+from sigma_db.identifiers import quote
+from sigma_db.partitions.ddl import (
+    bound_literal,
+    create_default_sql,
+    create_partition_sql,
+    detach_sql,
+    drop_sql,
+    physical_schema,
+    qualified,
+)
+from sigma_db.partitions.declaration import PartitionedTable, partitioned_table
+from sigma_db.partitions.windows import (
+    PartitionWindow,
+    as_utc,
+    default_partition_name,
+    partition_name,
+    window_containing,
+    windows_covering,
+)
+from sigma_db.settings import DatabaseSettings
+from sigma_db.topology import Environment
+
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "MaintenancePlan",
+    "MaintenanceReport",
+    "PartitionAction",
+    "PartitionManager",
+    "TablePlan",
+]
+
+logger = logging.getLogger("sigma_db.partitions")
+
+ADVISORY_LOCK_KEY: Final = (0x53494731, 5)
+"""The two-int advisory lock key a maintenance run holds (per database) while it works."""
+
+_LOCK_RETRIES: Final = 3
+_BOUNDS = re.compile(r"FOR VALUES FROM \((?P<lower>.+)\) TO \((?P<upper>.+)\)\Z")
+
+ActionKind = Literal["finalize", "move", "create", "create_default", "retire"]
+
+
+@dataclass(frozen=True)
+class PartitionAction:
+    """One step of a plan, with the SQL it runs (shown as-is by the dry run)."""
+
+    kind: ActionKind
+    partition: str
+    statements: tuple[str, ...]
+    window: PartitionWindow | None = None
+    rows: int = 0
+    """For ``move``: rows the DEFAULT partition holds for the window when planned."""
+    concurrently: bool = False
+    """For ``retire``: the detach runs ``CONCURRENTLY`` (outside a transaction)."""
+
+    def describe(self) -> str:
+        """One line for people: what happens to which partition."""
+        span = ""
+        if self.window is not None:
+            span = f" [{self.window.start:%Y-%m-%d}, {self.window.end:%Y-%m-%d})"
+        if self.kind == "move":
+            return f"create {self.partition}{span} and move {self.rows} rows into it from DEFAULT"
+        if self.kind == "create_default":
+            return f"create DEFAULT partition {self.partition}"
+        if self.kind == "finalize":
+            return f"finish the interrupted detach of {self.partition}"
+        if self.kind == "retire":
+            how = "detach concurrently" if self.concurrently else "detach"
+            if len(self.statements) > 1:
+                return f"{how} and drop expired {self.partition}{span}"
+            return f"{how} expired {self.partition}{span} (kept as a plain table)"
+        return f"{self.kind} {self.partition}{span}"
+
+
+@dataclass
+class TablePlan:
+    """What maintenance would do to one table, and what it cannot fix."""
+
+    table: str
+    """Schema-qualified parent name, as shown to people."""
+    actions: list[PartitionAction] = field(default_factory=list)
+    unplaced: dict[PartitionWindow, int] = field(default_factory=dict)
+    """DEFAULT-partition rows no partition may take, by the window they belong to."""
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, kind: ActionKind) -> int:
+        """How many actions of ``kind`` the plan holds."""
+        return sum(1 for action in self.actions if action.kind == kind)
+
+
+@dataclass
+class MaintenancePlan:
+    """The actions for every table, as of ``now`` in ``environment``; pure description."""
+
+    now: datetime
+    environment: Environment
+    tables: list[TablePlan]
+
+    def lines(self, *, sql: bool = True) -> list[str]:
+        """The plan as text: one line per action (and its SQL, indented), per table."""
+        out: list[str] = []
+        for plan in self.tables:
+            if not plan.actions:
+                out.append(f"{plan.table}: nothing to do")
+            for action in plan.actions:
+                out.append(f"{plan.table}: {action.describe()}")
+                if sql:
+                    out.extend(f"    {statement};" for statement in action.statements)
+            out.extend(f"{plan.table}: note: {note}" for note in plan.notes)
+        return out
+
+
+@dataclass
+class TableOutcome:
+    """What one table's maintenance did."""
+
+    table: str
+    created: int = 0
+    moved_rows: int = 0
+    detached: int = 0
+    dropped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: counts of what was done."""
+        return (
+            f"{self.table}: created {self.created}, moved {self.moved_rows} rows out of DEFAULT, "
+            f"detached {self.detached}, dropped {self.dropped}"
+        )
+
+
+@dataclass
+class MaintenanceReport:
+    """The result of :meth:`PartitionManager.maintain`: the plan, and what happened."""
+
+    plan: MaintenancePlan | None
+    outcomes: list[TableOutcome]
+    dry_run: bool = False
+    skipped: bool = False
+    """True when another run held the lock, so this one did nothing (and that is fine)."""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether every table ended without a problem (the CLI's exit status)."""
+        return not self.problem_lines()
+
+    def problem_lines(self) -> list[str]:
+        """One line per table with a problem, e.g. rows the DEFAULT partition still holds."""
+        lines: list[str] = []
+        if self.dry_run and self.plan is not None:
+            for plan in self.plan.tables:
+                if plan.problems:
+                    lines.append(f"{plan.table}: {'; '.join(plan.problems)}")
+            return lines
+        for outcome in self.outcomes:
+            if outcome.problems:
+                lines.append(f"{outcome.table}: {'; '.join(outcome.problems)}")
+        return lines
+
+
+@dataclass(frozen=True)
+class _Existing:
+    """A partition as found in the catalog."""
+
+    name: str
+    lower: datetime | None  # None: MINVALUE, or the DEFAULT partition
+    upper: datetime | None  # None: MAXVALUE, or the DEFAULT partition
+    is_default: bool
+    detach_pending: bool
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    """What the catalog says about one parent table."""
+
+    schema: str
+    exists: bool
+    partitioned_by: str | None  # e.g. "RANGE (observed_at)"; None when not partitioned
+    partitions: tuple[_Existing, ...]
+    default_rows: dict[date, int]  # window start date -> rows in DEFAULT
+
+
+class PartitionManager:
+    """Keeps date-partitioned tables' partitions in step with time and retention.
+
+    ``target`` is the product's :class:`~sigma_db.DatabaseSettings` (retention follows its
+    ``DB_ENV``) or an :class:`~sqlalchemy.engine.Engine` (then pass ``environment``). ``models``
+    are the ``DatePartitioned`` model classes (or their tables). The engine's login needs to
+    own the tables (the migrator role): creating and detaching partitions is DDL.
+    """
+
+    def __init__(
+        self,
+        target: DatabaseSettings | Engine,
+        *models: Any,
+        environment: Environment | str | None = None,
+        lock_timeout: timedelta = timedelta(seconds=5),
+        batch_size: int = 50,
+    ) -> None:
+        if isinstance(target, DatabaseSettings):
+            from sigma_db.engine import create_engine
+
+            self._engine = create_engine(target)
+            default_env: Environment | None = target.env
+        elif isinstance(target, Engine):
+            self._engine = target
+            default_env = None
+        else:
+            raise ConfigurationError(
+                "PartitionManager needs DatabaseSettings or an Engine, not "
+                f"{type(target).__name__}."
+            )
+        chosen = environment if environment is not None else default_env
+        if chosen is None:
+            raise ConfigurationError(
+                "PartitionManager was given an Engine, which does not say its environment; "
+                "pass environment='dev'|'staging'|'prod' (retention depends on it)."
+            )
+        if str(chosen) not in Environment._value2member_map_:
+            raise ConfigurationError(
+                f"environment {chosen!r} is not one of dev, staging, prod; pass one of them."
+            )
+        self.environment = Environment(str(chosen))
+        if not models:
+            raise ConfigurationError(
+                "PartitionManager has no tables to maintain; pass the DatePartitioned models, "
+                "e.g. PartitionManager(settings, Signal, AuditLog)."
+            )
+        self.tables: tuple[PartitionedTable, ...] = tuple(partitioned_table(m) for m in models)
+        self.lock_timeout = lock_timeout
+        self.batch_size = max(1, batch_size)
+
+    # --- public API -------------------------------------------------------------------------
+
+    def plan(self, now: datetime | None = None) -> MaintenancePlan:
+        """Describe what :meth:`maintain` would do at ``now`` (default: the current time)."""
+        moment = _now(now)
+        with self._connection() as conn:
+            return self._plan(conn, moment)
+
+    def maintain(
+        self,
+        now: datetime | None = None,
+        *,
+        dry_run: bool = False,
+        wait: float = 0,
+        progress: Callable[[str], None] | None = None,
+    ) -> MaintenanceReport:
+        """Bring every table in line with ``now`` (default: the current time); see the module doc.
+
+        ``dry_run`` plans and changes nothing. ``wait`` is how many seconds to wait for another
+        run's lock (0: skip at once). ``progress`` receives one line per step as it happens (the
+        same lines go to the ``sigma_db.partitions`` logger).
+        """
+        moment = _now(now)
+        started = time.monotonic()
+        say = _Progress(progress)
+        with self._connection() as conn:
+            if dry_run:
+                plan = self._plan(conn, moment)
+                return MaintenanceReport(plan, [], dry_run=True)
+            if not _acquire(conn, wait, self.lock_timeout):
+                say("another maintenance run holds the lock; skipped (it does the same work)")
+                return MaintenanceReport(None, [], skipped=True)
+            try:
+                plan = self._plan(conn, moment)
+                outcomes = [self._execute(conn, table_plan, say) for table_plan in plan.tables]
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", ADVISORY_LOCK_KEY)
+        report = MaintenanceReport(plan, outcomes, seconds=time.monotonic() - started)
+        for outcome in outcomes:
+            say(outcome.summary())
+        return report
+
+    # --- planning ---------------------------------------------------------------------------
+
+    def _plan(self, conn: Any, now: datetime) -> MaintenancePlan:
+        options = self._engine.get_execution_options()
+        plans = []
+        for partitioned in self.tables:
+            schema = physical_schema(partitioned.table.schema, options)
+            catalog = _read_catalog(conn, partitioned, schema)
+            plans.append(self._plan_table(partitioned, catalog, now))
+        return MaintenancePlan(now, self.environment, plans)
+
+    def _plan_table(
+        self, partitioned: PartitionedTable, catalog: _Catalog, now: datetime
+    ) -> TablePlan:
+        display = f"{catalog.schema}.{partitioned.name}" if catalog.schema else partitioned.name
+        plan = TablePlan(display)
+        if not catalog.exists:
+            plan.problems.append(
+                "table does not exist; create it first (alembic upgrade head, with "
+                "sigma_db.partitions.create_partitions in the revision that creates it)"
+            )
+            return plan
+        expected = f"RANGE ({partitioned.partitioning.column})"
+        if catalog.partitioned_by != expected:
+            found = catalog.partitioned_by or "not partitioned"
+            plan.problems.append(
+                f"table is {found}, but the model declares PARTITION BY {expected}; recreate it "
+                "partitioned (a plain table cannot be converted in place)"
+            )
+            return plan
+        declaration = partitioned.partitioning
+        interval = partitioned.interval
+        schema = catalog.schema
+        retention = declaration.retention_for(self.environment)
+        cutoff = now - retention if retention is not None else None
+        current = window_containing(interval, now)
+        last = current
+        for _ in range(declaration.premake):
+            last = last.next()
+        first = window_containing(interval, cutoff) if cutoff is not None else current
+
+        managed: dict[PartitionWindow, _Existing] = {}
+        foreign: list[_Existing] = []
+        default: _Existing | None = None
+        for existing in catalog.partitions:
+            if existing.detach_pending:
+                # Only a run of ours starts a concurrent detach, and only of an expired partition.
+                statements = [
+                    detach_sql(
+                        partitioned.name, existing.name, schema, concurrently=False, finalize=True
+                    )
+                ]
+                if declaration.expired == "drop":
+                    statements.append(drop_sql(existing.name, schema))
+                plan.actions.append(PartitionAction("finalize", existing.name, tuple(statements)))
+                continue
+            if existing.is_default:
+                default = existing
+                continue
+            window = _managed_window(partitioned, existing)
+            if window is None:
+                foreign.append(existing)
+            else:
+                managed[window] = existing
+
+        def blocked(window: PartitionWindow) -> _Existing | None:
+            for other in foreign:
+                lower = other.lower or datetime.min.replace(tzinfo=UTC)
+                upper = other.upper or datetime.max.replace(tzinfo=UTC)
+                if lower < window.end and window.start < upper:
+                    return other
+            return None
+
+        # 2. rows waiting in DEFAULT
+        planned: set[PartitionWindow] = set()
+        for start, rows in sorted(catalog.default_rows.items()):
+            window = window_containing(interval, start)
+            expired = cutoff is not None and window.end <= cutoff
+            if expired or window > last or window in managed or blocked(window) is not None:
+                plan.unplaced[window] = plan.unplaced.get(window, 0) + rows
+                continue
+            planned.add(window)
+            plan.actions.append(
+                PartitionAction(
+                    "move",
+                    partition_name(partitioned.name, window),
+                    _move_statements(partitioned, schema, window, default),
+                    window,
+                    rows,
+                )
+            )
+        # 3. missing partitions
+        for window in windows_covering(interval, first.start, last.start):
+            if window in managed or window in planned:
+                continue
+            other = blocked(window)
+            if other is not None:
+                plan.notes.append(
+                    f"window {window.suffix} overlaps partition {other.name}, which sigma_db did "
+                    "not create; left alone"
+                )
+                continue
+            plan.actions.append(
+                PartitionAction(
+                    "create",
+                    partition_name(partitioned.name, window),
+                    (create_partition_sql(partitioned, schema, window),),
+                    window,
+                )
+            )
+        if default is None and declaration.default_partition:
+            plan.actions.append(
+                PartitionAction(
+                    "create_default",
+                    default_partition_name(partitioned.name),
+                    (create_default_sql(partitioned, schema),),
+                )
+            )
+        # 4. expired partitions: only those whose whole range ends at or before the cutoff
+        if cutoff is not None:
+            concurrently = default is None and not declaration.default_partition
+            for window, existing in sorted(managed.items()):
+                if window.end > cutoff:
+                    continue
+                statements = [
+                    detach_sql(partitioned.name, existing.name, schema, concurrently=concurrently)
+                ]
+                if declaration.expired == "drop":
+                    statements.append(drop_sql(existing.name, schema))
+                plan.actions.append(
+                    PartitionAction(
+                        "retire",
+                        existing.name,
+                        tuple(statements),
+                        window,
+                        concurrently=concurrently,
+                    )
+                )
+        if plan.unplaced:
+            total = sum(plan.unplaced.values())
+            windows = ", ".join(w.suffix for w in sorted(plan.unplaced))
+            plan.problems.append(
+                f"{total} rows in DEFAULT partition {default.name if default else '?'} cannot be "
+                f"placed (windows {windows}: older than the retention, beyond premake, or "
+                "covered by another partition); see 'When the DEFAULT partition alerts' in the "
+                "partitioning guide"
+            )
+        return plan
+
+    # --- execution --------------------------------------------------------------------------
+
+    def _execute(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
+        outcome = TableOutcome(plan.table, problems=list(plan.problems))
+        creates: list[PartitionAction] = []
+        for action in plan.actions:
+            if action.kind == "create":
+                creates.append(action)
+                continue
+            if creates:
+                self._create_batch(conn, plan, creates, outcome, say)
+                creates = []
+            if action.kind in ("retire", "finalize"):
+                self._retire(conn, plan, action, outcome, say)
+            else:
+                self._run_one(conn, plan, action, outcome, say)
+        if creates:
+            self._create_batch(conn, plan, creates, outcome, say)
+        return outcome
+
+    def _create_batch(
+        self,
+        conn: Any,
+        plan: TablePlan,
+        creates: list[PartitionAction],
+        outcome: TableOutcome,
+        say: _Progress,
+    ) -> None:
+        for chunk in _chunks(creates, self.batch_size):
+            statements = [action.statements[0] for action in chunk]
+            if self._transaction(conn, plan, statements, outcome, what=chunk[0].partition):
+                outcome.created += len(chunk)
+                say(
+                    f"{plan.table}: created {len(chunk)} partitions "
+                    f"({chunk[0].partition} .. {chunk[-1].partition})"
+                )
+
+    def _run_one(
+        self,
+        conn: Any,
+        plan: TablePlan,
+        action: PartitionAction,
+        outcome: TableOutcome,
+        say: _Progress,
+    ) -> None:
+        if action.kind == "move":
+            moved = self._move(conn, plan, action, outcome)
+            if moved is not None:
+                outcome.created += 1
+                outcome.moved_rows += moved
+                say(f"{plan.table}: created {action.partition}, moved {moved} rows from DEFAULT")
+            return
+        if self._transaction(conn, plan, action.statements, outcome, what=action.partition):
+            if action.kind == "create_default":
+                outcome.created += 1
+            say(f"{plan.table}: {action.describe()}")
+
+    def _move(
+        self, conn: Any, plan: TablePlan, action: PartitionAction, outcome: TableOutcome
+    ) -> int | None:
+        moved = 0
+
+        def body() -> None:
+            nonlocal moved
+            lock, temp, delete, create, insert = action.statements
+            conn.execute(lock)
+            conn.execute(temp)
+            moved = conn.execute(delete).rowcount
+            conn.execute(create)
+            inserted = conn.execute(insert).rowcount
+            if inserted != moved:  # pragma: no cover - would be a PostgreSQL bug
+                raise RuntimeError(f"moved {moved} rows but inserted {inserted}")
+
+        if self._with_retries(conn, plan, body, outcome, what=action.partition):
+            return moved
+        return None
+
+    def _retire(
+        self,
+        conn: Any,
+        plan: TablePlan,
+        action: PartitionAction,
+        outcome: TableOutcome,
+        say: _Progress,
+    ) -> None:
+        """Detach (or finalize a detach), then drop: two statements, each its own transaction.
+
+        The detach is the only step that locks the parent, and it is quick; dropping a big table
+        frees its files at commit, which takes time proportional to its size. Separate, the
+        parent is locked for the detach alone. ``DETACH ... CONCURRENTLY`` cannot run in a
+        transaction block anyway; interrupted between its two internal transactions, the
+        partition stays "detach pending" and the next run finalizes it.
+        """
+        detach, *drop = action.statements
+
+        def body() -> None:
+            conn.execute(detach)
+
+        if not self._with_retries(
+            conn, plan, body, outcome, what=action.partition, transaction=False
+        ):
+            return
+        outcome.detached += 1
+        if drop:
+            if not self._transaction(conn, plan, drop, outcome, what=action.partition):
+                outcome.problems[-1] += f"; it is detached: drop it by hand ({drop[0]})"
+                return
+            outcome.dropped += 1
+        say(f"{plan.table}: {action.describe().replace('expired ', '', 1)}")
+
+    def _transaction(
+        self,
+        conn: Any,
+        plan: TablePlan,
+        statements: Sequence[str],
+        outcome: TableOutcome,
+        *,
+        what: str,
+    ) -> bool:
+        def body() -> None:
+            for statement in statements:
+                conn.execute(statement)
+
+        return self._with_retries(conn, plan, body, outcome, what=what)
+
+    def _with_retries(
+        self,
+        conn: Any,
+        plan: TablePlan,
+        body: Callable[[], None],
+        outcome: TableOutcome,
+        *,
+        what: str,
+        transaction: bool = True,
+    ) -> bool:
+        import psycopg
+
+        for attempt in range(1, _LOCK_RETRIES + 1):
+            try:
+                if transaction:
+                    with conn.transaction():
+                        body()
+                else:
+                    body()
+                return True
+            except psycopg.errors.LockNotAvailable:
+                if attempt == _LOCK_RETRIES:
+                    outcome.problems.append(
+                        f"{what}: lock not granted within lock_timeout "
+                        f"{self.lock_timeout.total_seconds():g}s after {attempt} attempts (the "
+                        "table is busy); the next run retries"
+                    )
+                    logger.warning("%s: %s", plan.table, outcome.problems[-1])
+                    return False
+                time.sleep(0.2 * attempt)
+            except psycopg.Error as exc:
+                message = " ".join(str(exc).split())
+                outcome.problems.append(f"{what}: {message}")
+                logger.error("%s: %s", plan.table, outcome.problems[-1])
+                return False
+        return False  # pragma: no cover
+
+    # --- connection -------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A dedicated psycopg connection in autocommit, session TimeZone UTC, lock_timeout set.
+
+        It is detached from the engine's pool, so the session settings never reach application
+        code; ``DETACH ... CONCURRENTLY`` needs autocommit (it cannot run in a transaction).
+        """
+        raw = self._engine.raw_connection()
+        conn = raw.driver_connection
+        assert conn is not None
+        raw.detach()
+        try:
+            conn.rollback()
+            conn.autocommit = True
+            milliseconds = int(self.lock_timeout.total_seconds() * 1000)
+            conn.execute("SET TimeZone = 'UTC'")
+            conn.execute(f"SET lock_timeout = {milliseconds:d}")
+            yield conn
+        finally:
+            conn.close()
+
+
+class _Progress:
+    def __init__(self, sink: Callable[[str], None] | None) -> None:
+        self._sink = sink
+
+    def __call__(self, line: str) -> None:
+        logger.info("%s", line)
+        if self._sink is not None:
+            self._sink(line)
+
+
+def _now(now: datetime | None) -> datetime:
+    return datetime.now(UTC) if now is None else as_utc(now)
+
+
+def _acquire(conn: Any, wait: float, lock_timeout: timedelta) -> bool:
+    import psycopg
+
+    if wait <= 0:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", ADVISORY_LOCK_KEY).fetchone()
+        return bool(row[0])
+    conn.execute(f"SET lock_timeout = {int(wait * 1000):d}")
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", ADVISORY_LOCK_KEY)
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute(f"SET lock_timeout = {int(lock_timeout.total_seconds() * 1000):d}")
+
+
+def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) -> _Catalog:
+    row = conn.execute(
+        """
+        SELECT c.oid, n.nspname,
+               CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = to_regclass(%s)
+        """,
+        (qualified(schema, partitioned.name),),
+    ).fetchone()
+    if row is None:
+        return _Catalog(schema or "", False, None, (), {})
+    oid, actual_schema, keydef = row
+    partitions = tuple(
+        _existing(name, bound, pending, partitioned.key_is_date)
+        for name, bound, pending in conn.execute(
+            """
+            SELECT child.relname, pg_get_expr(child.relpartbound, child.oid), i.inhdetachpending
+            FROM pg_inherits i JOIN pg_class child ON child.oid = i.inhrelid
+            WHERE i.inhparent = %s
+            ORDER BY child.relname
+            """,
+            (oid,),
+        ).fetchall()
+    )
+    default_rows: dict[date, int] = {}
+    default = next((p for p in partitions if p.is_default and not p.detach_pending), None)
+    if default is not None and keydef is not None:
+        column = quote(partitioned.partitioning.column)
+        unit = partitioned.interval.value
+        for start, rows in conn.execute(
+            f"SELECT date_trunc('{unit}', {column})::date, count(*) "  # noqa: S608 - quoted
+            f"FROM {qualified(actual_schema, default.name)} GROUP BY 1"
+        ).fetchall():
+            default_rows[start] = rows
+    return _Catalog(actual_schema, True, keydef, partitions, default_rows)
+
+
+def _existing(name: str, bound: str, pending: bool, key_is_date: bool) -> _Existing:
+    if bound == "DEFAULT":
+        return _Existing(name, None, None, is_default=True, detach_pending=pending)
+    match = _BOUNDS.match(bound)
+    if match is None:
+        return _Existing(name, None, None, is_default=False, detach_pending=pending)
+    return _Existing(
+        name,
+        _parse_bound(match["lower"]),
+        _parse_bound(match["upper"]),
+        is_default=False,
+        detach_pending=pending,
+    )
+
+
+def _parse_bound(text: str) -> datetime | None:
+    text = text.strip()
+    if not (text.startswith("'") and text.endswith("'")):
+        return None  # MINVALUE / MAXVALUE
+    value = text[1:-1]
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:  # a date key: '2026-11-27'
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _managed_window(partitioned: PartitionedTable, existing: _Existing) -> PartitionWindow | None:
+    """The window ``existing`` covers exactly, or None when its bounds are not ours."""
+    if existing.lower is None or existing.upper is None:
+        return None
+    window = window_containing(partitioned.interval, existing.lower)
+    if window.start == existing.lower and window.end == existing.upper:
+        return window
+    return None
+
+
+def _move_statements(
+    partitioned: PartitionedTable,
+    schema: str | None,
+    window: PartitionWindow,
+    default: _Existing | None,
+) -> tuple[str, ...]:
+    """The five statements that move one window's rows out of DEFAULT, run in one transaction."""
+    assert default is not None
+    source = qualified(schema, default.name)
+    columns = ", ".join(quote(c.name) for c in partitioned.table.columns)
+    key = quote(partitioned.partitioning.column)
+    lower = bound_literal(window.start, key_is_date=partitioned.key_is_date)
+    upper = bound_literal(window.end, key_is_date=partitioned.key_is_date)
+    child = qualified(schema, partition_name(partitioned.name, window))
+    return (
+        f"LOCK TABLE {source} IN ACCESS EXCLUSIVE MODE",
+        f"CREATE TEMPORARY TABLE sigma_db_moving (LIKE {qualified(schema, partitioned.name)}) "
+        "ON COMMIT DROP",
+        f"WITH moved AS (DELETE FROM {source} WHERE {key} >= {lower} AND {key} < {upper} "  # noqa: S608
+        f"RETURNING {columns}) INSERT INTO sigma_db_moving ({columns}) SELECT {columns} FROM moved",
+        create_partition_sql(partitioned, schema, window),
+        f"INSERT INTO {child} ({columns}) OVERRIDING SYSTEM VALUE "  # noqa: S608 - quoted names
+        f"SELECT {columns} FROM sigma_db_moving",
+    )
+
+
+def _chunks(items: Sequence[PartitionAction], size: int) -> Iterable[Sequence[PartitionAction]]:
+    for index in range(0, len(items), size):
+        yield items[index : index + size]

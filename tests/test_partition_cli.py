@@ -1,0 +1,150 @@
+"""``sigma-db partitions maintain``: plan, run, one problem line per table, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from sigma_db import DatabaseSettings
+from sigma_db.cli import main
+from sigma_db.partitions.examples import ExampleBase, Signal
+
+NOW = datetime.now(UTC)
+
+
+def env_of(settings: DatabaseSettings) -> dict[str, str]:
+    return {
+        "DB_HOST": settings.host,
+        "DB_PORT": str(settings.port),
+        "DB_NAME": settings.name,
+        "DB_USER": settings.user,
+        "DB_PASSWORD": settings.secret(),
+        "DB_PRODUCT": "lab",
+        "DB_SCHEMA": "app",
+    }
+
+
+def run_here(
+    settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *args: str,
+) -> tuple[int, str, str]:
+    """In-process run (fast); the subprocess test below covers the real entry point."""
+    for key in list(os.environ):
+        if key.startswith(("DB_", "SIGMA_DB_")):
+            monkeypatch.delenv(key)
+    for key, value in env_of(settings).items():
+        monkeypatch.setenv(key, value)
+    code = 0
+    try:
+        main(["partitions", "maintain", *args])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run(
+    settings: DatabaseSettings, *args: str, cwd: Path | str = "/"
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "SIGMA_DB_"))}
+    env |= env_of(settings)
+    return subprocess.run(
+        [sys.executable, "-m", "sigma_db", "partitions", "maintain", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_dry_run_then_run(
+    db_settings: DatabaseSettings,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ExampleBase.metadata.create_all(engine)
+    later = (NOW + timedelta(days=30)).isoformat()
+    args = ("--models", "sigma_db.partitions.examples", "--now", later)
+    code, out, err = run_here(db_settings, monkeypatch, capsys, *args, "--dry-run")
+    assert code == 0, err
+    assert "plan at" in out and "DB_ENV=dev" in out
+    assert "app.signals: detach and drop expired signals_p" in out
+    assert 'DROP TABLE "app"."signals_p' in out
+    seen = out + err
+
+    code, out, err = run_here(db_settings, monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "app.signals: created" in out and "done in" in out
+    assert db_settings.secret() not in seen + out + err
+
+    code, out, err = run_here(db_settings, monkeypatch, capsys, *args, "--dry-run")
+    assert "app.signals: nothing to do" in out
+
+
+def test_rows_left_in_default_exit_1_with_one_line_per_table(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    ExampleBase.metadata.create_all(engine)
+    with Session(engine) as session, session.begin():
+        session.add(Signal(observed_at=NOW + timedelta(days=90), symbol="X", value=0.0))
+    result = run(db_settings, "--models", "sigma_db.partitions.examples")
+    assert result.returncode == 1
+    problems = [line for line in result.stderr.splitlines() if line]
+    assert len(problems) == 1
+    assert problems[0].startswith("problem: app.signals: 1 rows in DEFAULT partition")
+    assert "Traceback" not in result.stderr
+
+
+def test_models_module_from_the_working_directory(
+    db_settings: DatabaseSettings,
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ExampleBase.metadata.create_all(engine)
+    (tmp_path / "labmodels.py").write_text(
+        "from sigma_db.partitions.examples import AuditLog, Signal\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, out, err = run_here(db_settings, monkeypatch, capsys, "--models", "labmodels")
+    assert code == 0, err
+    assert "app.audit_logs: created" in out
+
+
+def test_bad_models_module_is_one_line(
+    db_settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run_here(db_settings, monkeypatch, capsys, "--models", "no_such_module_here")
+    assert code == 1
+    assert err.startswith("sigma-db: error: --models no_such_module_here: cannot import")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_here(db_settings, monkeypatch, capsys, "--models", "sigma_db.errors")
+    assert code == 1
+    assert "defines no DatePartitioned models" in err
+
+
+def test_bad_now_is_one_line(
+    db_settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ("--models", "sigma_db.partitions.examples", "--now", "2026-11-27")
+    code, _, err = run_here(db_settings, monkeypatch, capsys, *args)
+    assert code == 1
+    assert "is not an ISO-8601 instant with a zone" in err

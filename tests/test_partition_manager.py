@@ -1,0 +1,325 @@
+"""Partition maintenance against a real PostgreSQL: the issue's must-hold behaviour."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import TIMESTAMP, Engine, String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from sigma_db import DatabaseSettings, DatePartitioned, DatePartitioning, PartitionManager
+from sigma_db.models import IdentityPrimaryKey, ProductBase
+from sigma_db.partitions import Interval, partition_name, window_containing
+from sigma_db.partitions.examples import AuditLog, ExampleBase, Signal
+
+NOW = datetime.now(UTC)
+
+
+def partitions(engine: Engine, table: str) -> dict[str, str]:
+    """Child name -> bound expression, straight from the catalog."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET TimeZone = 'UTC'")
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:t)"
+            ),
+            {"t": table},
+        ).all()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def daily_names(first: datetime, last: datetime) -> set[str]:
+    window = window_containing(Interval.DAY, first)
+    names = set()
+    while window.start <= last:
+        names.add(partition_name("signals", window))
+        window = window.next()
+    return names
+
+
+def where(engine: Engine, table: str) -> dict[str, int]:
+    """Rows per partition (by tableoid)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(f"SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1")
+        ).all()
+    return {str(name).rpartition(".")[2]: int(count) for name, count in rows}
+
+
+@pytest.fixture
+def tables(engine: Engine) -> Iterator[Engine]:
+    ExampleBase.metadata.create_all(engine)
+    return engine
+
+
+@pytest.fixture
+def manager(db_settings: DatabaseSettings, tables: Engine) -> PartitionManager:
+    return PartitionManager(db_settings, Signal, AuditLog, lock_timeout=timedelta(seconds=1))
+
+
+def add_signals(engine: Engine, *moments: datetime) -> None:
+    with Session(engine) as session, session.begin():
+        session.add_all(Signal(observed_at=m, symbol="AAPL", value=1.0) for m in moments)
+
+
+def test_create_all_gives_default_and_premade_partitions(tables: Engine) -> None:
+    found = partitions(tables, "signals")
+    assert found.pop("signals_default") == "DEFAULT"
+    assert set(found) == daily_names(NOW, NOW + timedelta(days=7))
+    assert found[partition_name("signals", window_containing(Interval.DAY, NOW))].startswith(
+        "FOR VALUES FROM ('"
+    )
+    assert "audit_logs_default" in partitions(tables, "audit_logs")
+    add_signals(tables, NOW)  # today's rows work right away
+    assert where(tables, "signals") == {
+        partition_name("signals", window_containing(Interval.DAY, NOW)): 1
+    }
+
+
+def test_model_indexes_exist_on_every_partition(manager: PartitionManager, tables: Engine) -> None:
+    manager.maintain(NOW)
+    with tables.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, count(ix.indexrelid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid "
+                "LEFT JOIN pg_index ix ON ix.indrelid = c.oid "
+                "WHERE i.inhparent = 'signals'::regclass GROUP BY c.relname"
+            )
+        ).all()
+    # pk + ix_signals_symbol_observed_at on each of DEFAULT, retained past and premade days
+    assert len(rows) == 1 + 8 + 7
+    assert {count for _, count in rows} == {2}
+
+
+def test_rows_before_their_partition_land_in_default_and_are_moved(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    later = NOW + timedelta(days=20)
+    moments = [later.replace(hour=h, minute=0, second=0, microsecond=0) for h in range(24)]
+    add_signals(tables, *moments, *moments)  # 48 rows for a day with no partition yet
+    assert where(tables, "signals") == {"signals_default": 48}
+    with tables.connect() as conn:
+        ids_before = set(conn.scalars(select(Signal.id)))
+
+    report = manager.maintain(NOW + timedelta(days=15))
+
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].moved_rows == 48
+    target = partition_name("signals", window_containing(Interval.DAY, later))
+    assert where(tables, "signals") == {target: 48}  # nothing left in DEFAULT, nothing doubled
+    with tables.connect() as conn:
+        assert set(conn.scalars(select(Signal.id))) == ids_before
+
+
+def test_rows_it_cannot_place_are_reported(manager: PartitionManager, tables: Engine) -> None:
+    add_signals(tables, NOW + timedelta(days=100), NOW + timedelta(days=100))
+    report = manager.maintain(NOW)
+    assert not report.ok
+    (line,) = report.problem_lines()
+    assert line.startswith("app.signals: 2 rows in DEFAULT partition signals_default cannot be")
+    assert where(tables, "signals") == {"signals_default": 2}  # left where they are
+
+
+def test_retention_drops_only_partitions_wholly_past_the_cutoff(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    add_signals(tables, NOW)
+    later = NOW + timedelta(days=30)
+    report = manager.maintain(later)
+    assert report.ok, report.problem_lines()
+    cutoff = later - timedelta(days=7)  # Signal keeps 7 days in dev
+    found = set(partitions(tables, "signals")) - {"signals_default"}
+    # the partition holding the cutoff stays: part of its range is still retained
+    assert found == daily_names(cutoff, later + timedelta(days=7))
+    assert partition_name("signals", window_containing(Interval.DAY, cutoff)) in found
+    with tables.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Signal)) == 0  # dropped with NOW's day
+        left = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_class "
+                "WHERE relname LIKE 'signals_p%' AND NOT relispartition"
+            )
+        ).scalar()
+    assert left == 0  # dropped, not left detached
+
+
+def test_expired_detach_keeps_the_table(manager: PartitionManager, tables: Engine) -> None:
+    with Session(tables) as session, session.begin():
+        session.add(AuditLog(occurred_at=NOW, actor="ops", action="deploy"))
+    later = NOW + timedelta(days=160)  # audit logs keep 62 days in dev
+    report = manager.maintain(later)
+    assert report.ok, report.problem_lines()
+    month = partition_name("audit_logs", window_containing(Interval.MONTH, NOW))
+    assert month not in partitions(tables, "audit_logs")
+    with tables.connect() as conn:
+        kept = conn.execute(text(f"SELECT actor FROM {month}")).scalars().all()
+    assert kept == ["ops"]
+
+
+def test_maintenance_is_idempotent(manager: PartitionManager, tables: Engine) -> None:
+    first = manager.maintain(NOW + timedelta(days=3))
+    before = partitions(tables, "signals"), partitions(tables, "audit_logs")
+    second = manager.maintain(NOW + timedelta(days=3))
+    assert first.ok
+    assert second.ok
+    assert second.plan is not None
+    assert all(not table.actions for table in second.plan.tables)
+    assert (partitions(tables, "signals"), partitions(tables, "audit_logs")) == before
+
+
+def test_dry_run_changes_nothing_and_shows_sql(manager: PartitionManager, tables: Engine) -> None:
+    before = partitions(tables, "signals")
+    report = manager.maintain(NOW + timedelta(days=30), dry_run=True)
+    assert report.dry_run
+    assert partitions(tables, "signals") == before
+    assert report.plan is not None
+    lines = report.plan.lines()
+    assert any("detach and drop expired signals_p" in line for line in lines)
+    assert any(line.strip().startswith('CREATE TABLE "app"."signals_p') for line in lines)
+    assert any(
+        line.strip().startswith('ALTER TABLE "app"."signals" DETACH PARTITION') for line in lines
+    )
+
+
+def test_two_runs_at_once_one_skips_and_the_result_is_one_runs(
+    db_settings: DatabaseSettings, manager: PartitionManager, tables: Engine
+) -> None:
+    later = NOW + timedelta(days=12)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold(line: str) -> None:
+        inside.set()
+        release.wait(30)
+
+    first: list[Any] = []
+    worker = threading.Thread(target=lambda: first.append(manager.maintain(later, progress=hold)))
+    worker.start()
+    assert inside.wait(30)
+    second = PartitionManager(db_settings, Signal, AuditLog).maintain(later)  # while A works
+    release.set()
+    worker.join(60)
+    assert second.skipped
+    assert second.ok
+    assert first[0].ok
+    after_one = partitions(tables, "signals"), partitions(tables, "audit_logs")
+
+    # and two that start together, both willing to wait: serialized, same end state
+    results: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        results.append(manager.maintain(later, wait=30))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.skipped for r in results] == [False, False]
+    assert all(r.ok for r in results)
+    assert (partitions(tables, "signals"), partitions(tables, "audit_logs")) == after_one
+
+
+def test_a_query_for_one_day_touches_one_partition(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    manager.maintain(NOW)
+    day = window_containing(Interval.DAY, NOW)
+    add_signals(tables, day.start + timedelta(hours=1), day.next().start + timedelta(hours=1))
+    with tables.connect() as conn:
+        conn.exec_driver_sql("ANALYZE signals")
+        plan = (
+            conn.execute(
+                text("EXPLAIN SELECT * FROM signals WHERE observed_at >= :a AND observed_at < :b"),
+                {"a": day.start, "b": day.end},
+            )
+            .scalars()
+            .all()
+        )
+    scanned = [line for line in plan if "signals_" in line and "Scan" in line]
+    assert len(scanned) == 1, plan
+    assert partition_name("signals", day) in scanned[0]
+
+
+def test_lock_not_granted_is_reported_and_retried_next_run(
+    db_settings: DatabaseSettings, tables: Engine
+) -> None:
+    manager = PartitionManager(db_settings, Signal, lock_timeout=timedelta(milliseconds=100))
+    with tables.connect() as blocker:
+        blocker.exec_driver_sql("LOCK TABLE signals_default IN ACCESS SHARE MODE")  # like a reader
+        blocked = manager.maintain(NOW + timedelta(days=3))
+        blocker.rollback()
+    assert not blocked.ok
+    assert "lock not granted within lock_timeout" in blocked.problem_lines()[0]
+    retried = manager.maintain(NOW + timedelta(days=3))
+    assert retried.ok, retried.problem_lines()
+
+
+class _NoDefaultBase(ProductBase, DeclarativeBase):
+    pass
+
+
+class Tick(DatePartitioned, IdentityPrimaryKey, _NoDefaultBase):
+    __partitioning__ = DatePartitioning(
+        column="at",
+        interval="day",
+        premake=2,
+        retention=timedelta(days=2),
+        default_partition=False,
+    )
+    at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+    venue: Mapped[str] = mapped_column(String(8))
+
+
+def test_without_default_partition_retention_detaches_concurrently(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    _NoDefaultBase.metadata.create_all(engine)
+    assert "ticks_default" not in partitions(engine, "ticks")
+    manager = PartitionManager(db_settings, Tick)
+    plan = manager.plan(NOW + timedelta(days=5))
+    retire = [a for a in plan.tables[0].actions if a.kind == "retire"]
+    assert retire
+    assert all(a.statements[0].endswith("CONCURRENTLY") for a in retire)
+    report = manager.maintain(NOW + timedelta(days=5))
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].dropped == len(retire)
+
+
+def test_interrupted_concurrent_detach_is_finalized(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    _NoDefaultBase.metadata.create_all(engine)
+    today = partition_name("ticks", window_containing(Interval.DAY, NOW))
+    with engine.connect() as conn:
+        # simulate the state an interrupted DETACH ... CONCURRENTLY leaves behind
+        conn.exec_driver_sql(
+            "UPDATE pg_inherits SET inhdetachpending = true WHERE inhrelid = %(t)s::regclass",
+            {"t": today},
+        )
+        conn.commit()
+    manager = PartitionManager(db_settings, Tick)
+    later = NOW + timedelta(days=5)  # today's partition is expired by then
+    plan = manager.plan(later)
+    assert [a.kind for a in plan.tables[0].actions][:1] == ["finalize"]
+    report = manager.maintain(later)
+    assert report.ok, report.problem_lines()
+    assert today not in partitions(engine, "ticks")
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT to_regclass(:t)"), {"t": today}) is None  # dropped
+
+
+def test_missing_table_is_a_problem_line(db_settings: DatabaseSettings) -> None:
+    report = PartitionManager(db_settings, Signal).maintain(NOW)
+    assert report.problem_lines() == [
+        "signals: table does not exist; create it first (alembic upgrade head, with "
+        "sigma_db.partitions.create_partitions in the revision that creates it)"
+    ]
