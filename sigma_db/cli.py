@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -63,6 +64,25 @@ cli.add_command(dev)
 cli.add_command(migrate_command)
 cli.add_command(migrations_group)
 cli.add_command(partitions)
+
+
+@cli.command("new-product")
+@click.argument("name")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to generate the repository (default: ./<name>-service).",
+)
+@click.option("--force", is_flag=True, help="Generate into a non-empty directory.")
+def new_product(name: str, dest: Path | None, force: bool) -> None:
+    """Generate a product repository: models, migrations, tests, CI, all green first try."""
+    from sigma_db.scaffold import new_product as generate
+
+    generated = generate(name, dest or Path(f"{name}-service"), force=force)
+    click.echo(
+        f"generated {generated.product.title} ({generated.product.database}) in "
+        f"{generated.destination}; next: cd {generated.destination} && pip install -e '.[test]'"
+    )
 
 
 def main(argv: list[str] | None = None) -> Any:

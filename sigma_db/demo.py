@@ -1,54 +1,38 @@
-"""``sigma-db demo``: the main job end to end on a throwaway local server.
+"""``sigma-db demo``: the main job end to end, on a private local dev database.
 
-It is the README's first command: a new engineer (or CI) sees every layer work together — a
-local PostgreSQL started as an unprivileged user, the consolidated dev layout, a naming-checked
-model, a unit of work — and the printed steps double as a tour.
+It is the README's first command. In one run a new engineer (or CI) sees every layer work
+together, the way a product team uses them: the local dev database with every product's roles,
+a product repository generated from the template, its migrations applied as the migrator, rows
+written and read as the API's role (one of them into a date partition), and the CI gate's dry
+run. Nothing outside a temporary directory is touched; the server is stopped at the end.
 """
 
 from __future__ import annotations
 
-import secrets
+import importlib
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from sqlalchemy import String, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import func, select, text
 
+from sigma_db.dev import DevDatabase
 from sigma_db.engine import create_engine
-from sigma_db.models import IdentityPrimaryKey, ProductBase, Timestamps
-from sigma_db.server import LocalServer, free_port, owned_directory, server_user
+from sigma_db.roles import RoleKind
+from sigma_db.server import free_port
 from sigma_db.session import create_session_factory, session_scope
 from sigma_db.settings import DatabaseSettings
-from sigma_db.topology import CONSOLIDATED_DATABASE
 
 __all__ = ["run_demo"]
 
 Echo = Callable[[str], None]
-
-
-class Base(ProductBase, DeclarativeBase):
-    """The demo product's base: one line, its own MetaData and naming rules."""
-
-
-class Pack(IdentityPrimaryKey, Timestamps, Base):
-    """A Lab pack; the table name ``packs`` is derived from the class name."""
-
-    name: Mapped[str] = mapped_column(String(80), unique=True)
-
-
-class AuditLog(IdentityPrimaryKey, Timestamps, Base):
-    """An audit entry in the logical ``audit`` area (``lab_audit`` in the consolidated DB)."""
-
-    __table_args__ = {"schema": "audit"}
-    action: Mapped[str] = mapped_column(String(80))
+PRODUCT = "lab"
 
 
 @contextmanager
@@ -59,73 +43,74 @@ def _step(echo: Echo, title: str) -> Iterator[None]:
 
 
 def run_demo(echo: Echo = print) -> None:
-    """Start a local server, lay out the Lab product, write and read rows, stop the server."""
-    root = Path(tempfile.mkdtemp(prefix="sigma-db-demo-"))
-    owned_directory(root, server_user())
-    server = LocalServer(root, port=free_port(), password=secrets.token_urlsafe(18))
-    echo(f"sigma_db demo: Sigma Lab on a local PostgreSQL in {root}")
+    """Dev database → new product → migrate → write/read as _rw → dry run; then clean up."""
+    from sigma_db.migrations.commands import load_config, migrate
+    from sigma_db.migrations.dryrun import dry_run
+    from sigma_db.scaffold import new_product
+
+    workdir = Path(tempfile.mkdtemp(prefix="sigma-db-demo-"))
+    workdir.chmod(0o755)  # the server user must reach the dev home inside it
+    dev = DevDatabase(workdir / "dev", free_port())
+    echo(f"sigma_db demo: Sigma Lab end to end, in {workdir}")
     try:
-        with _step(echo, f"started PostgreSQL on 127.0.0.1:{server.port}"):
-            server.start()
-        settings = DatabaseSettings(
-            _env_file=None,
-            host="127.0.0.1",
-            port=server.port,
-            name=CONSOLIDATED_DATABASE,
-            user=server.superuser,
-            password=server.password,
-            password_file=None,
-            schema_name="lab",
-            product=None,
-            env="dev",
-            sslmode="disable",
-            pooler="none",
-        )
-        topology = settings.topology
         with _step(
             echo,
-            f"created database {topology.database} with schemas "
-            f"{topology.schema}, {topology.physical_schema('audit')}",
+            f"local dev database up on 127.0.0.1:{dev.port}: edge_products, "
+            "a schema and three roles per product",
         ):
-            _create_layout(server, settings)
-        engine = create_engine(settings)
-        try:
-            with _step(echo, f"mapped tables {', '.join(sorted(Base.metadata.tables))}"):
-                Base.metadata.create_all(engine)
-            factory = create_session_factory(engine)
-            wrote = "wrote 3 packs and their audit entries in one unit of work"
-            with _step(echo, wrote), session_scope(factory) as session:
-                for name in ("momentum", "carry", "value"):
-                    session.add(Pack(name=name))
-                    session.add(AuditLog(action=f"create pack {name}"))
-            with session_scope(factory) as session:
-                packs = session.scalars(select(Pack).order_by(Pack.id)).all()
-                audits = session.scalar(select(func.count()).select_from(AuditLog))
-            for pack in packs:
-                echo(f"      pack {pack.id}: {pack.name} (created {_when(pack.created_at)})")
-            echo(f"  ok  read back {len(packs)} packs and {audits} audit entries")
-        finally:
-            engine.dispose()
+            dev.up()
+        with _step(echo, "generated the Lab product repository (sigma-db new-product lab)"):
+            generated = new_product(PRODUCT, workdir / "lab-service")
+        migrator = DatabaseSettings.from_env(dev.env(PRODUCT, RoleKind.MIGRATOR))
+        api = DatabaseSettings.from_env(dev.env(PRODUCT, RoleKind.RW))
+        config = load_config(generated.destination / "alembic.ini", migrator)
+        with _step(echo, f"migrated schema {migrator.topology.schema} as {migrator.user}"):
+            applied = migrate(config, migrator)
+        echo(f"      applied: {', '.join(applied) or 'nothing (already at head)'}")
+        with _step(echo, f"wrote and read rows as {api.user} (the API's role)"):
+            lines = _write_and_read(generated.destination, generated.package, api)
+        for line in lines:
+            echo(f"      {line}")
+        with _step(echo, "dry run (the CI gate): checksums, ledger, lint"):
+            report = dry_run(config, migrator)
+        state = report.database
+        echo(
+            f"      database at {', '.join(state.heads) or 'base'}, "
+            f"{len(report.pending)} pending, {len(report.findings)} problems"
+        )
+        if not report.ok:
+            raise SystemExit(
+                "demo: the dry run found problems: " + "; ".join(map(str, report.findings))
+            )
     finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        echo("  ok  stopped the server and removed its files")
-    echo("done.")
+        dev.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+        echo("  ok  stopped the dev database and removed the demo directory")
+    echo("done: dev database → new product → migrate → read/write as _rw → dry run.")
 
 
-def _create_layout(server: LocalServer, settings: DatabaseSettings) -> None:
-    conninfo: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "user": server.superuser,
-        "password": server.password,
-    }
-    with psycopg.connect(dbname="postgres", autocommit=True, **conninfo) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.name)))
-    with psycopg.connect(dbname=settings.name, autocommit=True, **conninfo) as conn:
-        for schema in (settings.topology.schema, settings.topology.physical_schema("audit")):
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+def _write_and_read(repo: Path, package: str, settings: DatabaseSettings) -> list[str]:
+    sys.path.insert(0, str(repo))
+    try:
+        models: Any = importlib.import_module(f"{package}.models")
+    finally:
+        sys.path.remove(str(repo))
+    engine = create_engine(settings)
+    try:
+        sessions = create_session_factory(engine)
+        with session_scope(sessions) as session:
+            for name in ("momentum", "carry", "value"):
+                session.add(models.Pack(name=name))
+            session.add(
+                models.AuditLog(occurred_at=datetime.now(UTC), actor="demo", action="create packs")
+            )
+        with session_scope(sessions) as session:
+            packs = session.scalars(select(models.Pack.name).order_by(models.Pack.id)).all()
+            audits = session.scalar(select(func.count()).select_from(models.AuditLog))
+            partition = session.scalar(text("SELECT tableoid::regclass::text FROM audit_logs"))
+    finally:
+        engine.dispose()
+    return [
+        f"packs: {', '.join(packs)}",
+        f"audit_logs: {audits} row, stored in partition {partition}",
+    ]

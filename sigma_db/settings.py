@@ -8,6 +8,7 @@ of a message, a repr, or the display DSN.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +171,19 @@ class DatabaseSettings(BaseSettings):
         except ConfigurationError as exc:
             raise ValueError(_JOIN.join(exc.problems)) from None
         return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> DatabaseSettings:
+        """Settings from a mapping of ``DB_*`` names (``os.environ``-like), ignoring the process's.
+
+        Every field is given (unset ones as their default), so nothing leaks in from the real
+        environment or a ``.env`` file: what you pass is what you get.
+        """
+        values: dict[str, Any] = {}
+        for field, info in cls.model_fields.items():
+            name = _env_name(field, info.validation_alias)
+            values[field] = environ[name] if name in environ else info.get_default()
+        return cls(_env_file=None, **values)
 
     @cached_property
     def topology(self) -> Topology:

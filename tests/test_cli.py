@@ -109,8 +109,12 @@ def test_unknown_command_is_a_usage_error() -> None:
 def test_demo_runs_end_to_end() -> None:
     result = run("demo")
     assert result.returncode == 0, result.stderr
-    assert "read back 3 packs and 3 audit entries" in result.stdout
-    assert "stopped the server" in result.stdout
+    out = result.stdout
+    assert "migrated schema lab as edge_lab_migrator_dev" in out
+    assert "packs: momentum, carry, value" in out
+    assert "stored in partition audit_logs_p" in out
+    assert "database at 0001, 0 pending, 0 problems" in out
+    assert "stopped the dev database" in out
 
 
 def test_doctor_names_a_misspelled_variable(db_settings: DatabaseSettings) -> None:

@@ -5,27 +5,47 @@ Fixtures (all prefixed ``sigma_`` so they never collide with a project's own):
 ``sigma_postgresql`` (session)
     :class:`~sigma_db.testing.TestServer` — one server per test session, started by the run
     itself (as an unprivileged user when the run is root).
+``sigma_db_template`` (session)
+    :class:`~sigma_db.testing.product.ProductTemplate` when the ``sigma_db_alembic_ini`` ini
+    option names the product's ``alembic.ini``: roles created and migrations applied once, as
+    the migrator, into a template database. ``None`` otherwise.
 ``sigma_database`` (function)
-    Name of a new, empty database, dropped after the test.
+    Name of a database for one test, dropped afterwards: a copy of the migrated template, or
+    empty (cloned from ``template1``) when there is no template.
 ``sigma_db_settings`` (function)
-    :class:`~sigma_db.DatabaseSettings` for that database (superuser, schema ``app`` created,
-    product from the ``sigma_db_product`` ini option, default ``lab``).
+    :class:`~sigma_db.DatabaseSettings` for that database as the superuser (default schema
+    created, product from the ``sigma_db_product`` ini option, default ``lab``).
+``sigma_rw_settings`` / ``sigma_ro_settings`` / ``sigma_migrator_settings`` (function)
+    The same database as the product's ``_rw``, ``_ro`` and ``_migrator`` test logins.
+``sigma_rw_engine`` / ``sigma_ro_engine`` (function)
+    Engines for those settings, disposed after the test.
+``sigma_db_env`` (function)
+    Sets ``DB_*`` in ``os.environ`` to the ``_rw`` settings, for code that builds
+    ``DatabaseSettings()`` itself.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from sigma_db.settings import DatabaseSettings
+from sigma_db.testing.product import ProductTemplate
 from sigma_db.testing.server import TestServer, start_test_server
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the plugin's ini options."""
     parser.addini("sigma_db_product", "product key the test settings resolve to", default="lab")
+    parser.addini(
+        "sigma_db_alembic_ini",
+        "the product's alembic.ini (relative to rootdir): migrate once into a template database",
+        default="",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +55,41 @@ def sigma_postgresql() -> Iterator[TestServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def sigma_db_template(
+    request: pytest.FixtureRequest, sigma_postgresql: TestServer
+) -> ProductTemplate | None:
+    """The product's migrated template database, when ``sigma_db_alembic_ini`` is set."""
+    configured = str(request.config.getini("sigma_db_alembic_ini"))
+    if not configured:
+        return None
+    alembic_ini = Path(request.config.rootpath, configured)
+    if not alembic_ini.is_file():
+        raise pytest.UsageError(
+            f"sigma_db_alembic_ini = {configured!r}: no file {alembic_ini}; point it at the "
+            "product's alembic.ini, relative to the pytest rootdir."
+        )
+    from sigma_db.testing.product import build_template
+
+    product = str(request.config.getini("sigma_db_product"))
+    return build_template(sigma_postgresql, product, alembic_ini)
+
+
 @pytest.fixture
-def sigma_database(sigma_postgresql: TestServer) -> Iterator[str]:
-    """A fresh empty database for one test (cloned from template1, dropped afterwards)."""
+def sigma_database(
+    sigma_postgresql: TestServer, sigma_db_template: ProductTemplate | None
+) -> Iterator[str]:
+    """A database for one test: a copy of the migrated template, or an empty one."""
+    from sigma_db.testing.product import clone_database, drop_database
+
+    if sigma_db_template is not None:
+        name = clone_database(sigma_postgresql, sigma_db_template.database)
+        try:
+            yield name
+        finally:
+            drop_database(sigma_postgresql, name)
+        return
+
     from pytest_postgresql.janitor import DatabaseJanitor
 
     name = f"t_{uuid.uuid4().hex[:16]}"
@@ -55,7 +107,7 @@ def sigma_database(sigma_postgresql: TestServer) -> Iterator[str]:
 def sigma_db_settings(
     request: pytest.FixtureRequest, sigma_postgresql: TestServer, sigma_database: str
 ) -> DatabaseSettings:
-    """Settings for the test's database, with its default schema already created."""
+    """Settings for the test's database as the superuser, its default schema created."""
     import psycopg
     from psycopg import sql
 
@@ -75,3 +127,78 @@ def sigma_db_settings(
             )
         )
     return settings
+
+
+def _template(template: ProductTemplate | None) -> ProductTemplate:
+    if template is None:
+        raise pytest.UsageError(
+            "The sigma_rw/ro/migrator fixtures need the product's migrations: set "
+            "sigma_db_alembic_ini = alembic.ini (and sigma_db_product) in the pytest config."
+        )
+    return template
+
+
+@pytest.fixture
+def sigma_rw_settings(
+    sigma_db_template: ProductTemplate | None, sigma_database: str
+) -> DatabaseSettings:
+    """The test's database as the product's ``_rw`` role (what the API uses)."""
+    return _template(sigma_db_template).settings(sigma_database, "rw")
+
+
+@pytest.fixture
+def sigma_ro_settings(
+    sigma_db_template: ProductTemplate | None, sigma_database: str
+) -> DatabaseSettings:
+    """The test's database as the product's ``_ro`` role (what BI uses)."""
+    return _template(sigma_db_template).settings(sigma_database, "ro")
+
+
+@pytest.fixture
+def sigma_migrator_settings(
+    sigma_db_template: ProductTemplate | None, sigma_database: str
+) -> DatabaseSettings:
+    """The test's database as the product's ``_migrator`` role (what CI/CD migrates with)."""
+    return _template(sigma_db_template).settings(sigma_database, "migrator")
+
+
+@pytest.fixture
+def sigma_rw_engine(sigma_rw_settings: DatabaseSettings) -> Iterator[Engine]:
+    """An engine logged in as ``_rw``."""
+    from sigma_db.engine import create_engine
+
+    engine = create_engine(sigma_rw_settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sigma_ro_engine(sigma_ro_settings: DatabaseSettings) -> Iterator[Engine]:
+    """An engine logged in as ``_ro``."""
+    from sigma_db.engine import create_engine
+
+    engine = create_engine(sigma_ro_settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sigma_db_env(
+    monkeypatch: pytest.MonkeyPatch, sigma_rw_settings: DatabaseSettings
+) -> DatabaseSettings:
+    """Point ``DB_*`` in ``os.environ`` at the test's database as ``_rw``."""
+    for name in list(sigma_rw_settings.masked()):
+        monkeypatch.delenv(name, raising=False)
+    values = {
+        "DB_HOST": sigma_rw_settings.host,
+        "DB_PORT": str(sigma_rw_settings.port),
+        "DB_NAME": sigma_rw_settings.name,
+        "DB_USER": sigma_rw_settings.user,
+        "DB_PASSWORD": sigma_rw_settings.secret(),
+        "DB_SCHEMA": sigma_rw_settings.topology.schema,
+        "DB_PRODUCT": sigma_rw_settings.topology.product.key,
+        "DB_ENV": "dev",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return sigma_rw_settings

@@ -1,0 +1,114 @@
+"""``sigma-db new-product``: generate a product repository from ``templates/product``.
+
+The template is a copier template shipped inside the wheel. Copier rather than cookiecutter:
+the generated repo records its answers (``.copier-answers.yml``), so a product team can later
+pull template improvements with ``copier update`` instead of diffing by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import as_file, files
+from pathlib import Path
+
+from sigma_db.errors import ConfigurationError
+from sigma_db.topology import Product
+
+__all__ = ["GeneratedProduct", "new_product", "template_path"]
+
+_HINT = "pip install 'sigma-db[scaffold]'"
+_EXAMPLES = {
+    "lab": "Pack",
+    "sim": "Scenario",
+    "market": "Listing",
+    "pilot": "Playbook",
+    "platform": "Organization",
+}
+"""The example model each seed product gets; a new product gets ``Item``."""
+
+
+@dataclass(frozen=True)
+class GeneratedProduct:
+    """What was generated and where."""
+
+    product: Product
+    destination: Path
+    package: str
+
+
+def template_path() -> Path:
+    """Directory of the product template: packaged data in a wheel, ``templates/`` in a checkout."""
+    packaged = files("sigma_db") / "templates" / "product"
+    if packaged.is_dir():
+        with as_file(packaged) as path:
+            return Path(path)
+    checkout = Path(__file__).resolve().parent.parent / "templates" / "product"
+    if checkout.is_dir():
+        return checkout
+    raise ConfigurationError(  # pragma: no cover - a broken installation
+        "The product template is missing from this sigma_db installation; reinstall sigma-db."
+    )
+
+
+def new_product(
+    name: str,
+    destination: Path,
+    *,
+    force: bool = False,
+    sigma_db_requirement: str | None = None,
+) -> GeneratedProduct:
+    """Generate the repository of product ``name`` into ``destination``.
+
+    ``sigma_db_requirement`` is what the generated ``pyproject.toml`` depends on (a version
+    specifier, or a ``sigma-db @ file://…`` path when testing this working tree).
+    """
+    product = Product.named(name)  # validates: lowercase identifier, not reserved, fits roles
+    if destination.exists() and not destination.is_dir():
+        raise ConfigurationError(f"--dest {destination} exists and is not a directory.")
+    if destination.is_dir() and any(destination.iterdir()) and not force:
+        raise ConfigurationError(
+            f"--dest {destination} is not empty; choose an empty directory, or pass --force to "
+            "write over files the template also has (other files are left alone)."
+        )
+    try:
+        from copier import run_copy
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"new-product needs copier: {_HINT}") from exc
+    from sigma_db import __version__
+    from sigma_db.migrations.commands import load_config, lock
+    from sigma_db.migrations.layout import write_layout
+    from sigma_db.naming import table_name_for
+
+    package = f"{product.key}_service"
+    example = _EXAMPLES.get(product.key, "Item")
+    requirement = sigma_db_requirement or f"sigma-db>={__version__}"
+    run_copy(
+        str(template_path()),
+        str(destination),
+        data={
+            "product": product.key,
+            "title": product.title,
+            "database": product.database,
+            "package": package,
+            "example_class": example,
+            "example_table": table_name_for(example),
+            "sigma_db_requirement": requirement,
+            "sigma_db_test_requirement": _with_extra(requirement, "test"),
+        },
+        defaults=True,
+        overwrite=force,
+        quiet=True,
+        unsafe=False,
+    )
+    # One source for the migration files: the same writer `sigma-db` uses everywhere.
+    alembic_ini = write_layout(destination, models_module=f"{package}.models")
+    lock(load_config(alembic_ini))
+    return GeneratedProduct(product, destination, package)
+
+
+def _with_extra(requirement: str, extra: str) -> str:
+    """``sigma-db>=1`` → ``sigma-db[test]>=1``; ``sigma-db @ file://…`` likewise."""
+    name, sep, rest = requirement.partition("sigma-db")
+    if sep != "sigma-db" or name.strip():
+        raise ConfigurationError(f"sigma_db requirement {requirement!r} must start with sigma-db.")
+    return f"sigma-db[{extra}]{rest}"
