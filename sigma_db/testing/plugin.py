@@ -10,8 +10,8 @@ Fixtures (all prefixed ``sigma_`` so they never collide with a project's own):
     option names the product's ``alembic.ini``: roles created and migrations applied once, as
     the migrator, into a template database. ``None`` otherwise.
 ``sigma_database`` (function)
-    Name of a database for one test, dropped afterwards: a copy of the migrated template, or
-    empty (cloned from ``template1``) when there is no template.
+    Name of a database for one test. With a template: a clone of it whose data is reset after
+    each test (re-cloned when the test ran DDL); without: a new empty database, dropped after.
 ``sigma_db_settings`` (function)
     :class:`~sigma_db.DatabaseSettings` for that database as the superuser (default schema
     created, product from the ``sigma_db_product`` ini option, default ``lab``).
@@ -34,7 +34,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from sigma_db.settings import DatabaseSettings
-from sigma_db.testing.product import ProductTemplate
+from sigma_db.testing.product import CloneKeeper, ProductTemplate
 from sigma_db.testing.server import TestServer, start_test_server
 
 
@@ -75,19 +75,29 @@ def sigma_db_template(
     return build_template(sigma_postgresql, product, alembic_ini)
 
 
+@pytest.fixture(scope="session")
+def sigma_db_clones(
+    sigma_postgresql: TestServer, sigma_db_template: ProductTemplate | None
+) -> Iterator[CloneKeeper | None]:
+    """The session's clone of the template, reset in place between tests."""
+    if sigma_db_template is None:
+        yield None
+        return
+    from sigma_db.testing.product import CloneKeeper
+
+    keeper = CloneKeeper(sigma_postgresql, sigma_db_template.database)
+    yield keeper
+    keeper.close()
+
+
 @pytest.fixture
 def sigma_database(
-    sigma_postgresql: TestServer, sigma_db_template: ProductTemplate | None
+    sigma_postgresql: TestServer, sigma_db_clones: CloneKeeper | None
 ) -> Iterator[str]:
-    """A database for one test: a copy of the migrated template, or an empty one."""
-    from sigma_db.testing.product import clone_database, drop_database
-
-    if sigma_db_template is not None:
-        name = clone_database(sigma_postgresql, sigma_db_template.database)
-        try:
-            yield name
-        finally:
-            drop_database(sigma_postgresql, name)
+    """A database for one test: the migrated template's data, or an empty database."""
+    if sigma_db_clones is not None:
+        yield sigma_db_clones.acquire()
+        sigma_db_clones.release()
         return
 
     from pytest_postgresql.janitor import DatabaseJanitor

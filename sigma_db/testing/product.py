@@ -1,10 +1,15 @@
-"""A product repository under test: migrated once into a template database, cloned per test.
+"""A product repository under test: migrated once into a template, reset cheaply per test.
 
-Migrating per test costs every revision every time; ``CREATE DATABASE … TEMPLATE`` copies the
-migrated result in one file-level copy. The template is built the way production is: the
-product's roles exist, a migrator login runs ``alembic upgrade head`` (so what it creates is
-owned by ``<db>_migrator`` and the default privileges reach ``_rw`` and ``_ro``), and tests
-connect as the ``_rw`` and ``_ro`` logins.
+The template is built the way production is: the product's roles exist, a migrator login runs
+``alembic upgrade head`` (so what it creates is owned by ``<db>_migrator`` and the default
+privileges reach ``_rw`` and ``_ro``), and tests connect as the ``_rw`` and ``_ro`` logins.
+
+Per test, even ``CREATE DATABASE … TEMPLATE`` costs about as much as migrating a small product
+(PostgreSQL copies the template's system catalogs each time). So, as Django's and Rails' test
+cleaners do, one clone is reused and its *data* reset between tests: tables that gained rows are
+truncated, rows the migrations seeded are restored, sequences go back to their template values.
+An event trigger records any DDL a test runs (or a grant it changes); then, or when a leftover
+connection blocks the reset, the clone is dropped and a fresh one made for the next test.
 """
 
 from __future__ import annotations
@@ -23,7 +28,38 @@ from sigma_db.roles import Login, ProductRoles, RoleKind, group_role, sync_roles
 from sigma_db.settings import DatabaseSettings
 from sigma_db.testing.server import TestServer
 
-__all__ = ["ProductTemplate", "build_template", "clone_database", "drop_database"]
+__all__ = [
+    "CloneKeeper",
+    "ProductTemplate",
+    "build_template",
+    "clone_database",
+    "drop_database",
+]
+
+_BOOKKEEPING = "sigma_testing"
+"""Schema in the template holding the DDL log and seed snapshots (outside the product's schemas)."""
+
+_INSTRUMENT = """
+CREATE SCHEMA sigma_testing;
+CREATE TABLE sigma_testing.ddl_events (tag text NOT NULL);
+CREATE FUNCTION sigma_testing.note_ddl() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS
+    $$ BEGIN INSERT INTO sigma_testing.ddl_events VALUES (tg_tag); END $$;
+CREATE EVENT TRIGGER sigma_testing_ddl_end ON ddl_command_end
+    EXECUTE FUNCTION sigma_testing.note_ddl();
+CREATE EVENT TRIGGER sigma_testing_sql_drop ON sql_drop
+    EXECUTE FUNCTION sigma_testing.note_ddl();
+CREATE TABLE sigma_testing.sequence_values AS
+    SELECT format('%I.%I', schemaname, sequencename) AS sequence,
+           coalesce(last_value, start_value) AS value, last_value IS NOT NULL AS called
+    FROM pg_catalog.pg_sequences WHERE schemaname = ANY({schemas}::text[]);
+CREATE TABLE sigma_testing.data_tables AS
+    SELECT n.nspname::text AS schema_name, c.relname::text AS table_name, false AS seeded,
+           row_number() OVER (ORDER BY n.nspname, c.relname) AS number
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = ANY({schemas}::text[]) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+      AND c.relname NOT IN ('alembic_version', 'migration_runs');
+"""
 
 
 @dataclass(frozen=True)
@@ -86,6 +122,7 @@ def build_template(server: TestServer, product: str, alembic_ini: Path) -> Produ
     template = ProductTemplate(server, product, database, passwords)
     migrator = template.settings(database, RoleKind.MIGRATOR)
     migrate(load_config(alembic_ini, migrator), migrator)
+    _instrument(server, database, list(topology.owned_schemas))
     with _admin(server) as admin:
         admin.execute(
             sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
@@ -93,6 +130,108 @@ def build_template(server: TestServer, product: str, alembic_ini: Path) -> Produ
             )
         )
     return template
+
+
+def _instrument(server: TestServer, database: str, schemas: list[str]) -> None:
+    """Add the DDL log, the sequence values and snapshots of seeded rows to the template."""
+    with _admin(server, database) as conn, conn.transaction():
+        conn.execute(sql.SQL(_INSTRUMENT).format(schemas=sql.Literal(schemas)))
+        tables = conn.execute(
+            "SELECT schema_name, table_name, number FROM sigma_testing.data_tables"
+        ).fetchall()
+        for schema, table, number in tables:
+            target = sql.Identifier(schema, table)
+            if conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target)
+            ).fetchone() != (True,):
+                continue
+            conn.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(_seed(number), target))
+            conn.execute(
+                "UPDATE sigma_testing.data_tables SET seeded = true "
+                "WHERE schema_name = %s AND table_name = %s",
+                (schema, table),
+            )
+        conn.execute("TRUNCATE sigma_testing.ddl_events")
+
+
+def _seed(number: int) -> sql.Identifier:
+    return sql.Identifier(_BOOKKEEPING, f"seed_{number}")
+
+
+def reset_database(server: TestServer, database: str) -> bool:
+    """Put a used clone's data back to the template's; False when it must be re-cloned."""
+    try:
+        with _admin(server, database) as conn, conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '2s'")
+            ddl = conn.execute("SELECT EXISTS (SELECT FROM sigma_testing.ddl_events)").fetchone()
+            if ddl != (False,):
+                return False
+            rows = conn.execute(
+                "SELECT schema_name, table_name, seeded, number FROM sigma_testing.data_tables"
+            ).fetchall()
+            if not rows:
+                return True
+            tables = [sql.Identifier(schema, table) for schema, table, _s, _n in rows]
+            probe = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(i), table)
+                for i, table in enumerate(tables)
+            )
+            dirty = {int(row[0]) for row in conn.execute(probe)}
+            chosen = sorted(dirty | {i for i, row in enumerate(rows) if row[2]})
+            if chosen:
+                # CASCADE may also empty tables referencing these: those hold no template rows,
+                # or are seeded and so restored below.
+                conn.execute(
+                    sql.SQL("TRUNCATE {} CASCADE").format(
+                        sql.SQL(", ").join(tables[i] for i in chosen)
+                    )
+                )
+                # The seeds are the template's own consistent rows: skip FK checks so the
+                # order of restoring them does not matter.
+                conn.execute("SET LOCAL session_replication_role = replica")
+            for i in chosen:
+                if rows[i][2]:
+                    conn.execute(
+                        sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM {}").format(
+                            tables[i], _seed(int(rows[i][3]))
+                        )
+                    )
+            conn.execute(
+                "SELECT setval(sequence::regclass, value, called) "
+                "FROM sigma_testing.sequence_values"
+            )
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False  # a connection the test left open holds a lock: re-clone instead
+
+
+@dataclass
+class CloneKeeper:
+    """Hands out one clone of the template per test, reset in place while it stays clean."""
+
+    server: TestServer
+    template: str
+    current: str | None = None
+    clones_made: int = 0
+
+    def acquire(self) -> str:
+        """The database for the next test."""
+        if self.current is None:
+            self.current = clone_database(self.server, self.template)
+            self.clones_made += 1
+        return self.current
+
+    def release(self) -> None:
+        """After a test: reset the clone, or drop it when the test changed its schema."""
+        if self.current is not None and not reset_database(self.server, self.current):
+            drop_database(self.server, self.current)
+            self.current = None
+
+    def close(self) -> None:
+        """Drop the clone at the end of the session."""
+        if self.current is not None:
+            drop_database(self.server, self.current)
+            self.current = None
 
 
 def clone_database(server: TestServer, template: str) -> str:

@@ -1,0 +1,141 @@
+"""The product plugin's per-test reset: data back to the template's, a re-clone after DDL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from sigma_db.scaffold import new_product
+from sigma_db.testing import TestServer
+from sigma_db.testing.product import CloneKeeper, ProductTemplate, build_template
+
+SEED_REVISION = '''"""seed a default pack"""
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+phase = "backfill"
+
+
+def upgrade() -> None:
+    op.execute("INSERT INTO packs (name) VALUES ('seeded')")
+
+
+def downgrade() -> None:
+    op.execute("DELETE FROM packs WHERE name = 'seeded'")
+'''
+
+
+@pytest.fixture(scope="module")
+def template(
+    sigma_postgresql: TestServer, tmp_path_factory: pytest.TempPathFactory
+) -> ProductTemplate:
+    repo = tmp_path_factory.mktemp("lab") / "lab-service"
+    new_product("lab", repo)
+    versions = repo / "migrations" / "versions"
+    (versions / "0002_seed_a_default_pack.py").write_text(SEED_REVISION, encoding="utf-8")
+    return build_template(sigma_postgresql, "lab", repo / "alembic.ini")
+
+
+@pytest.fixture
+def keeper(sigma_postgresql: TestServer, template: ProductTemplate) -> Iterator[CloneKeeper]:
+    keeper = CloneKeeper(sigma_postgresql, template.database)
+    yield keeper
+    keeper.close()
+
+
+def connect(template: ProductTemplate, database: str) -> psycopg.Connection[tuple[object, ...]]:
+    settings = template.settings(database, "rw")
+    return psycopg.connect(
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        password=settings.secret(),
+        dbname=database,
+        autocommit=True,
+        options="-c search_path=app",
+    )
+
+
+def packs(template: ProductTemplate, database: str) -> list[tuple[object, ...]]:
+    with connect(template, database) as conn:
+        return conn.execute("SELECT id, name FROM packs ORDER BY id").fetchall()
+
+
+def test_data_is_reset_seeds_restored_sequences_rewound(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    first = keeper.acquire()
+    assert packs(template, first) == [(1, "seeded")]
+    with connect(template, first) as conn:
+        conn.execute("DELETE FROM packs")
+        conn.execute("INSERT INTO packs (name) VALUES ('mine'), ('also mine')")
+        conn.execute("INSERT INTO audit_logs (occurred_at, actor, action) VALUES (now(), 'a', 'b')")
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first  # reused, not re-cloned
+    assert keeper.clones_made == 1
+    assert packs(template, second) == [(1, "seeded")]
+    with connect(template, second) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)
+        new_id = conn.execute("INSERT INTO packs (name) VALUES ('x') RETURNING id").fetchone()
+    assert new_id == (2,)  # the identity sequence is back where the template left it
+
+
+def test_ddl_in_a_test_means_a_fresh_clone(
+    keeper: CloneKeeper, template: ProductTemplate, sigma_postgresql: TestServer
+) -> None:
+    first = keeper.acquire()
+    settings = template.settings(first, "migrator")
+    with psycopg.connect(
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        password=settings.secret(),
+        dbname=first,
+        autocommit=True,
+    ) as conn:
+        conn.execute("ALTER TABLE app.packs ADD COLUMN note text")
+    keeper.release()
+    second = keeper.acquire()
+    assert second != first
+    assert keeper.clones_made == 2
+    with connect(template, second) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'packs'"
+        ).fetchall()
+    assert ("note",) not in columns
+
+
+def test_a_connection_left_open_means_a_fresh_clone_not_a_hang(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    first = keeper.acquire()
+    leaked = connect(template, first)
+    leaked.autocommit = False
+    leaked.execute("LOCK TABLE packs IN ACCESS SHARE MODE")  # open transaction holding a lock
+    try:
+        keeper.release()
+        assert keeper.acquire() != first
+    finally:
+        leaked.close()
+
+
+def test_template_database_is_a_template(template: ProductTemplate) -> None:
+    server = template.server
+    with psycopg.connect(
+        host=server.host,
+        port=server.port,
+        user=server.superuser,
+        password=server.password,
+        dbname="postgres",
+    ) as conn:
+        row = conn.execute(
+            "SELECT datistemplate, datallowconn FROM pg_database WHERE datname = %s",
+            (template.database,),
+        ).fetchone()
+    assert row == (True, False)

@@ -1,0 +1,179 @@
+"""sigma-db new-product: each seed product's repo runs its tests, migrates, passes its gate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sigma_db import ConfigurationError
+from sigma_db.scaffold import new_product
+from sigma_db.testing import TestServer
+from sigma_db.topology import PRODUCTS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Billing", "lowercase snake_case"),
+        ("bill-ing", "lowercase snake_case"),
+        ("2fa", "lowercase snake_case"),
+        ("select", "reserved SQL keyword"),
+        ("b" * 64, "64 bytes"),
+        ("x" * 50, "too long"),
+        ("lab_audit", "collide"),
+        ("app", "reserved"),
+    ],
+)
+def test_bad_names_are_refused_with_the_reason(tmp_path: Path, name: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError, match=expected):
+        new_product(name, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_empty_destination_needs_force(tmp_path: Path) -> None:
+    dest = tmp_path / "repo"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"not empty.*--force"):
+        new_product("lab", dest)
+    new_product("lab", dest, force=True)
+    assert (dest / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert (dest / "alembic.ini").is_file()
+
+
+def test_cli_bad_name_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sigma_db", "new-product", "Bad-Name", "--dest", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("sigma-db: error: product name 'Bad-Name'")
+    assert "Traceback" not in result.stderr
+
+
+def test_new_product_gets_edge_name_and_item_example(tmp_path: Path) -> None:
+    generated = new_product("billing", tmp_path / "billing")
+    models = (tmp_path / "billing" / "billing_service" / "models.py").read_text(encoding="utf-8")
+    assert generated.product.database == "edge_billing"
+    assert "class Item(" in models
+    assert "edge_billing_migrator" in (tmp_path / "billing" / ".env.example").read_text(
+        encoding="utf-8"
+    )
+
+
+def test_plugin_runs_a_generated_products_tests(pytester: pytest.Pytester) -> None:
+    new_product("lab", pytester.path, force=True)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_plugin_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nsigma_db_alembic_ini = missing.ini\n")
+    pytester.makepyfile("def test_x(sigma_database):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*sigma_db_alembic_ini = 'missing.ini': no file*"])
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile("def test_x(sigma_rw_engine):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*need the product's migrations: set sigma_db_alembic_ini*"])
+
+
+@pytest.fixture(scope="session")
+def product_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv that sees this environment's packages (so sigma_db is this working tree)."""
+    venv = tmp_path_factory.mktemp("product-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    purelib = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('purelib'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    parent = sysconfig.get_path("purelib")
+    Path(purelib, "_sigma_db_parent.pth").write_text(
+        f"import site; site.addsitedir({parent!r})\n", encoding="utf-8"
+    )
+    return venv / "bin" / "python"
+
+
+@pytest.fixture
+def product_database(sigma_postgresql: TestServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    database = PRODUCTS[request.param].database
+
+    def admin() -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            host=sigma_postgresql.host,
+            port=sigma_postgresql.port,
+            user=sigma_postgresql.superuser,
+            password=sigma_postgresql.password,
+            dbname="postgres",
+            autocommit=True,
+        )
+
+    with admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        yield database
+    finally:
+        with admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("product_database", list(PRODUCTS), indirect=True)
+def test_seed_product_generates_tests_migrates_and_passes_its_gate(
+    tmp_path: Path,
+    product_venv: Path,
+    product_database: str,
+    sigma_postgresql: TestServer,
+) -> None:
+    key = next(k for k, p in PRODUCTS.items() if p.database == product_database)
+    repo = tmp_path / f"{key}-service"
+    new_product(key, repo, sigma_db_requirement=f"sigma-db @ {REPO.as_uri()}")
+    pip = [str(product_venv), "-m", "pip", "install", "-q", "--no-deps", "-e", str(repo)]
+    subprocess.run(pip, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")} | {
+        "DB_HOST": sigma_postgresql.host,
+        "DB_PORT": str(sigma_postgresql.port),
+        "DB_NAME": product_database,
+        "DB_USER": sigma_postgresql.superuser,
+        "DB_PASSWORD": sigma_postgresql.password,
+        "DB_ENV": "prod",
+        "DB_SSLMODE": "disable",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(product_venv), "-m", *args],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+        return result
+
+    own_tests = run("pytest", "-q", "-p", "no:cacheprovider")
+    assert "3 passed" in own_tests.stdout
+    run("alembic", "upgrade", "head")
+    run("alembic", "check")
+    dry = run("sigma_db", "migrate", "--dry-run")
+    assert "dry run: ok" in dry.stdout
