@@ -62,7 +62,7 @@ def run_demo(echo: Echo = print) -> None:
     """Start a local server, lay out the Lab product, write and read rows, stop the server."""
     root = Path(tempfile.mkdtemp(prefix="sigma-db-demo-"))
     owned_directory(root, server_user())
-    server = LocalServer(root, port=free_port(), password=secrets.token_urlsafe(18))
+    server = LocalServer(root, port=free_port(), password=secrets.token_urlsafe(18), durable=False)
     echo(f"sigma_db demo: Sigma Lab on a local PostgreSQL in {root}")
     try:
         with _step(echo, f"started PostgreSQL on 127.0.0.1:{server.port}"):

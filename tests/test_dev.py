@@ -220,3 +220,44 @@ def test_local_server_runs_on_the_embedded_build(
             assert conn.execute("SHOW server_version").fetchone()[0].startswith(str(binaries.major))
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def running_dev() -> Iterator[DevDatabase]:
+    root = Path(tempfile.mkdtemp(prefix="sigma-db-dev-"))
+    root.chmod(0o711)
+    database = DevDatabase(root / "dev", free_port())
+    try:
+        database.up()
+        yield database
+    finally:
+        database.down()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_dev_env_uses_the_running_servers_port(
+    running_dev: DevDatabase, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = free_port()
+    monkeypatch.setenv("SIGMA_DB_DEV_PORT", str(other))
+    resolved = DevDatabase.from_environment(home=running_dev.home)
+    assert resolved.port == running_dev.port
+    code, out, err = _cli(capsys, "dev", "--home", str(running_dev.home), "env", "lab")
+    assert code == 0, err
+    assert _exports(out)["DB_PORT"] == str(running_dev.port)
+    assert f"runs on port {running_dev.port}, not {other}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_dev_server_keeps_fsync_on(running_dev: DevDatabase) -> None:
+    env = running_dev.env("lab")
+    with psycopg.connect(
+        host=env["DB_HOST"],
+        port=int(env["DB_PORT"]),
+        dbname=env["DB_NAME"],
+        user=env["DB_USER"],
+        password=env["DB_PASSWORD"],
+    ) as conn:
+        assert conn.execute("SHOW fsync").fetchone() == ("on",)

@@ -61,6 +61,11 @@ def test_missing_binaries_say_how_to_install(
     monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(server, "_SEARCH_GLOBS", ())
+    monkeypatch.setattr(server, "_embedded_bindir", lambda: None)  # the test extra installs it
     with pytest.raises(ServerError, match="apt-get install postgresql") as exc:
         find_binaries()
     assert "SIGMA_DB_PG_BINDIR" in str(exc.value)
+
+
+def test_no_private_alias_of_as_user() -> None:
+    assert not hasattr(server, "_as_user")
