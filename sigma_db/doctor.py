@@ -117,7 +117,8 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
     elif schema != topology.schema:
         result.problems.append(
             f"Unqualified names resolve to schema {schema!r}, not {topology.schema!r}; with "
-            "DB_POOLER=transaction set the role's search_path (sigma-db roles apply)."
+            "DB_POOLER=transaction set the login's search_path "
+            "(sigma-db roles apply --login NAME:KIND)."
         )
     if settings.env != "dev" and settings.sslmode in (None, "disable", "allow", "prefer"):
         result.problems.append(
