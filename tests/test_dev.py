@@ -71,6 +71,7 @@ def test_dev_lifecycle(
     assert "provisioned" in out
     code, out, _ = _cli(capsys, *where, "up")
     assert "already provisioned: no changes" in out
+    _check_port_and_fsync(dev_home, port, capsys, monkeypatch)
 
     state = dev_home / "state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
@@ -222,37 +223,20 @@ def test_local_server_runs_on_the_embedded_build(
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def running_dev() -> Iterator[DevDatabase]:
-    root = Path(tempfile.mkdtemp(prefix="sigma-db-dev-"))
-    root.chmod(0o711)
-    database = DevDatabase(root / "dev", free_port())
-    try:
-        database.up()
-        yield database
-    finally:
-        database.down()
-        import shutil
-
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_dev_env_uses_the_running_servers_port(
-    running_dev: DevDatabase, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def _check_port_and_fsync(
+    home: Path, port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """While the server runs, its recorded port wins over SIGMA_DB_DEV_PORT; fsync stays on."""
     other = free_port()
-    monkeypatch.setenv("SIGMA_DB_DEV_PORT", str(other))
-    resolved = DevDatabase.from_environment(home=running_dev.home)
-    assert resolved.port == running_dev.port
-    code, out, err = _cli(capsys, "dev", "--home", str(running_dev.home), "env", "lab")
+    with monkeypatch.context() as patch:
+        patch.setenv("SIGMA_DB_DEV_PORT", str(other))
+        assert DevDatabase.from_environment(home=home).port == port
+        code, out, err = _cli(capsys, "dev", "--home", str(home), "env", "lab")
     assert code == 0, err
-    assert _exports(out)["DB_PORT"] == str(running_dev.port)
-    assert f"runs on port {running_dev.port}, not {other}" in err
+    env = _exports(out)
+    assert env["DB_PORT"] == str(port)
+    assert f"runs on port {port}, not {other}" in err
     assert len(err.strip().splitlines()) == 1
-
-
-def test_dev_server_keeps_fsync_on(running_dev: DevDatabase) -> None:
-    env = running_dev.env("lab")
     with psycopg.connect(
         host=env["DB_HOST"],
         port=int(env["DB_PORT"]),
