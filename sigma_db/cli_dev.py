@@ -29,6 +29,8 @@ def dev(ctx: click.Context, home: Path | None, port: int | None) -> None:
     from sigma_db.dev import DevDatabase
 
     ctx.obj = DevDatabase.from_environment(home=home, port=port)
+    if ctx.obj.note:
+        click.echo(f"note: {ctx.obj.note}", err=True)
 
 
 @dev.command()

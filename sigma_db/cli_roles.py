@@ -127,7 +127,7 @@ def _targets(
     from sigma_db.roles import ProductRoles
     from sigma_db.topology import PRODUCTS, resolve_topology
 
-    settings = _admin_settings(products[0] if products else None)
+    settings = _admin_settings(products, all_products)
     topology = settings.topology
     if all_products:
         if not topology.consolidated:
@@ -168,19 +168,29 @@ def _targets(
     return settings, targets
 
 
-def _admin_settings(product: str | None) -> DatabaseSettings:
-    """The admin's settings; in edge_products ``--product`` stands in for a missing DB_SCHEMA."""
+def _admin_settings(products: tuple[str, ...], all_products: bool) -> DatabaseSettings:
+    """The admin's settings; in edge_products, the named products stand in for DB_SCHEMA.
+
+    The admin is not any one product, so it need not set DB_SCHEMA for ``--product`` or
+    ``--all-products``.
+    """
     from sigma_db.settings import DatabaseSettings
+    from sigma_db.topology import PRODUCTS
 
     try:
         return DatabaseSettings()
     except ConfigurationError:
-        if product is None:
+        if not products and not all_products:
             raise
-        try:
-            return DatabaseSettings(schema_name=product)
-        except ConfigurationError:
-            pass
+        # Any seed product's schema shows whether this is the consolidated database; the
+        # product keys themselves are checked afterwards, with a message naming the bad one.
+        for schema in dict.fromkeys([*products[:1], *PRODUCTS]):
+            try:
+                settings = DatabaseSettings(schema_name=schema)
+            except ConfigurationError:
+                continue
+            if settings.topology.consolidated:
+                return settings
         raise
 
 

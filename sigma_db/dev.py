@@ -9,9 +9,11 @@ changes nothing.
 
 Where the state lives (``SIGMA_DB_DEV_HOME`` overrides): ``$XDG_DATA_HOME/sigma-db/dev``, else
 ``~/.local/share/sigma-db/dev``; as root ``/var/lib/sigma-db/dev``, because the server then runs
-as an unprivileged user that cannot enter root's home. The port is ``SIGMA_DB_DEV_PORT``, else
-the one recorded at first start, else :data:`DEFAULT_PORT`. The generated passwords are kept in
-``state.json`` (mode 0600) next to the cluster — local dev secrets, printed only by ``dev env``.
+as an unprivileged user that cannot enter root's home. The port is ``--port`` or
+``SIGMA_DB_DEV_PORT``, else the one recorded at first start, else :data:`DEFAULT_PORT`; while the
+server runs, its recorded port wins (with a note): a running server cannot move. The generated
+passwords are kept in ``state.json`` (mode 0600) next to the cluster — local dev secrets,
+printed only by ``dev env``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import shutil
 import socket
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,8 @@ class DevDatabase:
 
     home: Path
     port: int
+    note: str | None = field(default=None, compare=False)
+    """Why ``port`` is not the one asked for (the running server's recorded port wins)."""
 
     @classmethod
     def from_environment(
@@ -78,15 +82,26 @@ class DevDatabase:
         if home is None:
             home = _default_home(environ)
         home = home.expanduser().absolute()
+        source = "--port"
         if port is None and environ.get("SIGMA_DB_DEV_PORT"):
             text = environ["SIGMA_DB_DEV_PORT"]
             if not text.isdigit() or not 1 <= int(text) <= 65535:
                 raise ConfigurationError(
                     f"SIGMA_DB_DEV_PORT={text!r} is not a port; set a number from 1 to 65535."
                 )
-            port = int(text)
+            port, source = int(text), "SIGMA_DB_DEV_PORT"
+        recorded = _read_state(home).get("port")
         if port is None:
-            port = int(_read_state(home).get("port", DEFAULT_PORT))
+            return cls(home, int(recorded or DEFAULT_PORT))
+        if recorded is not None and int(recorded) != port and cls(home, port).server.is_running():
+            # A running server cannot move: printing the asked-for port would point services
+            # at nothing (or at another program).
+            return cls(
+                home,
+                int(recorded),
+                note=f"the dev server in {home} runs on port {recorded}, not {port} ({source}); "
+                f"using {recorded}. To move it: sigma-db dev down, then dev up on the new port.",
+            )
         return cls(home, port)
 
     @property

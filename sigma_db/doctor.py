@@ -1,7 +1,8 @@
 """``sigma-db doctor``: what the settings resolve to, what the server says, and what to fix.
 
 Includes what the connected role may really do against what its name promises (``…_ro`` must
-not write, ``…_rw`` must not run DDL, ``…_migrator`` must be able to), because a grant that
+not write, ``…_rw`` must not run DDL or TRUNCATE, ``…_migrator`` must be able to, none may reach
+outside the product's schemas, and each must have what its name needs), because a grant that
 drifted is invisible until the day it matters.
 """
 
@@ -9,18 +10,21 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from sqlalchemy import text
 
 from sigma_db.engine import create_engine
 from sigma_db.errors import SigmaDBError
-from sigma_db.roles import privilege_report
+from sigma_db.roles import ProductRoles, RoleKind
 from sigma_db.settings import DatabaseSettings
+from sigma_db.topology import Topology
 
-__all__ = ["Diagnosis", "diagnose"]
+__all__ = ["Diagnosis", "PrivilegeReport", "diagnose", "privilege_report"]
 
 MIN_SERVER_MAJOR = 14
 
@@ -113,7 +117,8 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
     elif schema != topology.schema:
         result.problems.append(
             f"Unqualified names resolve to schema {schema!r}, not {topology.schema!r}; with "
-            "DB_POOLER=transaction set the role's search_path (sigma-db roles apply)."
+            "DB_POOLER=transaction set the login's search_path "
+            "(sigma-db roles apply --login NAME:KIND)."
         )
     if settings.env != "dev" and settings.sslmode in (None, "disable", "allow", "prefer"):
         result.problems.append(
@@ -121,3 +126,190 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
             "TLS; set DB_SSLMODE=verify-full (or at least require)."
         )
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# What the connected role may actually do, against what its name promises
+
+
+@dataclass(frozen=True)
+class PrivilegeReport:
+    """The connected role's kind (as its name promises) and where its privileges disagree."""
+
+    role: str
+    kind: RoleKind | None
+    problems: tuple[str, ...]
+
+
+_FIX = "run sigma-db roles apply as an admin to repair the grants"
+_ROW_WRITES = ("INSERT", "UPDATE", "DELETE")
+_NEVER_FOR_RW = ("TRUNCATE", "REFERENCES", "TRIGGER")  # not row writes: DDL-like, or locks
+_EXPECTED: Mapping[RoleKind, tuple[str, ...]] = {
+    RoleKind.RW: ("SELECT", *_ROW_WRITES),
+    RoleKind.RO: ("SELECT",),
+}
+_SHOWN = 5  # objects named per problem
+
+
+def privilege_report(conn: psycopg.Connection[Any], topology: Topology) -> PrivilegeReport:
+    """Compare what the connected role can do with what its name promises.
+
+    The promise comes from the name: ``current_user`` (a login attached by sigma_db acts as
+    its group) or, failing that, the product group role it is a member of. Checked: role
+    attributes; the product's schemas (usage, DDL, ownership); every table in them (extra
+    privileges, and missing ones); and any schema outside the product's and ``public``.
+    """
+    target = ProductRoles(topology)
+    row = conn.execute(
+        "SELECT current_user, session_user, r.rolsuper, r.rolcreaterole, "
+        "has_database_privilege(current_database(), 'CREATE') "
+        "FROM pg_roles r WHERE r.rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    user: str = row[0]
+    session_user: str = row[1]
+    superuser, createrole, can_create_db = row[2:]
+    kind = _promised_kind(conn, target, user, session_user)
+    if kind is None:
+        return PrivilegeReport(user, None, ())
+    group = target.roles[kind]
+    problems: list[str] = []
+    if superuser or createrole:
+        what = "SUPERUSER" if superuser else "CREATEROLE"
+        problems.append(
+            f"{user} is {what}, far more than {group} promises; connect with a login that is "
+            f"only a member of {group} (sigma-db roles apply --login NAME:{kind})."
+        )
+        if superuser:  # may do anything anywhere: the checks below would only repeat it
+            return PrivilegeReport(user, kind, tuple(problems))
+    schemas = list(target.schemas)
+    problems.extend(_own_schemas(conn, topology, kind, user, group, schemas))
+    if kind is not RoleKind.MIGRATOR and can_create_db:
+        problems.append(f"{user} may CREATE schemas in this database; {_FIX}.")
+    if kind is not RoleKind.MIGRATOR:
+        problems.extend(_own_tables(conn, kind, user, group, schemas))
+    problems.extend(_foreign(conn, topology, user, group, schemas))
+    return PrivilegeReport(user, kind, tuple(problems))
+
+
+def _own_schemas(
+    conn: psycopg.Connection[Any],
+    topology: Topology,
+    kind: RoleKind,
+    user: str,
+    group: str,
+    schemas: list[str],
+) -> list[str]:
+    problems = []
+    for schema, usage, create, owns in conn.execute(
+        "SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'), "
+        "has_schema_privilege(n.oid, 'CREATE'), pg_has_role(n.nspowner, 'USAGE') "
+        "FROM pg_namespace n WHERE n.nspname = ANY(%s) ORDER BY 1",
+        [schemas],
+    ):
+        if not usage:
+            problems.append(f"{user} cannot use schema {schema}; {_FIX}.")
+        if kind is RoleKind.MIGRATOR:
+            if schema == topology.schema and not create:
+                problems.append(f"{user} cannot create objects in {schema} (no DDL); {_FIX}.")
+        elif create or owns:
+            how = "owns" if owns else "may CREATE in"
+            problems.append(f"{user} {how} schema {schema}, but {group} must not run DDL; {_FIX}.")
+    return problems
+
+
+def _own_tables(
+    conn: psycopg.Connection[Any], kind: RoleKind, user: str, group: str, schemas: list[str]
+) -> list[str]:
+    checked = (*_EXPECTED[RoleKind.RW], *_NEVER_FOR_RW)
+    columns = ", ".join(f"has_table_privilege(c.oid, '{p}')" for p in checked)  # fixed words
+    extra: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    missing: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for row in conn.execute(
+        f"SELECT format('%%I.%%I', n.nspname, c.relname), c.relkind IN ('r', 'p'), {columns}, "  # noqa: S608
+        "pg_has_role(c.relowner, 'USAGE') FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1",
+        [schemas],
+    ):
+        name, table, owns = row[0], row[1], row[-1]
+        has = dict(zip(checked, row[2:-1], strict=True))
+        if owns:
+            extra[("OWNER",)].append(name)
+            continue
+        allowed = _EXPECTED[kind]
+        over = tuple(p for p in checked if has[p] and p not in allowed)
+        if over:
+            extra[over].append(name)
+        expected = allowed if table else ("SELECT",)
+        under = tuple(p for p in expected if not has[p])
+        if under:
+            missing[under].append(name)
+    problems = []
+    for privileges, names in extra.items():
+        shown = ", ".join(names[:_SHOWN]) + (" …" if len(names) > _SHOWN else "")
+        if privileges == ("OWNER",):
+            problems.append(f"{user} owns {shown}, so it may ALTER or DROP them; {_FIX}.")
+        elif kind is RoleKind.RO and set(privileges) & {*_ROW_WRITES, "TRUNCATE"}:
+            problems.append(f"{user} promises read-only but may write to {shown}; {_FIX}.")
+        else:
+            problems.append(
+                f"{user} may {' or '.join(privileges)} on {shown}, which {group} must not; {_FIX}."
+            )
+    for privileges, names in missing.items():
+        shown = ", ".join(names[:_SHOWN]) + (" …" if len(names) > _SHOWN else "")
+        problems.append(
+            f"{user} lacks {', '.join(privileges)} on {shown}, which {group} needs; {_FIX}."
+        )
+    return problems
+
+
+def _foreign(
+    conn: psycopg.Connection[Any], topology: Topology, user: str, group: str, schemas: list[str]
+) -> list[str]:
+    """Any reach outside the product's schemas (and ``public``): another product's, or any."""
+    outside = f"outside {topology.product.title}'s schemas (another product's or someone else's)"
+    problems = []
+    system = (
+        "n.nspname <> ALL(%(own)s) AND n.nspname <> 'public' "
+        "AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"
+    )
+    for schema, usage, create in conn.execute(
+        "SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'), "  # noqa: S608 - fixed text
+        f"has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE {system} ORDER BY 1",
+        {"own": schemas},
+    ):
+        if usage or create:
+            what = "use and CREATE in" if usage and create else "use" if usage else "CREATE in"
+            problems.append(f"{user} may {what} schema {schema}, {outside}; {_FIX}.")
+    reachable = [
+        row[0]
+        for row in conn.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "  # noqa: S608
+            f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {system} "
+            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND has_table_privilege(c.oid, "
+            "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') ORDER BY 1",
+            {"own": schemas},
+        )
+    ]
+    if reachable:
+        shown = ", ".join(reachable[:_SHOWN]) + (" …" if len(reachable) > _SHOWN else "")
+        problems.append(f"{user} has privileges on {shown}, {outside}; {_FIX}.")
+    return problems
+
+
+def _promised_kind(
+    conn: psycopg.Connection[Any], target: ProductRoles, user: str, session_user: str
+) -> RoleKind | None:
+    by_name = {group: kind for kind, group in target.roles.items()}
+    for name in (user, session_user):
+        if name in by_name:
+            return by_name[name]
+    # Membership only counts for non-superusers: a superuser "is a member" of every role.
+    row = conn.execute(
+        "SELECT g.rolname FROM pg_roles g, pg_roles u "
+        "WHERE g.rolname = ANY(%s) AND u.rolname = %s AND NOT u.rolsuper "
+        "AND pg_has_role(u.oid, g.oid, 'MEMBER') ORDER BY g.rolname DESC LIMIT 1",
+        [list(by_name), session_user],
+    ).fetchone()
+    return by_name[row[0]] if row is not None else None

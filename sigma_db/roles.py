@@ -5,40 +5,45 @@ Every product gets three NOLOGIN *group* roles, named from its database in every
 ``edge_products``, where it is scoped to schema ``lab`` and ``lab_*``):
 
 ``<db>_migrator``
-    owns the product's schemas and everything migrations create in them; the only role with DDL.
+    owns the product's schemas and everything in them; the only role with DDL.
 ``<db>_rw``
-    reads and writes rows (SELECT, INSERT, UPDATE, DELETE; sequences); no DDL, no TRUNCATE.
+    reads and writes rows (SELECT, INSERT, UPDATE, DELETE; sequences; temporary tables); no DDL,
+    no TRUNCATE.
 ``<db>_ro``
     reads (SELECT); nothing else.
+
+Nobody else keeps anything in a product's schemas: grants to other products' roles, to PUBLIC
+or to anyone, on the schemas, on the objects in them and in default privileges, are revoked,
+and objects not owned by the migrator are handed to it.
 
 People and services log in as separate LOGIN roles that are members of one group (Vault's dynamic
 users, a CI user, ``sigma-db dev``'s users). A login attached by sigma_db also gets, in that
 database, ``role`` set to its group — so what the migrator's login creates is owned by the
 migrator and the default privileges below apply — and the product's ``search_path``, which is
-what makes PgBouncer's transaction pooling work without any client-side ``SET``.
+what makes PgBouncer's transaction pooling work without any client-side ``SET``. Role settings
+only apply to the role that logs in (never through membership or ``SET ROLE``), which is why
+they go on the logins and not on the NOLOGIN groups.
 
-The plan is computed, not scripted: the catalog is read first and only what is missing or wrong
-is emitted, so a second apply emits nothing, and drift (a missing grant, an extra privilege, a
-wrong attribute or owner, a lost setting) is repaired by the next apply. Default privileges are
-set ``FOR ROLE`` the migrator, because ``ALTER DEFAULT PRIVILEGES`` without it only covers
-objects created by whoever ran it.
+The plan is computed, not scripted: the catalog is read first (:mod:`sigma_db.role_catalog`) and
+only what is missing or wrong is emitted, so a second apply emits nothing, and drift (a missing
+grant, an extra privilege, a wrong attribute or owner, a lost setting) is repaired by the next
+apply. Default privileges are set ``FOR ROLE`` the migrator, because ``ALTER DEFAULT
+PRIVILEGES`` without it only covers objects created by whoever ran it.
 """
 
 from __future__ import annotations
 
-import base64
 import enum
-import hashlib
-import hmac
 import logging
-import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sigma_db import role_catalog
 from sigma_db.errors import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
 from sigma_db.identifiers import check_identifier
+from sigma_db.role_catalog import Catalog, Grant
 from sigma_db.topology import Product, Topology
 
 if TYPE_CHECKING:
@@ -50,15 +55,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Login",
-    "PrivilegeReport",
     "ProductRoles",
     "RoleKind",
     "RolePlan",
     "Statement",
     "group_role",
     "plan_roles",
-    "privilege_report",
-    "scram_verifier_matches",
     "sync_roles",
 ]
 
@@ -91,25 +93,52 @@ SEQUENCE_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
     RoleKind.RO: frozenset({"SELECT"}),
 }
 FUNCTION_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
+    # _ro too: views and reports call functions; a function that writes is SECURITY INVOKER
+    # (the default) so _ro's own lack of write privileges still holds inside it.
     RoleKind.RW: frozenset({"EXECUTE"}),
     RoleKind.RO: frozenset({"EXECUTE"}),
 }
-_DEFAULT_ACL_KINDS = (("r", "TABLES", TABLE_PRIVILEGES), ("S", "SEQUENCES", SEQUENCE_PRIVILEGES))
-_FUNCTIONS_DEFAULT = ("f", "FUNCTIONS", FUNCTION_PRIVILEGES)
-
-# Role attributes no sigma_db role may have: each one is a way around the grants.
-_FORBIDDEN = {
-    "rolsuper": "SUPERUSER",
-    "rolcreaterole": "CREATEROLE",
-    "rolcreatedb": "CREATEDB",
-    "rolreplication": "REPLICATION",
-    "rolbypassrls": "BYPASSRLS",
+DATABASE_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
+    RoleKind.MIGRATOR: frozenset({"CONNECT"}),
+    # TEMPORARY: bulk upserts stage rows in a temporary table; it holds no product data.
+    RoleKind.RW: frozenset({"CONNECT", "TEMPORARY"}),
+    RoleKind.RO: frozenset({"CONNECT"}),
 }
+_DEFAULT_ACL_KINDS = (
+    ("r", "TABLES", TABLE_PRIVILEGES),
+    ("S", "SEQUENCES", SEQUENCE_PRIVILEGES),
+    ("f", "FUNCTIONS", FUNCTION_PRIVILEGES),
+)
+# pg_default_acl.defaclobjtype → the keyword ALTER DEFAULT PRIVILEGES uses for it.
+_DEFAULT_ACL_KEYWORDS = {
+    "r": "TABLES",
+    "S": "SEQUENCES",
+    "f": "FUNCTIONS",
+    "T": "TYPES",
+    "n": "SCHEMAS",
+}
+# What a database-wide default row holds when there is none (PostgreSQL's built-in default),
+# besides the owner's own privileges: PUBLIC may execute functions and use types.
+_BUILTIN_PUBLIC_DEFAULTS: Mapping[str, frozenset[str]] = {
+    "f": frozenset({"EXECUTE"}),
+    "T": frozenset({"USAGE"}),
+}
+# ALTER <keyword> … OWNER TO, by pg_class.relkind.
+_RELATION_KEYWORDS = {
+    "r": "TABLE",
+    "p": "TABLE",
+    "v": "VIEW",
+    "m": "MATERIALIZED VIEW",
+    "f": "FOREIGN TABLE",
+    "S": "SEQUENCE",
+}
+
 _GROUP_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 _LOGIN_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
 _LOCK_KEY = 0x51_67_6D_61_52_6F_6C  # pg_advisory_xact_lock key: one roles apply per database
 _ATTEMPTS = 3  # roles are cluster-global: a concurrent apply in another database may race us
+_LOGIN_CHECK_TIMEOUT = 5  # seconds: verifying a login's password by logging in
 
 
 @dataclass(frozen=True)
@@ -197,184 +226,11 @@ class RolePlan:
 
 
 # --------------------------------------------------------------------------------------------
-# Catalog
-
-
-@dataclass
-class _RoleRow:
-    name: str
-    login: bool
-    forbidden: tuple[str, ...]
-
-
-Grant = tuple[str, str]  # (grantee or PUBLIC, privilege)
-
-
-@dataclass
-class _Catalog:
-    admin: str
-    admin_super: bool
-    database: str
-    roles: dict[str, _RoleRow]
-    member_of: dict[str, set[str]]
-    database_acl: set[Grant]
-    schema_owner: dict[str, str]
-    schema_acl: dict[str, set[Grant]]
-    public_schema_acl: set[Grant] | None
-    default_acl: dict[tuple[str, str, str], set[Grant]]  # (owner, schema, objtype)
-    relations: dict[tuple[str, str], tuple[str, set[Grant]]]  # (schema, name) → kind, acl
-    routines_missing: set[tuple[str, str]]  # (schema, grantee) lacking EXECUTE somewhere
-    settings: dict[str, dict[str, str]]
-    verifiers: dict[str, str | None] | None  # None: not readable (not a superuser)
-
-
-def _read_catalog(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -> _Catalog:
-    names = sorted(
-        {role for t in targets for role in t.roles.values()}
-        | {login.name for t in targets for login in t.logins}
-    )
-    schemas = sorted({schema for t in targets for schema in t.schemas})
-    migrators = sorted({t.migrator for t in targets})
-    groups = sorted({role for t in targets for role in t.roles.values()})
-
-    admin, admin_super, database = _one(
-        conn,
-        "SELECT current_user, r.rolsuper, current_database() FROM pg_roles r "
-        "WHERE r.rolname = current_user",
-    )
-    members = [*names, admin]
-    roles = {
-        row[0]: _RoleRow(
-            row[0],
-            row[1],
-            tuple(kw for kw, flag in zip(_FORBIDDEN.values(), row[2:], strict=True) if flag),
-        )
-        for row in conn.execute(
-            f"SELECT rolname, rolcanlogin, {', '.join(_FORBIDDEN)} FROM pg_roles "  # noqa: S608 - fixed column names
-            "WHERE rolname = ANY(%s)",
-            [names],
-        )
-    }
-    member_of: dict[str, set[str]] = defaultdict(set)
-    for member, group in conn.execute(
-        "SELECT m.rolname, g.rolname FROM pg_auth_members a "
-        "JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.roleid "
-        "WHERE m.rolname = ANY(%s)",
-        [members],
-    ):
-        member_of[member].add(group)
-    database_acl = {
-        (grantee, privilege)
-        for grantee, privilege in conn.execute(
-            "SELECT coalesce(g.rolname, 'PUBLIC'), a.privilege_type FROM pg_database d "
-            "CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
-            "LEFT JOIN pg_roles g ON g.oid = a.grantee "
-            "WHERE d.datname = current_database() AND a.grantee <> d.datdba"
-        )
-    }
-    schema_owner: dict[str, str] = {}
-    schema_acl: dict[str, set[Grant]] = defaultdict(set)
-    public_schema_acl: set[Grant] | None = None
-    for schema, owner, grantee, privilege in conn.execute(
-        "SELECT n.nspname, pg_get_userbyid(n.nspowner), coalesce(g.rolname, 'PUBLIC'), "
-        "a.privilege_type FROM pg_namespace n "
-        "CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a "
-        "LEFT JOIN pg_roles g ON g.oid = a.grantee "
-        "WHERE n.nspname = ANY(%s) OR n.nspname = 'public'",
-        [schemas],
-    ):
-        if schema == "public":
-            public_schema_acl = public_schema_acl or set()
-            if grantee == "PUBLIC":
-                public_schema_acl.add((grantee, privilege))
-        if schema in schemas:
-            schema_owner[schema] = owner
-            if grantee != owner:
-                schema_acl[schema].add((grantee, privilege))
-    default_acl: dict[tuple[str, str, str], set[Grant]] = defaultdict(set)
-    for owner, schema, objtype, grantee, privilege in conn.execute(
-        "SELECT r.rolname, n.nspname, d.defaclobjtype::text, coalesce(g.rolname, 'PUBLIC'), "
-        "a.privilege_type FROM pg_default_acl d "
-        "JOIN pg_roles r ON r.oid = d.defaclrole "
-        "JOIN pg_namespace n ON n.oid = d.defaclnamespace "
-        "CROSS JOIN LATERAL aclexplode(d.defaclacl) a "
-        "LEFT JOIN pg_roles g ON g.oid = a.grantee "
-        "WHERE r.rolname = ANY(%s) AND n.nspname = ANY(%s)",
-        [migrators, schemas],
-    ):
-        default_acl[(owner, schema, objtype)].add((grantee, privilege))
-    relations: dict[tuple[str, str], tuple[str, set[Grant]]] = {}
-    for schema, name, kind, grantee, privilege in conn.execute(
-        "SELECT n.nspname, c.relname, c.relkind::text, coalesce(g.rolname, 'PUBLIC'), "
-        "a.privilege_type FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault("
-        "  CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))) a "
-        "LEFT JOIN pg_roles g ON g.oid = a.grantee "
-        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')",
-        [schemas],
-    ):
-        entry = relations.setdefault((schema, name), (kind, set()))
-        entry[1].add((grantee, privilege))
-    routines_missing = {
-        (schema, grantee)
-        for schema, grantee in conn.execute(
-            "SELECT DISTINCT n.nspname, r.rolname FROM pg_proc p "
-            "JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "CROSS JOIN (SELECT rolname, oid FROM pg_roles WHERE rolname = ANY(%s)) r "
-            "WHERE n.nspname = ANY(%s) AND p.prokind IN ('f', 'p') AND NOT EXISTS ("
-            "  SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
-            "  WHERE a.grantee = r.oid AND a.privilege_type = 'EXECUTE')",
-            [groups, schemas],
-        )
-    }
-    settings: dict[str, dict[str, str]] = defaultdict(dict)
-    for role, config in conn.execute(
-        "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
-        "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
-        "WHERE d.datname = current_database() AND r.rolname = ANY(%s)",
-        [names],
-    ):
-        for item in config or ():
-            key, _, value = item.partition("=")
-            settings[role][key] = value
-    verifiers: dict[str, str | None] | None = None
-    if admin_super:
-        verifiers = dict(
-            conn.execute(
-                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
-                [[login.name for t in targets for login in t.logins]],
-            ).fetchall()
-        )
-    return _Catalog(
-        admin=admin,
-        admin_super=admin_super,
-        database=database,
-        roles=roles,
-        member_of=member_of,
-        database_acl=database_acl,
-        schema_owner=schema_owner,
-        schema_acl=schema_acl,
-        public_schema_acl=public_schema_acl,
-        default_acl=default_acl,
-        relations=relations,
-        routines_missing=routines_missing,
-        settings=settings,
-        verifiers=verifiers,
-    )
-
-
-def _one(conn: psycopg.Connection[Any], query: str) -> tuple[Any, ...]:
-    row = conn.execute(query).fetchone()
-    assert row is not None
-    return tuple(row)
-
-
-# --------------------------------------------------------------------------------------------
 # Planning
 
 
 class _Planner:
-    def __init__(self, conn: psycopg.Connection[Any], catalog: _Catalog) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], catalog: Catalog) -> None:
         from psycopg import sql
 
         self.sql = sql
@@ -406,8 +262,19 @@ class _Planner:
         return self.sql.SQL(", ").join(self.sql.Identifier(name) for name in names)
 
     def privileges(self, names: Iterable[str]) -> sql.Composable:
-        # Privilege keywords come from the fixed maps above, never from input.
+        # Privilege keywords come from the fixed maps above or the catalog, never from input.
         return self.sql.SQL(", ").join(self.sql.SQL(name) for name in sorted(names))
+
+    def grantee(self, name: str | None) -> sql.Composable:
+        """A role, or the PUBLIC keyword (``None``)."""
+        return self.sql.SQL("PUBLIC") if name is None else self.sql.Identifier(name)
+
+    @staticmethod
+    def by_grantee(acl: Iterable[Grant]) -> dict[str | None, set[str]]:
+        grouped: dict[str | None, set[str]] = defaultdict(set)
+        for grantee, privilege in acl:
+            grouped[grantee].add(privilege)
+        return grouped
 
     # -- roles
 
@@ -454,28 +321,28 @@ class _Planner:
 
     def database(self, target: ProductRoles) -> None:
         db = self.catalog.database
-        public = {p for grantee, p in self.catalog.database_acl if grantee == "PUBLIC"}
-        if public:
+        acl = self.by_grantee(self.catalog.database_acl)
+        if acl.get(None):
             self.emit(
                 "REVOKE ALL ON DATABASE {db} FROM PUBLIC",
-                f"PUBLIC may {', '.join(sorted(public))} on database {db}",
+                f"PUBLIC may {', '.join(sorted(acl[None]))} on database {db}",
                 db=db,
             )
-        for name in target.roles.values():
-            have = {p for grantee, p in self.catalog.database_acl if grantee == name}
-            if "CONNECT" not in have:
+        for kind, name in target.roles.items():
+            want, have = DATABASE_PRIVILEGES[kind], acl.get(name, set())
+            if want - have:
                 self.emit(
-                    "GRANT CONNECT ON DATABASE {db} TO {role}",
-                    f"{name} needs CONNECT on {db}",
+                    "GRANT {privs} ON DATABASE {db} TO {role}",
+                    f"{name} needs {', '.join(sorted(want - have))} on {db}",
+                    privs=self.privileges(want - have),
                     db=db,
                     role=name,
                 )
-            extra = have - {"CONNECT"}
-            if extra:
+            if have - want:
                 self.emit(
                     "REVOKE {privs} ON DATABASE {db} FROM {role}",
-                    f"drift: {name} may {', '.join(sorted(extra))} on database {db}",
-                    privs=self.privileges(extra),
+                    f"drift: {name} may {', '.join(sorted(have - want))} on database {db}",
+                    privs=self.privileges(have - want),
                     db=db,
                     role=name,
                 )
@@ -485,7 +352,7 @@ class _Planner:
             self.emit(
                 "GRANT {role} TO CURRENT_USER",
                 f"{self.catalog.admin} (not a superuser) must be a member of {target.migrator} "
-                "to hand it schemas and set its default privileges",
+                "to hand it schemas and objects and set its default privileges",
                 role=target.migrator,
             )
 
@@ -494,7 +361,8 @@ class _Planner:
     def schemas(self, target: ProductRoles) -> None:
         roles = target.roles
         migrator = target.migrator
-        readers = {roles[RoleKind.RW]: RoleKind.RW, roles[RoleKind.RO]: RoleKind.RO}
+        own = set(roles.values())
+        readers = (roles[RoleKind.RW], roles[RoleKind.RO])
         grants: dict[tuple[str, frozenset[str]], list[str]] = defaultdict(list)
         for schema in target.schemas:
             owner = self.catalog.schema_owner.get(schema)
@@ -518,15 +386,23 @@ class _Planner:
                     role=migrator,
                 )
                 acl = {grant for grant in acl if grant[0] != migrator}
-            public = {p for grantee, p in acl if grantee == "PUBLIC"}
-            if schema == "public":
-                public &= {"CREATE"}
-            if public:
+            for grantee, have in sorted(self.by_grantee(acl).items(), key=_grantee_order):
+                if grantee in want:
+                    continue
+                if grantee is None and schema == "public":
+                    have = have & {"CREATE"}  # PUBLIC keeps USAGE on schema public
+                elif grantee == migrator:
+                    continue  # the owner-to-be: its entries merge into ownership
+                if not have:
+                    continue
+                who = "PUBLIC" if grantee is None else grantee
                 self.emit(
-                    "REVOKE {privs} ON SCHEMA {schema} FROM PUBLIC",
-                    f"PUBLIC may {', '.join(sorted(public))} in schema {schema}",
-                    privs=self.privileges(public),
+                    "REVOKE {privs} ON SCHEMA {schema} FROM {grantee}",
+                    f"{who} may {', '.join(sorted(have))} in schema {schema}"
+                    + ("" if grantee is None or grantee in own else ", which is not its product's"),
+                    privs=self.privileges(have),
                     schema=schema,
+                    grantee=self.grantee(grantee),
                 )
             for role, privileges in want.items():
                 have = {p for grantee, p in acl if grantee == role}
@@ -534,11 +410,11 @@ class _Planner:
                     grants[(role, frozenset(privileges - have))].append(schema)
                 if have - privileges:
                     self.emit(
-                        "REVOKE {privs} ON SCHEMA {schema} FROM {role}",
+                        "REVOKE {privs} ON SCHEMA {schema} FROM {grantee}",
                         f"drift: {role} may {', '.join(sorted(have - privileges))} in {schema}",
                         privs=self.privileges(have - privileges),
                         schema=schema,
-                        role=role,
+                        grantee=self.grantee(role),
                     )
         for (role, privileges), schemas in grants.items():
             self.emit(
@@ -548,10 +424,7 @@ class _Planner:
                 schemas=self.ident_list(schemas),
                 role=role,
             )
-        if (
-            self.catalog.public_schema_acl
-            and ("PUBLIC", "CREATE") in self.catalog.public_schema_acl
-        ):
+        if self.catalog.public_schema_acl and (None, "CREATE") in self.catalog.public_schema_acl:
             self.emit(
                 "REVOKE {privs} ON SCHEMA {schema} FROM PUBLIC",
                 "PUBLIC may CREATE in schema public, which is on every search_path",
@@ -559,89 +432,202 @@ class _Planner:
                 schema="public",
             )
 
-    # -- default privileges and existing objects
+    # -- default privileges
 
     def default_privileges(self, target: ProductRoles) -> None:
-        # One statement per (object type, grantee, privileges) listing every schema: readable
-        # plans, and ALTER DEFAULT PRIVILEGES takes several schemas at once.
+        # One statement per (owner, verb, object type, grantee, privileges) listing every schema:
+        # readable plans, and ALTER DEFAULT PRIVILEGES takes several schemas at once.
         migrator = target.migrator
-        pending: dict[tuple[str, str, str, frozenset[str]], list[str]] = defaultdict(list)
+        own = set(target.roles.values())
+        schemas = set(target.schemas)
+        Key = tuple[str, str, str, str | None, frozenset[str]]
+        pending: dict[Key, list[str]] = defaultdict(list)
         for schema in target.schemas:
-            for objtype, keyword, table in (*_DEFAULT_ACL_KINDS, _FUNCTIONS_DEFAULT):
+            for objtype, keyword, table in _DEFAULT_ACL_KINDS:
                 acl = self.catalog.default_acl.get((migrator, schema, objtype), set())
                 for kind, privileges in table.items():
                     role = target.roles[kind]
                     have = {p for grantee, p in acl if grantee == role}
                     if privileges - have:
-                        pending[("GRANT", keyword, role, privileges - have)].append(schema)
-                    if have - privileges:
-                        pending[("REVOKE", keyword, role, frozenset(have - privileges))].append(
+                        pending[(migrator, "GRANT", keyword, role, privileges - have)].append(
                             schema
                         )
-        for (verb, keyword, role, privileges), schemas in pending.items():
-            where = f"new {keyword.lower()} {migrator} creates in {', '.join(schemas)}"
+                    if have - privileges:
+                        pending[
+                            (migrator, "REVOKE", keyword, role, frozenset(have - privileges))
+                        ].append(schema)
+        # Anyone else's default grants in the product's schemas, whoever they are FOR.
+        for (owner, in_schema, objtype), acl in sorted(self.catalog.default_acl.items(), key=str):
+            other_keyword = _DEFAULT_ACL_KEYWORDS.get(objtype)
+            if in_schema is None or in_schema not in schemas or other_keyword is None:
+                continue
+            for grantee, have in sorted(self.by_grantee(acl).items(), key=_grantee_order):
+                if grantee in own or grantee == owner:
+                    continue
+                pending[(owner, "REVOKE", other_keyword, grantee, frozenset(have))].append(
+                    in_schema
+                )
+        for (owner, verb, keyword, grantee, privileges), where in pending.items():
+            what = f"new {keyword.lower()} {owner} creates in {', '.join(where)}"
             self.emit(
                 "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schemas} "
                 + (
-                    "GRANT {privs} ON " + keyword + " TO {role}"
+                    "GRANT {privs} ON " + keyword + " TO {grantee}"
                     if verb == "GRANT"
-                    else "REVOKE {privs} ON " + keyword + " FROM {role}"
+                    else "REVOKE {privs} ON " + keyword + " FROM {grantee}"
                 ),
-                f"{role} needs {', '.join(sorted(privileges))} on {where}"
+                f"{grantee} needs {', '.join(sorted(privileges))} on {what}"
                 if verb == "GRANT"
-                else f"drift: {role} gets {', '.join(sorted(privileges))} on {where}",
-                owner=migrator,
-                schemas=self.ident_list(schemas),
+                else f"{'PUBLIC' if grantee is None else grantee} gets "
+                f"{', '.join(sorted(privileges))} on {what}",
+                owner=owner,
+                schemas=self.ident_list(where),
                 privs=self.privileges(privileges),
-                role=role,
+                grantee=self.grantee(grantee),
             )
+        self._database_wide_defaults(target)
+
+    def _database_wide_defaults(self, target: ProductRoles) -> None:
+        """Database-wide defaults FOR the migrator: nobody outside the product, no PUBLIC EXECUTE.
+
+        Per-schema defaults only add to these, so a per-schema REVOKE cannot take PUBLIC's
+        built-in EXECUTE on new functions away; only a database-wide one can.
+        """
+        migrator = target.migrator
+        own = set(target.roles.values())
+        for objtype, keyword in _DEFAULT_ACL_KEYWORDS.items():
+            acl = self.catalog.default_acl.get((migrator, None, objtype))
+            if acl is None:
+                builtin = _BUILTIN_PUBLIC_DEFAULTS.get(objtype, frozenset())
+                acl = {(None, privilege) for privilege in builtin}
+            for grantee, have in sorted(self.by_grantee(acl).items(), key=_grantee_order):
+                if grantee in own:
+                    continue
+                if grantee is None and objtype == "T":
+                    have = have - {"USAGE"}  # types are harmless to name; the built-in default
+                if not have:
+                    continue
+                who = "PUBLIC" if grantee is None else grantee
+                self.emit(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} REVOKE {privs} ON "
+                    + keyword
+                    + " FROM {grantee}",
+                    f"{who} gets {', '.join(sorted(have))} on new {keyword.lower()} {migrator} "
+                    "creates anywhere in this database",
+                    owner=migrator,
+                    privs=self.privileges(have),
+                    grantee=self.grantee(grantee),
+                )
+
+    # -- existing objects
 
     def existing_objects(self, target: ProductRoles) -> None:
         schemas = set(target.schemas)
-        for kind in (RoleKind.RW, RoleKind.RO):
-            role = target.roles[kind]
-            needs_all: dict[str, set[str]] = defaultdict(set)  # schema → {"TABLES", ...}
-            for (schema, name), (relkind, acl) in sorted(self.catalog.relations.items()):
-                if schema not in schemas:
-                    continue
-                sequence = relkind == "S"
+        migrator = target.migrator
+        own = set(target.roles.values())
+        needs_all: dict[tuple[str, str], set[str]] = defaultdict(set)  # (role, schema) → kinds
+        for relation in self.catalog.relations:
+            if relation.schema not in schemas:
+                continue
+            keyword = _RELATION_KEYWORDS[relation.kind]
+            sequence = relation.kind == "S"
+            where = {"schema": relation.schema, "name": relation.name}
+            if relation.owner != migrator and not relation.follows_table:
+                self.emit(
+                    "ALTER " + keyword + " {schema}.{name} OWNER TO {role}",
+                    f"{relation.schema}.{relation.name} is owned by {relation.owner}, not "
+                    f"{migrator} (its owner may ALTER and DROP it)",
+                    role=migrator,
+                    **where,
+                )
+            # The owner's entries move to the new owner with ALTER … OWNER.
+            acl = self.by_grantee(
+                grant for grant in relation.acl if grant[0] not in (relation.owner, migrator)
+            )
+            for kind in (RoleKind.RW, RoleKind.RO):
+                role = target.roles[kind]
                 want = (SEQUENCE_PRIVILEGES if sequence else TABLE_PRIVILEGES)[kind]
-                have = {p for grantee, p in acl if grantee == role}
+                have = acl.pop(role, set())
                 if want - have:
-                    needs_all[schema].add("SEQUENCES" if sequence else "TABLES")
-                extra = have - want
-                if extra:
+                    needs_all[(role, relation.schema)].add("SEQUENCES" if sequence else "TABLES")
+                if have - want:
                     self.emit(
                         "REVOKE {privs} ON "
                         + ("SEQUENCE" if sequence else "TABLE")
-                        + " {schema}.{name} FROM {role}",
-                        f"drift: {role} may {', '.join(sorted(extra))} on {schema}.{name}",
-                        privs=self.privileges(extra),
-                        schema=schema,
-                        name=name,
-                        role=role,
+                        + " {schema}.{name} FROM {grantee}",
+                        f"drift: {role} may {', '.join(sorted(have - want))} on "
+                        f"{relation.schema}.{relation.name}",
+                        privs=self.privileges(have - want),
+                        grantee=self.grantee(role),
+                        **where,
                     )
-            for schema, role_missing in sorted(self.catalog.routines_missing):
-                if schema in schemas and role_missing == role:
-                    needs_all[schema].add("ROUTINES")
-            for schema in sorted(needs_all):
-                for keyword in sorted(needs_all[schema]):
-                    table = {
-                        "TABLES": TABLE_PRIVILEGES,
-                        "SEQUENCES": SEQUENCE_PRIVILEGES,
-                        "ROUTINES": FUNCTION_PRIVILEGES,
-                    }[keyword]
-                    self.emit(
-                        "GRANT {privs} ON ALL " + keyword + " IN SCHEMA {schema} TO {role}",
-                        f"{role} is missing privileges on existing {keyword.lower()} in {schema}",
-                        privs=self.privileges(table[kind]),
-                        schema=schema,
-                        role=role,
-                    )
+            for grantee, have in sorted(acl.items(), key=_grantee_order):
+                self.emit(
+                    "REVOKE {privs} ON "
+                    + ("SEQUENCE" if sequence else "TABLE")
+                    + " {schema}.{name} FROM {grantee}",
+                    f"{'PUBLIC' if grantee is None else grantee} may "
+                    f"{', '.join(sorted(have))} on {relation.schema}.{relation.name}"
+                    + ("" if grantee is None or grantee in own else ", not its product's"),
+                    privs=self.privileges(have),
+                    grantee=self.grantee(grantee),
+                    **where,
+                )
+        for routine in self.catalog.routines:
+            if routine.schema not in schemas:
+                continue
+            signature: dict[str, Any] = {
+                "schema": routine.schema,
+                "name": routine.name,
+                "args": self.sql.SQL(", ").join(
+                    self.sql.Identifier(*argument) for argument in routine.arguments
+                ),
+            }
+            label = f"{routine.schema}.{routine.name}()"
+            if routine.owner != migrator:
+                self.emit(
+                    "ALTER ROUTINE {schema}.{name}({args}) OWNER TO {role}",
+                    f"{label} is owned by {routine.owner}, not {migrator} (its owner may "
+                    "replace and drop it)",
+                    role=migrator,
+                    **signature,
+                )
+            acl = self.by_grantee(
+                grant for grant in routine.acl if grant[0] not in (routine.owner, migrator)
+            )
+            for kind in (RoleKind.RW, RoleKind.RO):
+                role = target.roles[kind]
+                if FUNCTION_PRIVILEGES[kind] - acl.pop(role, set()):
+                    needs_all[(role, routine.schema)].add("ROUTINES")
+            for grantee, have in sorted(acl.items(), key=_grantee_order):
+                self.emit(
+                    "REVOKE {privs} ON ROUTINE {schema}.{name}({args}) FROM {grantee}",
+                    f"{'PUBLIC' if grantee is None else grantee} may "
+                    f"{', '.join(sorted(have))} {label}",
+                    privs=self.privileges(have),
+                    grantee=self.grantee(grantee),
+                    **signature,
+                )
+        tables = {
+            "TABLES": TABLE_PRIVILEGES,
+            "SEQUENCES": SEQUENCE_PRIVILEGES,
+            "ROUTINES": FUNCTION_PRIVILEGES,
+        }
+        kinds = {role: kind for kind, role in target.roles.items()}
+        for (role, schema), keywords in sorted(needs_all.items()):
+            for keyword in sorted(keywords):
+                self.emit(
+                    "GRANT {privs} ON ALL " + keyword + " IN SCHEMA {schema} TO {role}",
+                    f"{role} is missing privileges on existing {keyword.lower()} in {schema}",
+                    privs=self.privileges(tables[keyword][kinds[role]]),
+                    schema=schema,
+                    role=role,
+                )
 
     # -- settings
 
     def search_path(self, role: str, target: ProductRoles) -> None:
+        """Set the product's search_path on a role that logs in (only its own settings apply)."""
         wanted = list(target.topology.search_path)
         current = self.catalog.settings.get(role, {}).get("search_path")
         if current is None or _split_path(current) != wanted:
@@ -698,15 +684,18 @@ class _Planner:
                     "choose another login name."
                 )
                 return
-            if secret is not None and not self._password_matches(login.name, secret):
-                self.emit(
-                    "ALTER ROLE {role} PASSWORD {secret}",
-                    f"login {login.name}'s password differs from the one given"
-                    if self.catalog.verifiers is not None
-                    else f"login {login.name}'s password is set (only a superuser can compare it)",
-                    role=login.name,
-                    secret=self._verifier(login.name, secret),
-                )
+            if secret is not None:
+                works = self._password_works(login.name, secret)
+                if works is not True:
+                    self.emit(
+                        "ALTER ROLE {role} PASSWORD {secret}",
+                        f"login {login.name}'s password differs from the one given"
+                        if works is False
+                        else f"login {login.name}'s password could not be checked by logging "
+                        "in with it (the server did not ask for a password), so it is set",
+                        role=login.name,
+                        secret=self._verifier(login.name, secret),
+                    )
         member_of = self.catalog.member_of.get(login.name, set())
         if group not in member_of:
             self.emit(
@@ -736,43 +725,48 @@ class _Planner:
         self.search_path(login.name, target)
 
     def _verifier(self, user: str, password: str) -> str:
+        # libpq's PQencryptPasswordConn: a SCRAM-SHA-256 verifier computed on this side, so the
+        # password itself never reaches the server (nor its logs).
         encrypted = self.conn.pgconn.encrypt_password(
             password.encode(), user.encode(), b"scram-sha-256"
         )
         return encrypted.decode()
 
-    def _password_matches(self, user: str, password: str) -> bool:
-        if self.catalog.verifiers is None:
-            return False
-        verifier = self.catalog.verifiers.get(user)
-        return verifier is not None and scram_verifier_matches(verifier, password)
+    def _password_works(self, user: str, password: str) -> bool | None:
+        """Log in as ``user`` with ``password``: True, False, or None when it proves nothing.
+
+        Stored verifiers are readable only by superusers (and comparing one means redoing
+        SCRAM's SASLprep); a short login is exact for every admin. It only counts when the
+        server really asked for the password (not ``trust`` or ``peer``).
+        """
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        # Where the admin connected, as someone else: no client certificate, no options.
+        where = {
+            key: value
+            for key, value in self.conn.info.get_parameters().items()
+            if key in ("host", "hostaddr", "port", "sslmode", "sslrootcert")
+        }
+        conninfo = make_conninfo(
+            "",
+            **where,
+            dbname=self.catalog.database,
+            user=user,
+            connect_timeout=_LOGIN_CHECK_TIMEOUT,
+            application_name="sigma_db roles: password check",
+        )
+        try:
+            with psycopg.connect(conninfo, password=password) as probe:
+                return True if probe.pgconn.used_password else None
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate == "28P01" or "password authentication failed" in str(exc):
+                return False
+            return None
 
 
-def scram_verifier_matches(verifier: str, password: str) -> bool:
-    """Whether ``password`` produces the stored ``SCRAM-SHA-256$…`` verifier (RFC 5803 format).
-
-    Lets a re-apply tell "same password" from "changed" without sending anything to the server.
-    SASLprep is approximated by NFKC; a non-matching exotic password is merely set again.
-    """
-    try:
-        method, rest = verifier.split("$", 1)
-        params, keys = rest.split("$", 1)
-        iterations_text, salt_b64 = params.split(":", 1)
-        stored_b64, server_b64 = keys.split(":", 1)
-        if method != "SCRAM-SHA-256":
-            return False
-        salt = base64.b64decode(salt_b64)
-        iterations = int(iterations_text)
-    except ValueError:
-        return False
-    normalized = unicodedata.normalize("NFKC", password).encode()
-    salted = hashlib.pbkdf2_hmac("sha256", normalized, salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored = hashlib.sha256(client_key).digest()
-    server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return hmac.compare_digest(base64.b64encode(stored).decode(), stored_b64) and (
-        hmac.compare_digest(base64.b64encode(server).decode(), server_b64)
-    )
+def _grantee_order(item: tuple[str | None, Any]) -> str:
+    return "" if item[0] is None else item[0]
 
 
 def _split_path(value: str) -> list[str]:
@@ -780,15 +774,25 @@ def _split_path(value: str) -> list[str]:
 
 
 def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -> RolePlan:
-    """Read the catalog through ``conn`` and return what must change; runs nothing.
+    """Read the catalog through ``conn`` and return what must change; changes nothing.
 
     All ``targets`` must live in the database ``conn`` is connected to. Raises
     :class:`~sigma_db.ConfigurationError` when a name sigma_db needs is taken by a role it must
-    not touch (e.g. a SUPERUSER login called ``edge_lab_rw``).
+    not touch (e.g. a SUPERUSER login called ``edge_lab_rw``). A login given with a password is
+    checked by logging in with it (a short connection), so an unchanged password is not set
+    again.
     """
     if not targets:
         raise ConfigurationError("No product given; name at least one product.")
-    catalog = _read_catalog(conn, targets)
+    catalog = role_catalog.read(
+        conn,
+        roles=[
+            *(role for t in targets for role in t.roles.values()),
+            *(login.name for t in targets for login in t.logins),
+        ],
+        schemas=[schema for t in targets for schema in t.schemas],
+        migrators=[t.migrator for t in targets],
+    )
     for target in targets:
         if target.topology.database != catalog.database:
             raise ConfigurationError(
@@ -811,7 +815,9 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
             step(planner, target)
     for target in targets:
         for role in target.roles.values():
-            planner.search_path(role, target)
+            row = catalog.roles.get(role)
+            if row is not None and row.login:  # a group that still logs in directly
+                planner.search_path(role, target)
     group_names = {name for target in targets for name in target.roles.values()}
     for target in targets:
         planner.logins(target, group_names)
@@ -836,14 +842,15 @@ def sync_roles(
 
     ``settings`` are the *admin's*: a superuser, or a CREATEROLE role that owns the database.
     Concurrent applies are serialized per database by an advisory lock; a race with an apply
-    in another database (roles are cluster-global) is retried with a fresh plan.
+    in another database (roles are cluster-global) is retried with a fresh plan, and after
+    the last attempt reported as one :class:`~sigma_db.SigmaDBError` saying to re-run.
     """
     import psycopg
+    import sqlalchemy.exc
 
     from sigma_db.engine import create_engine
 
     engine = create_engine(settings, pool_size=1, pool_pre_ping=False)
-    retryable = _retryable()
     try:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
@@ -858,30 +865,48 @@ def sync_roles(
                             logger.info("%s", statement.text)
                             _execute(conn, statement, plan)
                 return plan
-            except retryable:
-                # "tuple concurrently updated" (XX000) and duplicate roles: another apply got
-                # there first; the next plan sees its work.
-                if attempt == _ATTEMPTS:
+            except (psycopg.Error, sqlalchemy.exc.DBAPIError) as raised:
+                exc = raised.orig if isinstance(raised, sqlalchemy.exc.DBAPIError) else raised
+                if not isinstance(exc, psycopg.Error):
                     raise
+                reason = _reason(exc)
+                if not _is_race(exc):
+                    raise SigmaDBError(
+                        f"roles {'apply' if apply else 'plan'} failed: {reason}. Nothing was "
+                        "applied (one transaction); fix the cause, then run it again."
+                    ) from None
+                if attempt == _ATTEMPTS:
+                    raise SigmaDBError(
+                        f"roles {'apply' if apply else 'plan'} lost a race with another roles "
+                        f"apply {_ATTEMPTS} times ({reason}); nothing was applied by this run "
+                        "(one transaction); re-run sigma-db roles apply."
+                    ) from None
+                logger.info("roles: concurrent change (%s); planning again", reason)
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
         engine.dispose()
 
 
-def _retryable() -> tuple[type[Exception], ...]:
-    """Errors a concurrent apply causes (duplicate role, "tuple concurrently updated")."""
+def _reason(exc: BaseException) -> str:
+    from psycopg import Error
+
+    primary = exc.diag.message_primary if isinstance(exc, Error) else None
+    return primary or (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _is_race(exc: BaseException) -> bool:
+    """Errors a concurrent apply causes: duplicate role, "tuple concurrently updated/deleted"."""
     from psycopg import errors
 
-    return (
-        errors.UniqueViolation,
-        errors.DuplicateObject,
-        errors.SerializationFailure,
-        errors.InternalError_,
-    )
+    if isinstance(exc, errors.UniqueViolation | errors.DuplicateObject):
+        return True
+    if isinstance(exc, errors.InternalError_):
+        return "concurrently" in _reason(exc)
+    return False
 
 
 def _check_admin(conn: psycopg.Connection[Any], plan: RolePlan) -> None:
-    admin, superuser, createrole = _one(
+    admin, superuser, createrole = role_catalog.one(
         conn, "SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
     )
     if not superuser and not createrole:
@@ -903,116 +928,11 @@ def _execute(conn: psycopg.Connection[Any], statement: Statement, plan: RolePlan
             f"{statement.text} failed: {reason}. Run sigma-db roles apply as a superuser, or as "
             f"a CREATEROLE role that owns database {plan.database} (set DB_USER and DB_PASSWORD)."
         ) from None
-    except _retryable():
-        raise
     except psycopg.Error as exc:
+        if _is_race(exc):
+            raise
         # Shown with the statement's display text: the executed one may hold a verifier.
-        reason = exc.diag.message_primary or type(exc).__name__
         raise SigmaDBError(
-            f"{statement.text} failed: {reason}. Nothing was applied (one transaction); fix "
-            "the cause, check with sigma-db roles plan, then apply again."
+            f"{statement.text} failed: {_reason(exc)}. Nothing was applied (one transaction); "
+            "fix the cause, check with sigma-db roles plan, then apply again."
         ) from None
-
-
-# --------------------------------------------------------------------------------------------
-# What a connected role may actually do (for sigma-db doctor)
-
-
-@dataclass(frozen=True)
-class PrivilegeReport:
-    """The connected role's kind (as its name promises) and where its privileges disagree."""
-
-    role: str
-    kind: RoleKind | None
-    problems: tuple[str, ...]
-
-
-def privilege_report(conn: psycopg.Connection[Any], topology: Topology) -> PrivilegeReport:
-    """Compare what the connected role can do in the product's schemas with what it promises.
-
-    The promise comes from the name: ``current_user`` (a login attached by sigma_db acts as
-    its group) or, failing that, the product group role it is a member of.
-    """
-    target = ProductRoles(topology)
-    user, session_user, superuser, createrole, can_create_db = _one(
-        conn,
-        "SELECT current_user, session_user, r.rolsuper, r.rolcreaterole, "
-        "has_database_privilege(current_database(), 'CREATE') "
-        "FROM pg_roles r WHERE r.rolname = current_user",
-    )
-    kind = _promised_kind(conn, target, user, session_user)
-    problems: list[str] = []
-    if kind is None:
-        return PrivilegeReport(user, None, ())
-    group = target.roles[kind]
-    if superuser or createrole:
-        what = "SUPERUSER" if superuser else "CREATEROLE"
-        problems.append(
-            f"{user} is {what}, far more than {group} promises; connect with a login that is "
-            f"only a member of {group} (sigma-db roles apply --login NAME:{kind})."
-        )
-    schemas = [
-        row[0]
-        for row in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", [list(target.schemas)]
-        )
-    ]
-    rows = conn.execute(
-        "SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'), "
-        "has_schema_privilege(n.oid, 'CREATE'), pg_has_role(n.nspowner, 'USAGE') "
-        "FROM pg_namespace n WHERE n.nspname = ANY(%s)",
-        [schemas],
-    ).fetchall()
-    fix = "run sigma-db roles apply as an admin to repair the grants"
-    for schema, usage, create, owns in rows:
-        if not usage:
-            problems.append(f"{user} cannot use schema {schema}; {fix}.")
-        if kind is RoleKind.MIGRATOR:
-            if schema == topology.schema and not create:
-                problems.append(f"{user} cannot create objects in {schema} (no DDL); {fix}.")
-        elif create or owns:
-            how = "owns" if owns else "may CREATE in"
-            problems.append(f"{user} {how} schema {schema}, but {group} must not run DDL; {fix}.")
-    if kind is not RoleKind.MIGRATOR and can_create_db:
-        problems.append(f"{user} may CREATE schemas in this database; {fix}.")
-    if kind is RoleKind.RO:
-        writable = conn.execute(
-            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') "
-            "AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') "
-            "ORDER BY 1 LIMIT 5",
-            [schemas],
-        ).fetchall()
-        if writable:
-            names = ", ".join(row[0] for row in writable)
-            problems.append(f"{user} promises read-only but may write to {names}; {fix}.")
-    if kind is not RoleKind.MIGRATOR:
-        owned = conn.execute(
-            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = ANY(%s) AND pg_has_role(c.relowner, 'USAGE') "
-            "ORDER BY 1 LIMIT 5",
-            [schemas],
-        ).fetchall()
-        if owned:
-            names = ", ".join(row[0] for row in owned)
-            problems.append(f"{user} owns {names}, so it may ALTER or DROP them; {fix}.")
-    return PrivilegeReport(user, kind, tuple(problems))
-
-
-def _promised_kind(
-    conn: psycopg.Connection[Any], target: ProductRoles, user: str, session_user: str
-) -> RoleKind | None:
-    by_name = {group: kind for kind, group in target.roles.items()}
-    for name in (user, session_user):
-        if name in by_name:
-            return by_name[name]
-    # Membership only counts for non-superusers: a superuser "is a member" of every role.
-    row = conn.execute(
-        "SELECT g.rolname FROM pg_roles g, pg_roles u "
-        "WHERE g.rolname = ANY(%s) AND u.rolname = %s AND NOT u.rolsuper "
-        "AND pg_has_role(u.oid, g.oid, 'MEMBER') ORDER BY g.rolname DESC LIMIT 1",
-        [list(by_name), session_user],
-    ).fetchone()
-    return by_name[row[0]] if row is not None else None

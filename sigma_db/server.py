@@ -168,9 +168,6 @@ def as_user(argv: list[str], user: str | None) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
 
 
-_as_user = as_user  # the original private name, kept for existing callers
-
-
 def owned_directory(path: Path, user: str | None) -> Path:
     """Create ``path`` (mode 0700) owned by ``user``; its parents must already be traversable."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -259,7 +256,9 @@ def _run(argv: list[str], *, what: str) -> str:
 class LocalServer:
     """A PostgreSQL cluster in ``root`` (data, socket and log inside it), listening on 127.0.0.1.
 
-    The process outlives this object: ``start`` is idempotent, ``stop`` ends it.
+    The process outlives this object: ``start`` is idempotent, ``stop`` ends it. ``durable``
+    keeps ``fsync`` on (the dev database: a host crash must not corrupt it); a throwaway
+    cluster (the demo) may turn it off for speed.
     """
 
     root: Path
@@ -267,6 +266,7 @@ class LocalServer:
     superuser: str = "postgres"
     password: str = "postgres"  # noqa: S105 - a local throwaway cluster, loopback only
     binaries: ServerBinaries | None = None
+    durable: bool = True
 
     @property
     def datadir(self) -> Path:
@@ -321,8 +321,10 @@ class LocalServer:
             return self
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 "
-            f"-c unix_socket_directories='{self.socket_dir}' -c fsync=off"
+            f"-c unix_socket_directories='{self.socket_dir}'"
         )
+        if not self.durable:
+            options += " -c fsync=off"
         _run(
             as_user(
                 [

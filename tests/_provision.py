@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from sigma_db import DatabaseSettings
 from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, sync_roles
 from sigma_db.testing import TestServer
-from sigma_db.topology import Topology
+from sigma_db.topology import PRODUCTS, Topology
 
 
 @dataclass
@@ -86,7 +86,8 @@ def provision(
     """Apply the roles of ``product`` (a new unique one by default) with a login per kind."""
     key = product or unique_key()
     if database == "edge_products":
-        admin = server.settings(database, schema_name=key, product=None)
+        # A seed product is named by its schema alone; a new one needs DB_PRODUCT too.
+        admin = server.settings(database, schema_name=key, product=None if key in PRODUCTS else key)
     else:
         admin = server.settings(database, schema_name=schema, product=key)
     logins = {kind: f"{key}_{kind}_{uuid.uuid4().hex[:6]}" for kind in RoleKind}

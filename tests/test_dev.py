@@ -71,6 +71,7 @@ def test_dev_lifecycle(
     assert "provisioned" in out
     code, out, _ = _cli(capsys, *where, "up")
     assert "already provisioned: no changes" in out
+    _check_port_and_fsync(dev_home, port, capsys, monkeypatch)
 
     state = dev_home / "state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
@@ -220,3 +221,27 @@ def test_local_server_runs_on_the_embedded_build(
             assert conn.execute("SHOW server_version").fetchone()[0].startswith(str(binaries.major))
     finally:
         server.stop()
+
+
+def _check_port_and_fsync(
+    home: Path, port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the server runs, its recorded port wins over SIGMA_DB_DEV_PORT; fsync stays on."""
+    other = free_port()
+    with monkeypatch.context() as patch:
+        patch.setenv("SIGMA_DB_DEV_PORT", str(other))
+        assert DevDatabase.from_environment(home=home).port == port
+        code, out, err = _cli(capsys, "dev", "--home", str(home), "env", "lab")
+    assert code == 0, err
+    env = _exports(out)
+    assert env["DB_PORT"] == str(port)
+    assert f"runs on port {port}, not {other}" in err
+    assert len(err.strip().splitlines()) == 1
+    with psycopg.connect(
+        host=env["DB_HOST"],
+        port=int(env["DB_PORT"]),
+        dbname=env["DB_NAME"],
+        user=env["DB_USER"],
+        password=env["DB_PASSWORD"],
+    ) as conn:
+        assert conn.execute("SHOW fsync").fetchone() == ("on",)

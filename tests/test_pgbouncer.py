@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from _pgbouncer import PgBouncer
 from _provision import Provisioned
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from sigma_db import DatabaseUnavailableError, create_engine
 from sigma_db.engine import engine_arguments
@@ -39,12 +39,21 @@ def test_pooler_engine_gets_search_path_from_the_role(
             settings = _via(pgbouncer, p, kind)
             assert "options" not in engine_arguments(settings)[1]["connect_args"]
             engine = create_engine(settings)
+            sent: list[str] = []
+            event.listen(engine, "before_cursor_execute", lambda *a, sent=sent: sent.append(a[2]))
             try:
                 with engine.connect() as conn:
-                    row = conn.execute(text("SELECT current_schema(), current_user")).one()
+                    row = conn.execute(
+                        text(
+                            "SELECT current_schema(), current_user, source FROM pg_settings "
+                            "WHERE name = 'search_path'"
+                        )
+                    ).one()
             finally:
                 engine.dispose()
-            assert tuple(row) == (key, p.target.roles[kind])
+            # 'database user': from ALTER ROLE <login> IN DATABASE ... SET, not a session SET
+            assert tuple(row) == (key, p.target.roles[kind], "database user")
+            assert not [s for s in sent if s.lstrip().upper().startswith(("SET", "RESET"))]
 
 
 def test_direct_mode_through_pgbouncer_is_refused_clearly(

@@ -12,13 +12,12 @@ from _provision import Provisioned, provision, unique_key
 from psycopg import errors
 from pydantic import SecretStr
 
-from sigma_db import ConfigurationError, InsufficientPrivilegeError
+from sigma_db import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
 from sigma_db.roles import (
     Login,
     ProductRoles,
     RoleKind,
     plan_roles,
-    scram_verifier_matches,
     sync_roles,
 )
 from sigma_db.testing import TestServer
@@ -209,13 +208,16 @@ def test_drift_is_detected_and_repaired(provisioned: Provisioned) -> None:
         admin.execute(f"REVOKE SELECT ON app.packs FROM {roles[RO]}")
         admin.execute(f"GRANT TRUNCATE ON app.packs TO {roles[RW]}")
         admin.execute(f"ALTER ROLE {roles[RW]} CREATEDB")
-        admin.execute(f"ALTER ROLE {roles[RO]} IN DATABASE {db} RESET search_path")
+        admin.execute(f"ALTER ROLE {provisioned.logins[RO]} IN DATABASE {db} RESET search_path")
         admin.execute(
             f"ALTER DEFAULT PRIVILEGES FOR ROLE {roles[MIGRATOR]} IN SCHEMA app "
             f"REVOKE SELECT ON TABLES FROM {roles[RO]}"
         )
         admin.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
         admin.execute(f"GRANT {roles[MIGRATOR]} TO {roles[RW]}")
+        admin.execute("GRANT SELECT ON app.packs TO PUBLIC")
+        admin.execute("CREATE TABLE app.rw_owned (id int)")
+        admin.execute(f"ALTER TABLE app.rw_owned OWNER TO {roles[RW]}")
     plan = sync_roles(provisioned.admin, [provisioned.target], apply=False)
     text = plan.render()
     for expected in (
@@ -224,10 +226,13 @@ def test_drift_is_detected_and_repaired(provisioned: Provisioned) -> None:
         f'GRANT SELECT ON ALL TABLES IN SCHEMA "app" TO "{roles[RO]}"',
         f'REVOKE TRUNCATE ON TABLE "app"."packs" FROM "{roles[RW]}"',
         f'ALTER ROLE "{roles[RW]}" NOCREATEDB',
-        f'ALTER ROLE "{roles[RO]}" IN DATABASE "{db}" SET search_path TO "app", "public"',
+        f'ALTER ROLE "{provisioned.logins[RO]}" IN DATABASE "{db}" SET search_path TO "app", '
+        '"public"',
         f'IN SCHEMA "app" GRANT SELECT ON TABLES TO "{roles[RO]}"',
         'REVOKE CREATE ON SCHEMA "public" FROM PUBLIC',
         f'REVOKE "{roles[MIGRATOR]}" FROM "{roles[RW]}"',
+        'REVOKE SELECT ON TABLE "app"."packs" FROM PUBLIC',
+        f'ALTER TABLE "app"."rw_owned" OWNER TO "{roles[MIGRATOR]}"',
     ):
         assert expected in text, expected
     sync_roles(provisioned.admin, [provisioned.target], apply=True)
@@ -236,8 +241,19 @@ def test_drift_is_detected_and_repaired(provisioned: Provisioned) -> None:
         assert conn.execute("SELECT count(*) FROM packs").fetchone() == (0,)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE app.x (id int)")
-    with provisioned.connect(RW) as conn, pytest.raises(errors.InsufficientPrivilege):
-        conn.execute("TRUNCATE packs")
+    with provisioned.connect(RW) as conn:
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("TRUNCATE packs")
+        conn.execute("INSERT INTO rw_owned VALUES (1)")  # still usable as a row writer ...
+        for ddl in ("ALTER TABLE rw_owned ADD COLUMN x int", "DROP TABLE rw_owned"):
+            with pytest.raises(errors.InsufficientPrivilege):  # ... but no longer its owner
+                conn.execute(ddl)
+    with provisioned.admin_connection() as admin:
+        public = admin.execute(
+            "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a "
+            "WHERE c.oid = 'app.packs'::regclass AND a.grantee = 0"
+        )
+        assert public.fetchone() == (0,)
 
 
 def test_login_password_change_is_detected_and_never_shown(
@@ -256,17 +272,6 @@ def test_login_password_change_is_detected_and_never_shown(
     provisioned.passwords[RW] = new_password
     with provisioned.connect(RW) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (provisioned.target.roles[RW],)
-
-
-def test_scram_verifier_check() -> None:
-    verifier = (
-        "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0$"
-        "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
-        "4uzfQkCdz7zFzgzmRuBfyrtz6tuVkq0VMr5gnRW1Wa4="
-    )
-    assert not scram_verifier_matches(verifier, "wrong")
-    assert not scram_verifier_matches("md5abcdef", "x")
-    assert not scram_verifier_matches("garbage", "x")
 
 
 def test_login_attach_sets_role_and_search_path(provisioned: Provisioned) -> None:
@@ -370,19 +375,233 @@ def test_createrole_admin_that_owns_the_database(sigma_postgresql: TestServer) -
             target = ProductRoles(admin.topology, (login,))
             plan = sync_roles(admin, [target], apply=True)
             assert f'GRANT "edge_{key}_migrator" TO CURRENT_USER' in plan.render()
-            # not a superuser: cannot compare the stored verifier, so the password is set again
-            again = sync_roles(admin, [target], apply=True)
+            # not a superuser: cannot read the stored verifier, yet a second apply is a no-op
+            assert not sync_roles(admin, [target], apply=True).changed
+            assert not sync_roles(admin, [ProductRoles(admin.topology)], apply=True).changed
+            changed = Login(login.name, RW, SecretStr("api-pw-2"))
+            again = sync_roles(admin, [ProductRoles(admin.topology, (changed,))], apply=True)
             assert [s.text for s in again.statements] == [
                 f"ALTER ROLE \"{key}_api\" PASSWORD '********'"
             ]
-            assert not sync_roles(admin, [ProductRoles(admin.topology)], apply=True).changed
+            login = changed
             with psycopg.connect(
                 host=admin.host,
                 port=admin.port,
                 dbname=database,
                 user=login.name,
-                password="api-pw",
+                password="api-pw-2",
             ) as api:
                 assert api.execute("SELECT current_schema()").fetchone() == ("app",)
         finally:
             conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+def _public_or_foreign_grants(admin: psycopg.Connection, relation: str, own: set[str]) -> list:
+    """Grantees of ``relation`` other than the product's own roles (PUBLIC shows as None)."""
+    return admin.execute(
+        "SELECT DISTINCT nullif(a.grantee, 0)::regrole::text FROM pg_class c, "
+        "aclexplode(c.relacl) a WHERE c.oid = %s::regclass AND (a.grantee = 0 OR "
+        "NOT pg_get_userbyid(a.grantee) = ANY(%s))",
+        [relation, sorted(own)],
+    ).fetchall()
+
+
+def test_grants_to_other_products_and_public_are_revoked(
+    sigma_postgresql: TestServer, products_db: dict[str, Provisioned]
+) -> None:
+    """Another product's roles and PUBLIC get nothing in our schemas, by grant or by default."""
+    ours = provision(sigma_postgresql, "edge_products", product=unique_key())
+    theirs = provision(sigma_postgresql, "edge_products", product=unique_key())
+    schema, mine, other = ours.topology.schema, ours.target.roles, theirs.target.roles
+    with ours.connect(MIGRATOR) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+    with ours.admin_connection() as admin:
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {other[RW]}")
+        admin.execute(f"GRANT SELECT, TRUNCATE ON {schema}.t TO {other[RW]}")
+        admin.execute(f"GRANT SELECT ON {schema}.t TO PUBLIC")
+        for grantee in (other[RO], "PUBLIC"):
+            admin.execute(
+                f"ALTER DEFAULT PRIVILEGES FOR ROLE {mine[MIGRATOR]} IN SCHEMA {schema} "
+                f"GRANT SELECT ON TABLES TO {grantee}"
+            )
+        admin.execute(
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {mine[MIGRATOR]} GRANT SELECT ON TABLES "
+            f"TO {other[RO]}"
+        )
+    with theirs.connect(RW) as conn:  # the reproduction: the drift is real
+        conn.execute(f"TRUNCATE {schema}.t")
+    plan = sync_roles(ours.admin, [ours.target], apply=True)
+    text = plan.render()
+    for expected in (
+        f'REVOKE USAGE ON SCHEMA "{schema}" FROM "{other[RW]}"',
+        f'REVOKE SELECT, TRUNCATE ON TABLE "{schema}"."t" FROM "{other[RW]}"',
+        f'REVOKE SELECT ON TABLE "{schema}"."t" FROM PUBLIC',
+        f'IN SCHEMA "{schema}" REVOKE SELECT ON TABLES FROM "{other[RO]}"',
+        f'IN SCHEMA "{schema}" REVOKE SELECT ON TABLES FROM PUBLIC',
+        f'ALTER DEFAULT PRIVILEGES FOR ROLE "{mine[MIGRATOR]}" REVOKE SELECT ON TABLES '
+        f'FROM "{other[RO]}"',
+    ):
+        assert expected in text, expected
+    assert not sync_roles(ours.admin, [ours.target], apply=False).changed
+    with theirs.connect(RW) as conn:
+        for statement in (f"TRUNCATE {schema}.t", f"SELECT * FROM {schema}.t"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with ours.connect(MIGRATOR) as conn:
+        conn.execute("CREATE TABLE t2 (id int)")
+    with ours.admin_connection() as admin:
+        own = set(mine.values())
+        for relation in (f"{schema}.t", f"{schema}.t2"):
+            assert _public_or_foreign_grants(admin, relation, own) == []
+
+
+def test_objects_not_owned_by_the_migrator_are_handed_to_it(provisioned: Provisioned) -> None:
+    """A table the superuser made, or one _rw owns, would let _rw ALTER/DROP: fix the owner."""
+    roles = provisioned.target.roles
+    with provisioned.admin_connection() as admin:
+        admin.execute("CREATE TABLE app.by_admin (id bigint GENERATED ALWAYS AS IDENTITY, v text)")
+        admin.execute("CREATE TABLE app.events (at date) PARTITION BY RANGE (at)")
+        admin.execute(
+            "CREATE TABLE app.events_2024 PARTITION OF app.events "
+            "FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')"
+        )
+        admin.execute("CREATE VIEW app.admin_view AS SELECT id FROM app.by_admin")
+        admin.execute("CREATE MATERIALIZED VIEW app.admin_mv AS SELECT 1 AS one")
+        admin.execute("CREATE SEQUENCE audit.loose_seq")
+        admin.execute(
+            "CREATE FUNCTION app.f(a integer, b text[]) RETURNS int LANGUAGE sql AS 'SELECT a'"
+        )
+        for name in ("events", "events_2024"):
+            admin.execute(f"ALTER TABLE app.{name} OWNER TO {roles[RW]}")
+        admin.execute(f"ALTER FUNCTION app.f(integer, text[]) OWNER TO {roles[RW]}")
+    text = sync_roles(provisioned.admin, [provisioned.target], apply=True).render()
+    migrator = roles[MIGRATOR]
+    for expected in (
+        f'ALTER TABLE "app"."by_admin" OWNER TO "{migrator}"',
+        f'ALTER TABLE "app"."events" OWNER TO "{migrator}"',
+        f'ALTER TABLE "app"."events_2024" OWNER TO "{migrator}"',
+        f'ALTER VIEW "app"."admin_view" OWNER TO "{migrator}"',
+        f'ALTER MATERIALIZED VIEW "app"."admin_mv" OWNER TO "{migrator}"',
+        f'ALTER SEQUENCE "audit"."loose_seq" OWNER TO "{migrator}"',
+        f'ALTER ROUTINE "app"."f"("pg_catalog"."int4", "pg_catalog"."_text") OWNER TO "{migrator}"',
+    ):
+        assert expected in text, expected
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+    with provisioned.connect(RW) as conn:
+        conn.execute("INSERT INTO by_admin (v) VALUES ('x')")  # identity sequence followed
+        conn.execute("INSERT INTO events VALUES ('2024-05-01')")
+        assert conn.execute("SELECT f(1, '{}')").fetchone() == (1,)
+        for ddl in (
+            "DROP TABLE by_admin",
+            "DROP TABLE events_2024",
+            "ALTER TABLE events ADD COLUMN x int",
+            "DROP FUNCTION f(integer, text[])",
+            "DROP VIEW admin_view",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(ddl)
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute("ALTER TABLE by_admin ADD COLUMN extra int")
+        conn.execute("REFRESH MATERIALIZED VIEW admin_mv")
+
+
+def test_public_cannot_execute_new_functions(provisioned: Provisioned) -> None:
+    """A SECURITY DEFINER function a migration creates is not callable by just anyone."""
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute(
+            "CREATE FUNCTION definer() RETURNS text SECURITY DEFINER LANGUAGE sql "
+            "AS 'SELECT current_user::text'"
+        )
+    stranger = f"stranger_{uuid.uuid4().hex[:8]}"
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"CREATE ROLE {stranger} LOGIN PASSWORD 'pw'")
+        admin.execute(f"GRANT CONNECT ON DATABASE {provisioned.admin.name} TO {stranger}")
+        admin.execute(f"GRANT USAGE ON SCHEMA app TO {stranger}")
+    with (
+        psycopg.connect(
+            host=provisioned.server.host,
+            port=provisioned.server.port,
+            dbname=provisioned.admin.name,
+            user=stranger,
+            password="pw",
+            autocommit=True,
+        ) as conn,
+        pytest.raises(errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT app.definer()")
+    for kind in (RW, RO):
+        with provisioned.connect(kind) as conn:
+            row = conn.execute("SELECT definer()").fetchone()
+            assert row == (provisioned.target.roles[MIGRATOR],)
+
+
+def test_rw_may_create_temporary_tables_ro_may_not(provisioned: Provisioned) -> None:
+    with provisioned.connect(RW) as conn:
+        conn.execute("CREATE TEMP TABLE staging (id int)")
+        conn.execute("INSERT INTO staging VALUES (1)")
+    with provisioned.connect(RO) as conn, pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("CREATE TEMP TABLE staging (id int)")
+
+
+def test_search_path_is_set_on_logins_not_on_nologin_groups(provisioned: Provisioned) -> None:
+    """Role settings apply to the role that logs in, never through membership or SET ROLE."""
+    text = provisioned.plan.render()
+    for kind, group in provisioned.target.roles.items():
+        assert f'ALTER ROLE "{group}" IN DATABASE' not in text
+        assert f'ALTER ROLE "{provisioned.logins[kind]}" IN DATABASE' in text
+        with provisioned.connect(kind) as conn:
+            row = conn.execute(
+                "SELECT current_schema(), source FROM pg_settings WHERE name = 'search_path'"
+            ).fetchone()
+            assert row == ("app", "database user")
+    # An externally created login (Vault's dynamic users) is attached without a password.
+    external = f"v_{uuid.uuid4().hex[:10]}"
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"CREATE ROLE {external} LOGIN PASSWORD 'vault-pw'")
+    target = ProductRoles(provisioned.topology, (Login(external, RO),))
+    sync_roles(provisioned.admin, [target], apply=True)
+    assert not sync_roles(provisioned.admin, [target], apply=False).changed
+    with psycopg.connect(
+        host=provisioned.server.host,
+        port=provisioned.server.port,
+        dbname=provisioned.admin.name,
+        user=external,
+        password="vault-pw",
+    ) as conn:
+        row = conn.execute("SELECT current_user, current_schema()").fetchone()
+        assert row == (provisioned.target.roles[RO], "app")
+
+
+def test_only_concurrency_errors_are_retried_then_one_clear_error(
+    provisioned: Provisioned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sigma_db.roles as roles_module
+
+    calls: list[str] = []
+
+    def failing(error: Exception):
+        def execute(conn: psycopg.Connection, statement, plan) -> None:
+            calls.append(statement.text)
+            raise error
+
+        return execute
+
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"ALTER ROLE {provisioned.target.roles[RO]} CREATEDB")  # something to do
+    monkeypatch.setattr(
+        roles_module, "_execute", failing(errors.InternalError_("tuple concurrently updated"))
+    )
+    with pytest.raises(SigmaDBError) as info:
+        sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    assert len(calls) == 3
+    message = str(info.value)
+    assert "\n" not in message
+    assert "concurrently" in message
+    assert "re-run" in message
+    calls.clear()
+    monkeypatch.setattr(
+        roles_module, "_execute", failing(errors.InternalError_("could not open relation"))
+    )
+    with pytest.raises(SigmaDBError, match="could not open relation"):
+        sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    assert len(calls) == 1

@@ -13,7 +13,7 @@ from _provision import Provisioned, unique_key
 
 from sigma_db import DatabaseSettings
 from sigma_db.cli import main
-from sigma_db.roles import RoleKind
+from sigma_db.roles import RoleKind, sync_roles
 from sigma_db.server import free_port
 from sigma_db.testing import TestServer
 
@@ -223,3 +223,81 @@ def test_doctor_reports_privileges_beyond_the_name(run, provisioned: Provisioned
     assert code == 1
     assert f"may CREATE in schema app, but {roles[RoleKind.RW]} must not run DDL" in err
     assert "sigma-db roles apply" in err
+
+
+def test_doctor_flags_truncate_and_missing_privileges(run, provisioned: Provisioned) -> None:
+    roles = provisioned.target.roles
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE TABLE probes (id int)")
+        conn.execute("CREATE TABLE lost (id int)")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT TRUNCATE, TRIGGER ON app.probes TO {roles[RoleKind.RW]}")
+        admin.execute(f"REVOKE INSERT ON app.lost FROM {roles[RoleKind.RW]}")
+        admin.execute(f"REVOKE SELECT ON app.lost FROM {roles[RoleKind.RO]}")
+    code, _, err = run(provisioned.settings(RoleKind.RW), "doctor")
+    assert code == 1
+    assert "may TRUNCATE or TRIGGER on app.probes" in err
+    assert "lacks INSERT on app.lost" in err
+    code, _, err = run(provisioned.settings(RoleKind.RO), "doctor")
+    assert code == 1
+    assert "lacks SELECT on app.lost" in err
+
+
+def test_doctor_flags_access_to_another_products_schema(
+    run, sigma_postgresql, products_db: dict[str, Provisioned]
+) -> None:
+    from _provision import provision
+
+    ours = provision(sigma_postgresql, "edge_products", product=unique_key())
+    theirs = provision(sigma_postgresql, "edge_products", product=unique_key())
+    schema = ours.topology.schema
+    with ours.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+    code, _, err = run(theirs.settings(RoleKind.RO), "doctor")
+    assert code == 0, err
+    with ours.admin_connection() as admin:
+        admin.execute(f"GRANT SELECT ON {schema}.t TO {theirs.target.roles[RoleKind.RO]}")
+    code, _, err = run(theirs.settings(RoleKind.RO), "doctor")
+    assert code == 1
+    assert f"{schema}.t" in err
+    assert "another product" in err
+    with ours.admin_connection() as admin:
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {theirs.target.roles[RoleKind.RO]}")
+    code, _, err = run(theirs.settings(RoleKind.RO), "doctor")
+    assert f"may use schema {schema}" in err
+    sync_roles(ours.admin, [ours.target], apply=True)
+    code, _, err = run(theirs.settings(RoleKind.RO), "doctor")
+    assert code == 0, err
+
+
+def test_consolidated_without_db_schema(
+    run, sigma_postgresql: TestServer, products_db: dict[str, Provisioned]
+) -> None:
+    """In edge_products, --all-products / --product stand in for an unset DB_SCHEMA."""
+    admin = sigma_postgresql.settings("edge_products", schema_name="lab", product=None)
+    env_without_schema = admin.model_copy(update={"schema_name": None})
+    code, out, err = run(env_without_schema, "roles", "plan", "--all-products")
+    assert code == 0, err
+    assert "-- roles for lab, sim, market, pilot, platform in database edge_products" in out
+    code, _, err = run(env_without_schema, "roles", "plan", "--product", "bogus")
+    assert code == 1
+    assert "Unknown product 'bogus'" in _one_line_error(err)
+    code, out, err = run(env_without_schema, "roles", "plan", "--product", "sim")
+    assert code == 0, err
+    assert "no changes" in out
+
+
+def test_retry_exhaustion_is_one_line(
+    run, provisioned: Provisioned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sigma_db.roles as roles_module
+
+    def execute(conn, statement, plan) -> None:
+        raise psycopg.errors.InternalError_("tuple concurrently updated")
+
+    monkeypatch.setattr(roles_module, "_execute", execute)
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"ALTER ROLE {provisioned.target.roles[RoleKind.RO]} CREATEDB")
+    code, _, err = run(provisioned.admin, "roles", "apply")
+    assert code == 1
+    assert "re-run" in _one_line_error(err)

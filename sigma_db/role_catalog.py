@@ -1,0 +1,288 @@
+"""What the server says about roles and privileges: one read of the catalog per plan.
+
+Everything :mod:`sigma_db.roles` plans from is read here, in a few queries, into plain data. An
+ACL entry is a :data:`Grant`: ``(grantee, privilege)`` with ``None`` for ``PUBLIC`` (so no role
+name can be mistaken for it). Entries of an object's owner are kept: the planner decides what
+an owner's entries mean (they move with ``ALTER … OWNER``).
+
+Objects that belong to an extension (``pg_depend.deptype = 'e'``) are left out: they are the
+extension's, and ``ALTER EXTENSION`` manages them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import psycopg
+
+__all__ = ["FORBIDDEN_ATTRIBUTES", "Catalog", "Grant", "Relation", "RoleRow", "Routine", "read"]
+
+Grant = tuple[str | None, str]
+"""One ACL entry: (grantee role name, or None for PUBLIC; privilege keyword)."""
+
+FORBIDDEN_ATTRIBUTES = {
+    "rolsuper": "SUPERUSER",
+    "rolcreaterole": "CREATEROLE",
+    "rolcreatedb": "CREATEDB",
+    "rolreplication": "REPLICATION",
+    "rolbypassrls": "BYPASSRLS",
+}
+"""Role attributes no sigma_db role may have (each one is a way around the grants)."""
+
+
+@dataclass
+class RoleRow:
+    """A role that exists: can it log in, and which forbidden attributes it has."""
+
+    name: str
+    login: bool
+    forbidden: tuple[str, ...]
+
+
+@dataclass
+class Relation:
+    """A table, partition, view, materialized view, foreign table or sequence in a schema."""
+
+    schema: str
+    name: str
+    kind: str
+    """``pg_class.relkind``: r, p, v, m, f or S."""
+    owner: str
+    acl: set[Grant]
+    follows_table: bool
+    """A sequence owned by a column (identity, serial): its owner moves with its table's."""
+
+
+@dataclass
+class Routine:
+    """A function or procedure, with its argument types for naming it in SQL."""
+
+    schema: str
+    name: str
+    owner: str
+    arguments: tuple[tuple[str, str], ...]
+    """Identity argument types as (type schema, type name)."""
+    acl: set[Grant]
+
+
+@dataclass
+class Catalog:
+    """The snapshot a plan is computed from."""
+
+    admin: str
+    admin_super: bool
+    database: str
+    roles: dict[str, RoleRow]
+    member_of: dict[str, set[str]]
+    database_acl: set[Grant]
+    schema_owner: dict[str, str]
+    schema_acl: dict[str, set[Grant]]
+    """Entries other than the schema owner's."""
+    public_schema_acl: set[Grant] | None
+    default_acl: dict[tuple[str, str | None, str], set[Grant]]
+    """(owning role, schema or None for database-wide, object type) → entries; a key exists
+    exactly when a ``pg_default_acl`` row does (database-wide rows replace the built-in default)."""
+    relations: list[Relation]
+    routines: list[Routine]
+    settings: dict[str, dict[str, str]]
+
+
+_NOT_EXTENSION = (
+    "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = {cls}::regclass "
+    "AND e.objid = {oid} AND e.deptype = 'e')"
+)
+
+
+def read(
+    conn: psycopg.Connection[Any],
+    *,
+    roles: Sequence[str],
+    schemas: Sequence[str],
+    migrators: Sequence[str],
+) -> Catalog:
+    """Read everything a plan for ``roles`` (groups and logins) in ``schemas`` needs."""
+    names, schema_list = sorted(set(roles)), sorted(set(schemas))
+    admin, admin_super, database = one(
+        conn,
+        "SELECT current_user, r.rolsuper, current_database() FROM pg_roles r "
+        "WHERE r.rolname = current_user",
+    )
+    return Catalog(
+        admin=admin,
+        admin_super=admin_super,
+        database=database,
+        roles=_roles(conn, names),
+        member_of=_memberships(conn, [*names, admin]),
+        database_acl=_database_acl(conn),
+        **_schemas(conn, schema_list),
+        default_acl=_default_acl(conn, sorted(set(migrators)), schema_list),
+        relations=_relations(conn, schema_list),
+        routines=_routines(conn, schema_list),
+        settings=_settings(conn, names),
+    )
+
+
+def one(conn: psycopg.Connection[Any], query: str) -> tuple[Any, ...]:
+    """The single row ``query`` returns."""
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+# The grantee of an aclexplode() entry: NULL for PUBLIC (grantee oid 0).
+_GRANTEE = "CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END"
+
+
+def _roles(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, RoleRow]:
+    columns = ", ".join(FORBIDDEN_ATTRIBUTES)  # fixed column names, never input
+    rows = conn.execute(
+        f"SELECT rolname, rolcanlogin, {columns} FROM pg_roles WHERE rolname = ANY(%s)",  # noqa: S608
+        [names],
+    )
+    return {
+        row[0]: RoleRow(
+            row[0],
+            row[1],
+            tuple(
+                keyword
+                for keyword, flag in zip(FORBIDDEN_ATTRIBUTES.values(), row[2:], strict=True)
+                if flag
+            ),
+        )
+        for row in rows
+    }
+
+
+def _memberships(conn: psycopg.Connection[Any], members: list[str]) -> dict[str, set[str]]:
+    member_of: dict[str, set[str]] = defaultdict(set)
+    for member, group in conn.execute(
+        "SELECT m.rolname, g.rolname FROM pg_auth_members a "
+        "JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.roleid "
+        "WHERE m.rolname = ANY(%s)",
+        [members],
+    ):
+        member_of[member].add(group)
+    return member_of
+
+
+def _database_acl(conn: psycopg.Connection[Any]) -> set[Grant]:
+    return {
+        (grantee, privilege)
+        for grantee, privilege in conn.execute(
+            f"SELECT {_GRANTEE}, a.privilege_type FROM pg_database d "  # noqa: S608 - fixed text
+            "CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
+            "WHERE d.datname = current_database() AND a.grantee <> d.datdba"
+        )
+    }
+
+
+def _schemas(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, Any]:
+    schema_owner: dict[str, str] = {}
+    schema_acl: dict[str, set[Grant]] = defaultdict(set)
+    public_schema_acl: set[Grant] | None = None
+    for schema, owner, grantee, privilege in conn.execute(
+        f"SELECT n.nspname, pg_get_userbyid(n.nspowner), {_GRANTEE}, a.privilege_type "  # noqa: S608
+        "FROM pg_namespace n "
+        "CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a "
+        "WHERE n.nspname = ANY(%s) OR n.nspname = 'public'",
+        [schemas],
+    ):
+        if schema == "public":
+            public_schema_acl = public_schema_acl or set()
+            if grantee is None:
+                public_schema_acl.add((grantee, privilege))
+        if schema in schemas:
+            schema_owner[schema] = owner
+            if grantee != owner:
+                schema_acl[schema].add((grantee, privilege))
+    return {
+        "schema_owner": schema_owner,
+        "schema_acl": schema_acl,
+        "public_schema_acl": public_schema_acl,
+    }
+
+
+def _default_acl(
+    conn: psycopg.Connection[Any], migrators: list[str], schemas: list[str]
+) -> dict[tuple[str, str | None, str], set[Grant]]:
+    """Per-schema rows of any role in ``schemas``, and the migrators' database-wide rows."""
+    default_acl: dict[tuple[str, str | None, str], set[Grant]] = {}
+    for owner, schema, objtype, grantee, privilege in conn.execute(
+        f"SELECT r.rolname, n.nspname, d.defaclobjtype::text, {_GRANTEE}, "  # noqa: S608
+        "a.privilege_type FROM pg_default_acl d "
+        "JOIN pg_roles r ON r.oid = d.defaclrole "
+        "LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace "
+        "CROSS JOIN LATERAL aclexplode(d.defaclacl) a "
+        "WHERE n.nspname = ANY(%s) OR (d.defaclnamespace = 0 AND r.rolname = ANY(%s))",
+        [schemas, migrators],
+    ):
+        default_acl.setdefault((owner, schema, objtype), set()).add((grantee, privilege))
+    return default_acl
+
+
+def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relation]:
+    relations: dict[tuple[str, str], Relation] = {}
+    not_extension = _NOT_EXTENSION.format(cls="'pg_class'", oid="c.oid")
+    for schema, name, kind, owner, follows, grantee, privilege in conn.execute(
+        "SELECT n.nspname, c.relname, c.relkind::text, pg_get_userbyid(c.relowner), "  # noqa: S608
+        "  c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend t "
+        "    WHERE t.classid = 'pg_class'::regclass "
+        "    AND t.objid = c.oid AND t.refclassid = 'pg_class'::regclass "
+        "    AND t.deptype IN ('a', 'i')), "
+        f"  {_GRANTEE}, a.privilege_type "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault("
+        "  CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))) a "
+        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') "
+        f"AND {not_extension} ORDER BY 1, 2",
+        [schemas],
+    ):
+        entry = relations.setdefault(
+            (schema, name), Relation(schema, name, kind, owner, set(), follows)
+        )
+        entry.acl.add((grantee, privilege))
+    return list(relations.values())
+
+
+def _routines(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Routine]:
+    routines: dict[int, Routine] = {}
+    not_extension = _NOT_EXTENSION.format(cls="'pg_proc'", oid="p.oid")
+    for oid, schema, name, owner, type_schemas, type_names, grantee, privilege in conn.execute(
+        "SELECT p.oid, n.nspname, p.proname, pg_get_userbyid(p.proowner), "  # noqa: S608
+        "  ARRAY(SELECT tn.nspname FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS x(t, i) "
+        "    JOIN pg_type ty ON ty.oid = x.t JOIN pg_namespace tn ON tn.oid = ty.typnamespace "
+        "    ORDER BY x.i), "
+        "  ARRAY(SELECT ty.typname FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS x(t, i) "
+        "    JOIN pg_type ty ON ty.oid = x.t ORDER BY x.i), "
+        f"  {_GRANTEE}, a.privilege_type "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
+        "WHERE n.nspname = ANY(%s) AND p.prokind IN ('f', 'p', 'w') "
+        f"AND {not_extension} ORDER BY 2, 3, 1",
+        [schemas],
+    ):
+        entry = routines.setdefault(
+            oid,
+            Routine(schema, name, owner, tuple(zip(type_schemas, type_names, strict=True)), set()),
+        )
+        entry.acl.add((grantee, privilege))
+    return list(routines.values())
+
+
+def _settings(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, dict[str, str]]:
+    settings: dict[str, dict[str, str]] = defaultdict(dict)
+    for role, config in conn.execute(
+        "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
+        "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE d.datname = current_database() AND r.rolname = ANY(%s)",
+        [names],
+    ):
+        for item in config or ():
+            key, _, value = item.partition("=")
+            settings[role][key] = value
+    return settings
