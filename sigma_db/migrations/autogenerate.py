@@ -6,8 +6,15 @@ Three rules, from Alembic's known traps:
   every other product's schema in the consolidated dev database, alembic #710/#733); the default
   schema is compared as ``schema=None``, the way models name it (alembic #569).
 * Partitions (``pg_class.relispartition``) and extension-owned relations are never compared, so
-  autogenerate never proposes to drop them (alembic #539, #1787). :func:`unmanaged_relations`
-  is the reusable query; partition maintenance builds on it.
+  autogenerate never proposes to drop them or their indexes (alembic #539). They are not even
+  reflected (``include_name``), which is what keeps ``alembic check`` from tripping over foreign
+  keys between partitioned tables (alembic #1787). A foreign key to a partitioned table is also
+  stored once per referenced partition, and SQLAlchemy reflects those copies on the parent
+  pointing at the partitions: foreign keys whose referred table is unmanaged are not compared
+  either. :func:`unmanaged_relations` is the one catalog query behind all of this.
+* The SDK keeps its own declarations in ``Table.info`` (``sigma_db.partitioning``). Alembic renders
+  ``info`` into ``op.create_table(...)`` by ``repr``, which is not Python for those objects:
+  :func:`drop_sdk_info` removes the SDK's keys from what autogenerate renders.
 * Models name logical areas (``schema="audit"``); in the consolidated database those live in
   ``<product>_audit``. :func:`physical_metadata` renames them on a copy of the metadata before
   comparison instead of relying on ``schema_translate_map`` (alembic #555, #1503).
@@ -19,13 +26,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, Table, text
+from alembic.operations.ops import CreateTableOp, MigrationScript, OpContainer
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, MetaData, Table, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import SchemaConst
 
 from sigma_db.topology import Topology
 
-__all__ = ["AutogenerateScope", "physical_metadata", "unmanaged_relations"]
+__all__ = [
+    "SDK_INFO_PREFIX",
+    "AutogenerateScope",
+    "drop_sdk_info",
+    "physical_metadata",
+    "unmanaged_relations",
+]
+
+SDK_INFO_PREFIX = "sigma_db."
+"""``Table.info`` keys starting with this belong to the SDK and are never rendered."""
 
 _UNMANAGED = text(
     """
@@ -79,13 +96,27 @@ class AutogenerateScope:
     def include_object(
         self, obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
     ) -> bool:
-        """Alembic ``include_object``: the same rule for objects already reflected or declared."""
+        """Alembic ``include_object``: the same rule for objects already reflected or declared.
+
+        A foreign key is also left out when it refers to an unmanaged relation: the per-partition
+        copies PostgreSQL keeps of a foreign key to a partitioned table (alembic #1787).
+        """
         table = obj if isinstance(obj, Table) else getattr(obj, "table", None)
         if not isinstance(table, Table):
             return True
         if table.schema is not None and table.schema not in self.schemas:
             return False
-        return self._table_key(table.schema, table.name) not in self.unmanaged
+        if self._table_key(table.schema, table.name) in self.unmanaged:
+            return False
+        if isinstance(obj, ForeignKeyConstraint):
+            return not any(self._refers_to_unmanaged(fk) for fk in obj.elements)
+        return True
+
+    def _refers_to_unmanaged(self, foreign_key: ForeignKey) -> bool:
+        # "schema.table.column" or "table.column"; reflected copies name the partition here.
+        referred, _, _column = foreign_key.target_fullname.rpartition(".")
+        schema, _, name = referred.rpartition(".")
+        return self._table_key(schema or None, name) in self.unmanaged
 
 
 def physical_metadata(metadata: MetaData | Sequence[MetaData] | None, topology: Topology) -> Any:
@@ -106,3 +137,22 @@ def physical_metadata(metadata: MetaData | Sequence[MetaData] | None, topology: 
             referred_schema_fn=lambda _t, _s, _c, referred: physical(referred),
         )
     return copy
+
+
+def drop_sdk_info(directives: Iterable[MigrationScript]) -> None:
+    """``process_revision_directives`` step: no SDK ``Table.info`` key in rendered revisions.
+
+    The revision creates the table; the declaration stays on the model, where maintenance and
+    :func:`~sigma_db.partitions.create_partitions` read it.
+    """
+    for directive in directives:
+        for container in (*directive.upgrade_ops_list, *directive.downgrade_ops_list):
+            _drop_sdk_info(container)
+
+
+def _drop_sdk_info(container: OpContainer) -> None:
+    for op in container.ops:
+        if isinstance(op, CreateTableOp):
+            op.info = {k: v for k, v in op.info.items() if not str(k).startswith(SDK_INFO_PREFIX)}
+        elif isinstance(op, OpContainer):
+            _drop_sdk_info(op)

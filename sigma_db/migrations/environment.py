@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic import context as alembic_context
+from alembic.operations.ops import MigrationScript
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
@@ -39,6 +40,7 @@ from sigma_db.errors import ConfigurationError, SigmaDBError
 from sigma_db.identifiers import quote
 from sigma_db.migrations.autogenerate import (
     AutogenerateScope,
+    drop_sdk_info,
     physical_metadata,
     unmanaged_relations,
 )
@@ -216,7 +218,7 @@ class _Run:
             "include_name": lambda *args: scope().include_name(*args),
             "include_object": lambda *args: scope().include_object(*args),
             "transaction_per_migration": True,
-            "process_revision_directives": number_revisions,
+            "process_revision_directives": _process_revision_directives,
             "on_version_apply": self._record,
         }
         planned = self.env.context_opts.get("fn")
@@ -378,6 +380,13 @@ class _Run:
                 )
             )
             self.applied.append(f"{operation} {revision}")
+
+
+def _process_revision_directives(
+    context: MigrationContext, revision: Any, directives: list[MigrationScript]
+) -> None:
+    number_revisions(context, revision, directives)
+    drop_sdk_info(directives)
 
 
 def _unlock(connection: Connection, key: int) -> None:

@@ -4,7 +4,8 @@
   class definition;
 * :class:`PartitionManager` — the maintenance run (``sigma-db partitions maintain``);
 * :func:`copy_rows` — bulk ingest through PostgreSQL's COPY;
-* :func:`create_partitions` and :func:`exclude_partitions` — the Alembic side;
+* :func:`create_partitions` — the initial partitions, in the revision that creates the parent
+  (the migrations env keeps autogenerate off the partitions);
 * :mod:`sigma_db.partitions.windows` — the UTC window arithmetic and the partition names.
 
 See ``docs/partitioning.md`` for the guide.
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
         PartitionManager,
         TablePlan,
     )
-    from sigma_db.partitions.migration import create_partitions, exclude_partitions
+    from sigma_db.partitions.migration import create_partitions
     from sigma_db.partitions.windows import (
         Interval,
         PartitionWindow,
@@ -58,7 +59,6 @@ __all__ = [
     "copy_rows",
     "create_partitions",
     "default_partition_name",
-    "exclude_partitions",
     "partition_name",
     "partitioned_table",
     "window_containing",
@@ -79,7 +79,6 @@ _HOME = {
     "PartitionManager": "manager",
     "TablePlan": "manager",
     "create_partitions": "migration",
-    "exclude_partitions": "migration",
     "Interval": "windows",
     "PartitionWindow": "windows",
     "default_partition_name": "windows",

@@ -1,10 +1,9 @@
-"""Alembic and partitions: keep autogenerate off the children, create the first ones in a revision.
+"""Alembic and partitions: create the first partitions in the revision that creates the parent.
 
-Autogenerate compares the model's tables with the database. Child partitions exist only in the
-database, so without a filter it proposes to drop every one of them and their indexes
-(alembic #539), and reflecting foreign keys between partitioned tables through their
-partitions has crashed ``alembic check`` (alembic #1787). :func:`exclude_partitions` builds the
-filter from ``pg_class.relispartition``: partitions are never reflected at all.
+Keeping autogenerate off the child partitions is the migrations environment's job, not this
+module's: :func:`sigma_db.migrations.run_migrations` (the product's ``env.py``) hides every
+partition, its indexes and the per-partition copies of foreign keys through
+:class:`sigma_db.migrations.AutogenerateScope` (alembic #539, #1787).
 
 The parent is an ordinary model table: autogenerate renders ``op.create_table(...,
 postgresql_partition_by='RANGE (observed_at)')`` from the model. In the same revision, right
@@ -16,12 +15,10 @@ maintenance run keeps them going from there.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
-from sqlalchemy.engine import Connection
 
 from sigma_db.partitions.ddl import initial_partition_statements, physical_schema
 from sigma_db.partitions.declaration import DatePartitioning, PartitionedTable, partitioned_table
@@ -29,71 +26,7 @@ from sigma_db.partitions.declaration import DatePartitioning, PartitionedTable, 
 if TYPE_CHECKING:
     from alembic.operations import Operations
 
-__all__ = ["PartitionFilter", "create_partitions", "exclude_partitions"]
-
-
-@dataclass(frozen=True)
-class PartitionFilter:
-    """Alembic ``include_name`` / ``include_object`` hooks that hide child partitions.
-
-    Pass both to ``context.configure(...)``: ``include_name`` keeps partitions from being
-    reflected (which is what avoids alembic #1787), ``include_object`` catches anything reflected
-    another way (indexes and foreign keys that belong to a partition).
-    """
-
-    partitions: frozenset[tuple[str, str]]
-    """(schema, table) of every partition in the database when the filter was built."""
-    default_schema: str
-
-    def is_partition(self, name: str | None, schema: str | None) -> bool:
-        """Whether ``schema.name`` (``None``: the default schema) is a child partition."""
-        if name is None:
-            return False
-        return (schema or self.default_schema, name) in self.partitions
-
-    def include_name(self, name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
-        """Alembic ``include_name``: skip tables that are partitions (nothing else changes)."""
-        if type_ == "table":
-            return not self.is_partition(name, parent_names.get("schema_name"))
-        return True
-
-    def include_object(
-        self, obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-    ) -> bool:
-        """Alembic ``include_object``: skip partitions and their indexes and constraints."""
-        if not reflected:
-            return True
-        if type_ == "table":
-            return not self.is_partition(name, obj.schema)
-        table = getattr(obj, "table", None)
-        if isinstance(table, Table) and self.is_partition(table.name, table.schema):
-            return False
-        if type_ == "foreign_key_constraint":
-            # A foreign key to a partitioned table is stored once per referenced partition too;
-            # SQLAlchemy reflects those copies on the parent, pointing at the partitions.
-            for element in obj.elements:
-                *schema, referred, _column = element.target_fullname.split(".")
-                if self.is_partition(referred, schema[-1] if schema else None):
-                    return False
-        return True
-
-
-def exclude_partitions(connection: Connection) -> PartitionFilter:
-    """Build a :class:`PartitionFilter` from the live catalog (run it in ``env.py``, online).
-
-    It leaves the connection as it found it: reading the catalog would otherwise autobegin a
-    transaction, and Alembic's ``begin_transaction()`` then assumes the caller owns it and never
-    commits the migrations.
-    """
-    had_transaction = connection.in_transaction()
-    rows = connection.exec_driver_sql(
-        "SELECT n.nspname, c.relname FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relispartition"
-    ).all()
-    default_schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
-    if not had_transaction:
-        connection.rollback()
-    return PartitionFilter(frozenset((str(s), str(t)) for s, t in rows), str(default_schema))
+__all__ = ["create_partitions"]
 
 
 def create_partitions(

@@ -113,9 +113,14 @@ class ProductRepo:
         assert isinstance(buffer, io.StringIO)
         return buffer.getvalue()
 
-    def query(self, sql: str, settings: DatabaseSettings | None = None) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, settings: DatabaseSettings | None = None, *, in_schema: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Run ``sql`` (autocommit); ``in_schema``: unqualified names resolve in the product's."""
         s = settings or self.settings
+        options = f"-csearch_path={s.topology.schema}" if in_schema else None
         with psycopg.connect(
+            options=options,
             host=s.host,
             port=s.port,
             dbname=s.name,

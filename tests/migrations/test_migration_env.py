@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -137,20 +136,6 @@ op.create_table(
     schema=ops.area("audit"),
 )
 """
-
-
-@pytest.fixture
-def consolidated(sigma_postgresql: TestServer) -> Iterator[DatabaseSettings]:
-    import psycopg
-
-    admin = sigma_postgresql.settings("postgres")
-    dsn = {"host": admin.host, "port": admin.port, "user": admin.user, "password": admin.secret()}
-    with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
-        conn.execute("DROP DATABASE IF EXISTS edge_products")
-        conn.execute("CREATE DATABASE edge_products")
-    yield sigma_postgresql.settings("edge_products", schema_name="lab", product=None)
-    with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
-        conn.execute("DROP DATABASE edge_products WITH (FORCE)")
 
 
 def test_same_revisions_migrate_both_topologies(
