@@ -36,12 +36,17 @@ def provisioned(sigma_postgresql: TestServer, sigma_database: str) -> Provisione
     return provision(sigma_postgresql, sigma_database)
 
 
-@pytest.fixture(scope="session")
+_products_db_cache: dict[str, object] = {}
+
+
+@pytest.fixture
 def products_db(sigma_postgresql: TestServer) -> dict[str, Provisioned]:
     """The consolidated dev database ``edge_products`` with Lab and Sim provisioned.
 
-    Session-scoped: roles are cluster-global and ``edge_products`` is one fixed name, so it is
-    built once; tests that use it must not change its grants.
+    Provisioned once and reused while the database lives: ``edge_products`` is one fixed,
+    cluster-wide name, and other tests (the consolidated-layout ones) drop and recreate it, so
+    the database's oid is checked on each use and a replaced database is provisioned again.
+    Tests that use it must not change its grants.
     """
     import psycopg
 
@@ -53,8 +58,36 @@ def products_db(sigma_postgresql: TestServer) -> dict[str, Provisioned]:
         dbname="postgres",
         autocommit=True,
     ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'edge_products'").fetchone():
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = 'edge_products'").fetchone()
+        if row is None:
             conn.execute("CREATE DATABASE edge_products")
-    return {
-        key: provision(sigma_postgresql, "edge_products", product=key) for key in ("lab", "sim")
-    }
+            row = conn.execute(
+                "SELECT oid FROM pg_database WHERE datname = 'edge_products'"
+            ).fetchone()
+    assert row is not None
+    if _products_db_cache.get("oid") != row[0]:
+        _products_db_cache["oid"] = row[0]
+        _products_db_cache["provisioned"] = {
+            key: provision(sigma_postgresql, "edge_products", product=key) for key in ("lab", "sim")
+        }
+    provisioned = _products_db_cache["provisioned"]
+    assert isinstance(provisioned, dict)
+    return provisioned
+
+
+@pytest.fixture
+def consolidated(sigma_postgresql: TestServer) -> Iterator[DatabaseSettings]:
+    """Settings for Lab in the consolidated dev layout: database ``edge_products``, schema ``lab``.
+
+    The database is created empty for the test and dropped after it.
+    """
+    import psycopg
+
+    admin = sigma_postgresql.settings("postgres")
+    dsn = {"host": admin.host, "port": admin.port, "user": admin.user, "password": admin.secret()}
+    with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
+        conn.execute("DROP DATABASE IF EXISTS edge_products WITH (FORCE)")
+        conn.execute("CREATE DATABASE edge_products")
+    yield sigma_postgresql.settings("edge_products", schema_name="lab", product=None)
+    with psycopg.connect(dbname="postgres", autocommit=True, **dsn) as conn:
+        conn.execute("DROP DATABASE IF EXISTS edge_products WITH (FORCE)")

@@ -5,14 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy
 from pydantic import SecretStr
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import String, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -109,22 +107,8 @@ def test_pool_sized_from_settings_and_application_name(db_settings: DatabaseSett
         engine.dispose()
 
 
-@pytest.fixture
-def consolidated(sigma_postgresql: TestServer) -> Iterator[DatabaseSettings]:
-    with DatabaseJanitor(
-        user=sigma_postgresql.superuser,
-        host=sigma_postgresql.host,
-        port=sigma_postgresql.port,
-        dbname="edge_products",
-        password=sigma_postgresql.password,
-    ):
-        with _admin(sigma_postgresql, "edge_products") as admin:
-            admin.execute("CREATE SCHEMA lab; CREATE SCHEMA lab_audit")
-        yield sigma_postgresql.settings("edge_products", schema_name="lab", product=None)
-
-
 def test_consolidated_layout_maps_default_and_logical_schemas(
-    consolidated: DatabaseSettings,
+    sigma_postgresql: TestServer, consolidated: DatabaseSettings
 ) -> None:
     class Base(ProductBase, DeclarativeBase):
         pass
@@ -138,6 +122,8 @@ def test_consolidated_layout_maps_default_and_logical_schemas(
         id: Mapped[int] = mapped_column(primary_key=True)
         action: Mapped[str] = mapped_column(String(50))
 
+    with _admin(sigma_postgresql, "edge_products") as admin:
+        admin.execute("CREATE SCHEMA lab; CREATE SCHEMA lab_audit")
     engine = create_engine(consolidated)
     try:
         Base.metadata.create_all(engine)
