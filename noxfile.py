@@ -66,7 +66,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job end to end on a local database the demo starts (and stops) itself."""
-    session.install("-e", ".")
+    session.install("-e", ".[scaffold,migrations-lint]")
     session.run("sigma-db", "demo", *session.posargs)
 
 

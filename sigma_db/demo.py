@@ -10,6 +10,7 @@ run. Nothing outside a temporary directory is touched; the server is stopped at 
 from __future__ import annotations
 
 import importlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -48,6 +49,9 @@ def run_demo(echo: Echo = print) -> None:
     from sigma_db.migrations.dryrun import dry_run
     from sigma_db.scaffold import new_product
 
+    # The generated env.py configures logging from alembic.ini (INFO per revision); the demo
+    # prints its own summary of each step instead.
+    logging.disable(logging.INFO)
     workdir = Path(tempfile.mkdtemp(prefix="sigma-db-demo-"))
     workdir.chmod(0o755)  # the server user must reach the dev home inside it
     dev = DevDatabase(workdir / "dev", free_port())
@@ -85,6 +89,7 @@ def run_demo(echo: Echo = print) -> None:
     finally:
         dev.down()
         shutil.rmtree(workdir, ignore_errors=True)
+        logging.disable(logging.NOTSET)
         echo("  ok  stopped the dev database and removed the demo directory")
     echo("done: dev database → new product → migrate → read/write as _rw → dry run.")
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import inflect
+import inflection
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -193,8 +193,6 @@ The mapping is immutable because every product's metadata shares it.
 
 # --- table and column names -----------------------------------------------------------------
 
-_inflect: Final = inflect.engine()
-
 _ACRONYM_THEN_WORD = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _LOWER_THEN_UPPER = re.compile(r"([a-z0-9])([A-Z])")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
@@ -211,29 +209,24 @@ def snake_case(name: str) -> str:
 
 
 def _is_plural(word: str) -> bool:
-    """Whether inflect reads ``word`` as a plural or as uncountable (news, series, sheep)."""
+    """Whether ``word`` reads as a plural or as uncountable (news, series, sheep).
+
+    The inflection library (a port of Rails' inflector, the rules most ORMs use) decides: a
+    plural has a different singular, an uncountable word is its own plural.
+    """
     if not word.isalpha():
         return False
-    return _inflect.singular_noun(word) is not False or _inflect.plural_noun(word) == word
+    return inflection.singularize(word) != word or inflection.pluralize(word) == word
 
 
 def _pluralize(word: str) -> str:
-    """Plural of ``word``, leaving it alone when it already is one (settings, data, people).
-
-    inflect reads many singular nouns ending in "s" as plurals (bus, alias, analysis), so the
-    already-plural test here is narrower than :func:`_is_plural`: a word ending in "s" is
-    plural when inflect would just append another "s"; any other word when it is the plural
-    of its own singular.
-    """
+    """Plural of ``word``, leaving it alone when it already is one (settings, data, people)."""
     if not word.isalpha():
         return word
-    plural = _inflect.plural_noun(word)
-    if word.endswith("s"):
-        return word if plural == word + "s" else plural
-    singular = _inflect.singular_noun(word)
-    if singular is not False and _inflect.plural_noun(singular) == word:
+    singular = inflection.singularize(word)
+    if singular != word and inflection.pluralize(singular) == word:
         return word
-    return plural
+    return str(inflection.pluralize(word))
 
 
 def _pluralize_last_word(snake: str) -> str:
@@ -256,8 +249,8 @@ def table_name_problem(name: str) -> str | None:
     """Say what is wrong with ``name`` as a table name, or return None.
 
     A table name is a conventional identifier (see :func:`sigma_db.identifiers.identifier_problem`)
-    whose last ``_``-separated word is plural or uncountable, as judged by inflect: the word
-    passes when ``singular_noun(word)`` is not False or ``plural_noun(word) == word``.
+    whose last ``_``-separated word is plural or uncountable, as judged by the inflection
+    library: the word passes when ``singularize(word) != word`` or ``pluralize(word) == word``.
     """
     problem = identifier_problem(name)
     if problem is not None:

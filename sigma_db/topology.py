@@ -66,6 +66,11 @@ class Product:
         problem = identifier_problem(key)
         if problem is not None:
             raise ConfigurationError(f"product name {key!r} {problem}.")
+        if key.startswith(("pg_", "_", "edge_")) or not key[0].isalpha():
+            raise ConfigurationError(
+                f"product name {key!r} must start with a letter and not with pg_ or edge_ "
+                "(its database is edge_<name>, its dev schema <name>); e.g. billing."
+            )
         if key in LOGICAL_SCHEMAS or key in {DEFAULT_SCHEMA, "public", "products"}:
             raise ConfigurationError(
                 f"product name {key!r} is reserved (it names a schema); choose another name."
@@ -74,8 +79,8 @@ class Product:
         if "_" in key and area in LOGICAL_SCHEMAS:
             raise ConfigurationError(
                 f"product name {key!r} ends in a logical area (_{area}): in the consolidated dev "
-                f"database it would collide with product {key.rpartition('_')[0]!r}'s {area} "
-                "schema; choose another name."
+                f"database it would collide with the {area} schema of product "
+                f"{key.rpartition('_')[0]!r}; choose another name."
             )
         if len(f"edge_{key}_migrator".encode()) > 63:
             raise ConfigurationError(

@@ -139,3 +139,23 @@ def test_template_database_is_a_template(template: ProductTemplate) -> None:
             (template.database,),
         ).fetchone()
     assert row == (True, False)
+
+
+def test_clones_keep_the_logins_database_settings(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    database = keeper.acquire()
+    migrator = template.settings(database, "migrator")
+    with psycopg.connect(
+        host=migrator.host,
+        port=migrator.port,
+        user=migrator.user,
+        password=migrator.secret(),
+        dbname=database,
+        autocommit=True,
+    ) as conn:
+        # No schema and no SET: the login's per-database settings must supply both.
+        conn.execute("CREATE TABLE made_in_a_test (id int)")
+    with connect(template, database) as conn:  # _rw, through the default privileges
+        conn.execute("INSERT INTO made_in_a_test VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM app.made_in_a_test").fetchone() == (1,)

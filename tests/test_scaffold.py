@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
         ("b" * 64, "64 bytes"),
         ("x" * 50, "too long"),
         ("lab_audit", "collide"),
+        ("pg_stats", "not with pg_"),
+        ("_hidden", "start with a letter"),
+        ("edge_billing", "not with pg_ or edge_"),
         ("app", "reserved"),
     ],
 )
@@ -171,6 +174,8 @@ def test_seed_product_generates_tests_migrates_and_passes_its_gate(
         assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
         return result
 
+    run("ruff", "check", ".")
+    run("ruff", "format", "--check", ".")
     own_tests = run("pytest", "-q", "-p", "no:cacheprovider")
     assert "3 passed" in own_tests.stdout
     run("alembic", "upgrade", "head")

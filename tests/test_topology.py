@@ -109,7 +109,7 @@ def test_bad_product_names(bad: str) -> None:
 
 
 def test_product_names_that_would_collide_with_a_logical_area() -> None:
-    with pytest.raises(ConfigurationError, match="collide with product 'lab'"):
+    with pytest.raises(ConfigurationError, match="collide with the audit schema of product 'lab'"):
         Product.named("lab_audit")
 
 

@@ -131,11 +131,12 @@ def sigma_db_settings(
         password=settings.secret(),
         autocommit=True,
     ) as conn:
-        conn.execute(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(settings.topology.schema)
-            )
-        )
+        # Only when missing: even a no-op CREATE ... IF NOT EXISTS is DDL to the product
+        # template's event trigger, which would force a re-clone after every test.
+        schema = settings.topology.schema
+        found = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+        if found != (True,):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     return settings
 
 
@@ -197,18 +198,13 @@ def sigma_db_env(
     monkeypatch: pytest.MonkeyPatch, sigma_rw_settings: DatabaseSettings
 ) -> DatabaseSettings:
     """Point ``DB_*`` in ``os.environ`` at the test's database as ``_rw``."""
-    for name in list(sigma_rw_settings.masked()):
-        monkeypatch.delenv(name, raising=False)
-    values = {
-        "DB_HOST": sigma_rw_settings.host,
-        "DB_PORT": str(sigma_rw_settings.port),
-        "DB_NAME": sigma_rw_settings.name,
-        "DB_USER": sigma_rw_settings.user,
-        "DB_PASSWORD": sigma_rw_settings.secret(),
-        "DB_SCHEMA": sigma_rw_settings.topology.schema,
-        "DB_PRODUCT": sigma_rw_settings.topology.product.key,
-        "DB_ENV": "dev",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
+    # Every variable is set (none left to the shell or a .env file); unset ones are emptied out
+    # by deleting them and relying on defaults only where the settings used the default.
+    for name, value in sigma_rw_settings.masked().items():
+        if name == "DB_PASSWORD":
+            monkeypatch.setenv(name, sigma_rw_settings.secret())
+        elif value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
     return sigma_rw_settings

@@ -235,7 +235,11 @@ class CloneKeeper:
 
 
 def clone_database(server: TestServer, template: str) -> str:
-    """A new database copied from ``template``; returns its name."""
+    """A new database copied from ``template``, with its per-database role settings; its name.
+
+    ``ALTER ROLE … IN DATABASE`` settings (the logins' ``search_path`` and ``SET role``) live
+    outside the database, so the copy does not carry them: they are copied here.
+    """
     name = f"t_{uuid.uuid4().hex[:16]}"
     with _admin(server) as admin:
         admin.execute(
@@ -243,7 +247,31 @@ def clone_database(server: TestServer, template: str) -> str:
                 sql.Identifier(name), sql.Identifier(template)
             )
         )
+        settings = admin.execute(
+            "SELECT r.rolname, unnest(s.setconfig) FROM pg_db_role_setting s "
+            "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
+            "WHERE d.datname = %s",
+            (template,),
+        ).fetchall()
+        for role, setting in settings:
+            key, _, value = str(setting).partition("=")
+            admin.execute(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                    sql.Identifier(str(role)),
+                    sql.Identifier(name),
+                    sql.Identifier(key),
+                    _setting_value(key, value),
+                )
+            )
     return name
+
+
+def _setting_value(key: str, value: str) -> sql.Composable:
+    """A stored setting as SQL: ``search_path`` is a list of identifiers, the rest a literal."""
+    if key != "search_path":
+        return sql.Literal(value)
+    parts = [part.strip().strip('"') for part in value.split(",") if part.strip()]
+    return sql.SQL(", ").join(sql.Identifier(part) for part in parts)
 
 
 def drop_database(server: TestServer, name: str) -> None:
