@@ -34,10 +34,16 @@ def dev(ctx: click.Context, home: Path | None, port: int | None) -> None:
 
 
 @dev.command()
+@click.option(
+    "--product",
+    "products",
+    multiple=True,
+    help="Also provision this product (one made by new-product); repeatable, remembered.",
+)
 @click.pass_obj
-def up(database: DevDatabase) -> None:
+def up(database: DevDatabase, products: tuple[str, ...]) -> None:
     """Start the server and create edge_products, its schemas, roles and dev logins."""
-    status = database.up()
+    status = database.up(products)
     if status.plan is not None and status.plan.changed:
         click.echo(f"provisioned: {len(status.plan.statements)} statements applied")
     else:

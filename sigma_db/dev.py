@@ -25,7 +25,7 @@ import secrets
 import shutil
 import socket
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from typing import Any
 from sigma_db.errors import ConfigurationError
 from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, group_role
 from sigma_db.server import LocalServer, ServerError, owned_directory, server_user
-from sigma_db.topology import CONSOLIDATED_DATABASE, PRODUCTS, Environment, resolve_topology
+from sigma_db.topology import (
+    CONSOLIDATED_DATABASE,
+    PRODUCTS,
+    Environment,
+    Product,
+    resolve_topology,
+)
 
 __all__ = ["DEFAULT_PORT", "DevDatabase", "DevStatus", "dev_login"]
 
@@ -46,7 +52,7 @@ _STATE = "state.json"
 
 def dev_login(product: str, kind: RoleKind | str) -> str:
     """The dev login attached to a group role: ``edge_lab_rw`` → ``edge_lab_rw_dev``."""
-    return f"{group_role(PRODUCTS[product], kind)}_dev"
+    return f"{group_role(Product.named(product), kind)}_dev"
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,12 @@ class DevDatabase:
             initialised=(server.datadir / "PG_VERSION").exists(),
         )
 
-    def up(self) -> DevStatus:
-        """Start the server if needed, then create ``edge_products``, its schemas, roles, logins."""
+    def up(self, products: Sequence[str] = ()) -> DevStatus:
+        """Start the server if needed, then create ``edge_products``, its schemas, roles, logins.
+
+        ``products`` adds products beyond the seed five (a repo made by ``new-product``); the
+        state remembers them, so later ``up`` runs keep them.
+        """
         self._prepare_home()
         state = self._state()
         if "superuser_password" not in state:
@@ -147,8 +157,12 @@ class DevDatabase:
                 f"Port {self.port} on 127.0.0.1 is taken by another program; set "
                 f"SIGMA_DB_DEV_PORT (or --port) to a free port."
             )
+        extra: list[str] = state.setdefault("products", [])
+        for key in products:
+            if Product.named(key).key not in PRODUCTS and key not in extra:
+                extra.append(key)
         passwords: dict[str, str] = state.setdefault("passwords", {})
-        for key in PRODUCTS:
+        for key in _product_keys(state):
             for kind in RoleKind:
                 passwords.setdefault(dev_login(key, kind), secrets.token_urlsafe(18))
         state["port"] = self.port
@@ -176,12 +190,14 @@ class DevDatabase:
 
     def env(self, product: str, kind: RoleKind | str = RoleKind.RW) -> dict[str, str]:
         """The ``DB_*`` variables a service of ``product`` uses to connect as ``kind``."""
-        if product not in PRODUCTS:
-            raise ConfigurationError(
-                f"Unknown product {product!r}; the dev database has {', '.join(PRODUCTS)}."
-            )
         kind = RoleKind(kind)
         state = self._state()
+        if product not in _product_keys(state):
+            raise ConfigurationError(
+                f"Unknown product {product!r}; the dev database has "
+                f"{', '.join(_product_keys(state))}. Add a new one with "
+                f"sigma-db dev up --product {product}."
+            )
         login = dev_login(product, kind)
         password = state.get("passwords", {}).get(login)
         if password is None:
@@ -199,7 +215,7 @@ class DevDatabase:
             "DB_ENV": "dev",
             "DB_SSLMODE": "disable",
             "DB_POOLER": "none",
-        }
+        } | ({} if product in PRODUCTS else {"DB_PRODUCT": product})
 
     # -- internals
 
@@ -255,7 +271,10 @@ class DevDatabase:
         targets = [
             ProductRoles(
                 resolve_topology(
-                    database=CONSOLIDATED_DATABASE, schema=key, environment=Environment.DEV
+                    database=CONSOLIDATED_DATABASE,
+                    schema=key,
+                    environment=Environment.DEV,
+                    product=None if key in PRODUCTS else key,
                 ),
                 tuple(
                     Login(
@@ -266,7 +285,7 @@ class DevDatabase:
                     for kind in RoleKind
                 ),
             )
-            for key in PRODUCTS
+            for key in _product_keys(state)
         ]
         return sync_roles(self._admin_settings(state), targets, apply=True)
 
@@ -329,3 +348,8 @@ def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _product_keys(state: Mapping[str, Any]) -> list[str]:
+    """The seed products, then those added with ``dev up --product``."""
+    return [*PRODUCTS, *state.get("products", [])]

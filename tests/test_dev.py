@@ -245,3 +245,21 @@ def _check_port_and_fsync(
         password=env["DB_PASSWORD"],
     ) as conn:
         assert conn.execute("SHOW fsync").fetchone() == ("on",)
+
+
+def test_dev_database_takes_a_new_product(dev_home: Path) -> None:
+    from sigma_db.server import free_port
+
+    dev = DevDatabase(dev_home, free_port())
+    try:
+        dev.up(["billing"])
+        env = dev.env("billing", "rw")
+        assert env["DB_SCHEMA"] == "billing"
+        assert env["DB_PRODUCT"] == "billing"
+        assert env["DB_USER"] == "edge_billing_rw_dev"
+        dev.up()  # remembered: a later up keeps it
+        assert dev.env("billing", "migrator")["DB_USER"] == "edge_billing_migrator_dev"
+        with pytest.raises(ConfigurationError, match="dev up --product nope"):
+            dev.env("nope")
+    finally:
+        dev.down()
