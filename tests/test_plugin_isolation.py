@@ -111,16 +111,18 @@ def test_ddl_in_a_test_means_a_fresh_clone(
     assert ("note",) not in columns
 
 
-def test_a_connection_left_open_means_a_fresh_clone_not_a_hang(
+def test_a_connection_left_open_holding_a_lock_does_not_hang_the_reset(
     keeper: CloneKeeper, template: ProductTemplate
 ) -> None:
     first = keeper.acquire()
     leaked = connect(template, first)
     leaked.autocommit = False
-    leaked.execute("LOCK TABLE packs IN ACCESS SHARE MODE")  # open transaction holding a lock
+    leaked.execute("INSERT INTO packs (name) VALUES ('x')")
+    leaked.execute("LOCK TABLE packs IN ACCESS EXCLUSIVE MODE")  # open transaction, held lock
     try:
-        keeper.release()
-        assert keeper.acquire() != first
+        keeper.release()  # ends the leftover session, then resets
+        second = keeper.acquire()
+        assert packs(template, second) == [(1, "seeded")]
     finally:
         leaked.close()
 
@@ -159,3 +161,22 @@ def test_clones_keep_the_logins_database_settings(
     with connect(template, database) as conn:  # _rw, through the default privileges
         conn.execute("INSERT INTO made_in_a_test VALUES (1)")
         assert conn.execute("SELECT count(*) FROM app.made_in_a_test").fetchone() == (1,)
+
+
+def test_large_objects_and_leftover_sessions_do_not_leak(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    first = keeper.acquire()
+    leaked = connect(template, first)
+    leaked.execute("SELECT pg_advisory_lock(42)")  # session state on a kept-open connection
+    with connect(template, first) as conn:
+        conn.execute("SELECT lo_from_bytea(0, 'blob')")
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first
+    with connect(template, second) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone() == (0,)
+        assert conn.execute("SELECT pg_try_advisory_lock(42)").fetchone() == (True,)
+    with pytest.raises(psycopg.OperationalError):
+        leaked.execute("SELECT 1")  # its backend was ended by the reset
+    leaked.close()

@@ -49,6 +49,8 @@ CREATE EVENT TRIGGER sigma_testing_ddl_end ON ddl_command_end
     EXECUTE FUNCTION sigma_testing.note_ddl();
 CREATE EVENT TRIGGER sigma_testing_sql_drop ON sql_drop
     EXECUTE FUNCTION sigma_testing.note_ddl();
+ALTER EVENT TRIGGER sigma_testing_ddl_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER sigma_testing_sql_drop ENABLE ALWAYS;
 CREATE TABLE sigma_testing.sequence_values AS
     SELECT format('%I.%I', schemaname, sequencename) AS sequence,
            coalesce(last_value, start_value) AS value, last_value IS NOT NULL AS called
@@ -161,8 +163,16 @@ def _seed(number: int) -> sql.Identifier:
 def reset_database(server: TestServer, database: str) -> bool:
     """Put a used clone's data back to the template's; False when it must be re-cloned."""
     try:
+        with _admin(server, database) as conn:
+            # Connections the test left open would carry session state (advisory locks,
+            # prepared statements, SETs) into the next test: end them first.
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         with _admin(server, database) as conn, conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '2s'")
+            conn.execute("SELECT lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata")
             ddl = conn.execute("SELECT EXISTS (SELECT FROM sigma_testing.ddl_events)").fetchone()
             if ddl != (False,):
                 return False
