@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import TIMESTAMP, Engine, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from sigma_db import DatabaseSettings, DatePartitioned, DatePartitioning, PartitionManager
+from sigma_db import (
+    DatabaseSettings,
+    DatePartitioned,
+    DatePartitioning,
+    PartitionManager,
+    create_engine,
+)
 from sigma_db.models import IdentityPrimaryKey, ProductBase
 from sigma_db.partitions import Interval, partition_name, window_containing
 from sigma_db.partitions.examples import AuditLog, ExampleBase, Signal
@@ -323,3 +329,61 @@ def test_missing_table_is_a_problem_line(db_settings: DatabaseSettings) -> None:
         "signals: table does not exist; create it first (alembic upgrade head, with "
         "sigma_db.partitions.create_partitions in the revision that creates it)"
     ]
+
+
+def test_moving_rows_out_of_default_does_not_deadlock_with_concurrent_inserts(
+    db_settings: DatabaseSettings, tables: Engine
+) -> None:
+    """The move locks the parent first, as an INSERT does: inserts wait instead of deadlocking."""
+    later = NOW + timedelta(days=20)
+    window = window_containing(Interval.DAY, later)
+    with tables.begin() as conn:  # enough rows in DEFAULT that the move takes a while
+        conn.execute(
+            text(
+                "INSERT INTO signals (observed_at, symbol, value) "
+                "SELECT :at + n * interval '1 second', 'OLD', n FROM generate_series(1, 60000) n"
+            ),
+            {"at": window.start},
+        )
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    inserted = 0
+
+    def insert_forever() -> None:
+        nonlocal inserted
+        engine = create_engine(db_settings)
+        try:
+            while not stop.is_set():
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(
+                            "INSERT INTO signals (observed_at, symbol, value) "
+                            "VALUES (:at, 'LIVE', 0)"
+                        ),
+                        {"at": window.start + timedelta(hours=1)},
+                    )
+                inserted += 1
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            engine.dispose()
+
+    manager = PartitionManager(db_settings, Signal, lock_timeout=timedelta(seconds=5))
+    threads = [threading.Thread(target=insert_forever) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        report = manager.maintain(NOW + timedelta(days=15))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+    assert report.ok, report.problem_lines()
+    assert inserted > 0
+    with tables.connect() as conn:
+        live = conn.scalar(text("SELECT count(*) FROM signals WHERE symbol = 'LIVE'"))
+        old = conn.scalar(text("SELECT count(*) FROM signals WHERE symbol = 'OLD'"))
+        ids = conn.scalar(text("SELECT count(DISTINCT id) = count(*) FROM signals"))
+    assert (live, old, ids) == (inserted, 60000, True)
+    assert where(tables, "signals").get("signals_default", 0) == 0

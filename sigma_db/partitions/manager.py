@@ -4,7 +4,8 @@ One run, for each date-partitioned table, in this order:
 
 1. **finalize** a ``DETACH ... CONCURRENTLY`` an earlier run left half done;
 2. **move** rows out of the DEFAULT partition: for each window holding rows there (and within
-   retention, and not beyond ``now + premake``), in one transaction: lock the DEFAULT partition,
+   retention, and not beyond ``now + premake``), in one transaction: lock the parent, then the
+   DEFAULT partition (the order an application's INSERT takes them, so the two never deadlock),
    ``DELETE ... RETURNING`` its rows for that window into a temporary table, create the
    partition, insert the rows into it. PostgreSQL refuses to create a partition while the DEFAULT
    holds rows for its range (pg_partman #429); this is how pg_partman's ``partition_data_proc``
@@ -529,8 +530,9 @@ class PartitionManager:
 
         def body() -> None:
             nonlocal moved
-            lock, temp, delete, create, insert = action.statements
-            conn.execute(lock)
+            *locks, temp, delete, create, insert = action.statements
+            for lock in locks:
+                conn.execute(lock)
             conn.execute(temp)
             moved = conn.execute(delete).rowcount
             conn.execute(create)
@@ -610,8 +612,16 @@ class PartitionManager:
                 else:
                     body()
                 return True
-            except psycopg.errors.LockNotAvailable:
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                # A deadlock with an application's statement aborts one side; ours retries.
                 if attempt == _LOCK_RETRIES:
+                    if isinstance(exc, psycopg.errors.DeadlockDetected):
+                        outcome.problems.append(
+                            f"{what}: deadlock with another session after {attempt} attempts; "
+                            "the next run retries"
+                        )
+                        logger.warning("%s: %s", plan.table, outcome.problems[-1])
+                        return False
                     outcome.problems.append(
                         f"{what}: lock not granted within lock_timeout "
                         f"{self.lock_timeout.total_seconds():g}s after {attempt} attempts (the "
@@ -764,7 +774,12 @@ def _move_statements(
     window: PartitionWindow,
     default: _Existing | None,
 ) -> tuple[str, ...]:
-    """The five statements that move one window's rows out of DEFAULT, run in one transaction."""
+    """The six statements that move one window's rows out of DEFAULT, run in one transaction.
+
+    The parent is locked first, then DEFAULT: the order an INSERT into the parent takes them
+    (parent, then the partition it routes to). Locking DEFAULT first would deadlock with such an
+    insert, since ``CREATE TABLE ... PARTITION OF`` needs the parent's ACCESS EXCLUSIVE lock.
+    """
     assert default is not None
     source = qualified(schema, default.name)
     columns = ", ".join(quote(c.name) for c in partitioned.table.columns)
@@ -773,6 +788,7 @@ def _move_statements(
     upper = bound_literal(window.end, key_is_date=partitioned.key_is_date)
     child = qualified(schema, partition_name(partitioned.name, window))
     return (
+        f"LOCK TABLE ONLY {qualified(schema, partitioned.name)} IN ACCESS EXCLUSIVE MODE",
         f"LOCK TABLE {source} IN ACCESS EXCLUSIVE MODE",
         f"CREATE TEMPORARY TABLE sigma_db_moving (LIKE {qualified(schema, partitioned.name)}) "
         "ON COMMIT DROP",
