@@ -387,3 +387,25 @@ def test_moving_rows_out_of_default_does_not_deadlock_with_concurrent_inserts(
         ids = conn.scalar(text("SELECT count(DISTINCT id) = count(*) FROM signals"))
     assert (live, old, ids) == (inserted, 60000, True)
     assert where(tables, "signals").get("signals_default", 0) == 0
+
+
+def test_pending_detach_of_a_retained_partition_is_finalized_not_dropped(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    """Someone else's interrupted detach of a partition still in retention: data is kept."""
+    _NoDefaultBase.metadata.create_all(engine)
+    today = partition_name("ticks", window_containing(Interval.DAY, NOW))
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "UPDATE pg_inherits SET inhdetachpending = true WHERE inhrelid = %(t)s::regclass",
+            {"t": today},
+        )
+        conn.commit()
+    report = PartitionManager(db_settings, Tick).maintain(NOW)  # today is not expired
+    (line,) = report.problem_lines()
+    assert f"{today} was left detaching though its range is still retained" in line
+    assert report.outcomes[0].dropped == 0
+    assert report.outcomes[0].detached == 1
+    assert today not in partitions(engine, "ticks")
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT to_regclass(:t)"), {"t": today}) is not None  # kept

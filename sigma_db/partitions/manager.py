@@ -12,9 +12,11 @@ One run, for each date-partitioned table, in this order:
    gets round it too. Nothing is lost or duplicated: it commits whole or not at all;
 3. **create** every missing partition in ``[now - retention, now + premake]``, in batches;
 4. **retire** partitions whose *whole* range ends at or before ``now - retention``: detach,
-   then drop (or keep, ``expired="detach"``), each its own short transaction so the parent is
-   locked only for the detach. ``DETACH ... CONCURRENTLY`` is not allowed while the table has a
-   DEFAULT partition (PostgreSQL's rule), so those tables use a plain ``DETACH`` under
+   then drop (or keep, ``expired="detach"``: marked first with a ``sigma_db: detached
+   partition of ...`` comment, which autogenerate leaves alone), each its own short
+   transaction so the parent is locked only for the detach. ``DETACH ... CONCURRENTLY`` is
+   not allowed while the table has a DEFAULT partition (PostgreSQL's rule), so those tables use
+   a plain ``DETACH`` under
    ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for about a millisecond);
    tables declared without a DEFAULT partition detach ``CONCURRENTLY``.
 
@@ -47,6 +49,7 @@ from sigma_db.partitions.ddl import (
     create_default_sql,
     create_partition_sql,
     detach_sql,
+    detached_comment_sql,
     drop_sql,
     physical_schema,
     qualified,
@@ -105,11 +108,13 @@ class PartitionAction:
             return f"create {self.partition}{span} and move {self.rows} rows into it from DEFAULT"
         if self.kind == "create_default":
             return f"create DEFAULT partition {self.partition}"
+        drops = self.statements[-1].startswith("DROP TABLE")
         if self.kind == "finalize":
-            return f"finish the interrupted detach of {self.partition}"
+            then = " and drop it" if drops else " (kept as a plain table)"
+            return f"finish the interrupted detach of {self.partition}{then}"
         if self.kind == "retire":
             how = "detach concurrently" if self.concurrently else "detach"
-            if len(self.statements) > 1:
+            if drops:
                 return f"{how} and drop expired {self.partition}{span}"
             return f"{how} expired {self.partition}{span} (kept as a plain table)"
         return f"{self.kind} {self.partition}{span}"
@@ -363,15 +368,34 @@ class PartitionManager:
         default: _Existing | None = None
         for existing in catalog.partitions:
             if existing.detach_pending:
-                # Only a run of ours starts a concurrent detach, and only of an expired partition.
+                # A run of ours starts a concurrent detach only of an expired partition, but a
+                # person may have started one too: drop only what is wholly past the cutoff.
+                pending = _managed_window(partitioned, existing)
+                expired_window = (
+                    pending is not None and cutoff is not None and pending.end <= cutoff
+                )
                 statements = [
                     detach_sql(
                         partitioned.name, existing.name, schema, concurrently=False, finalize=True
                     )
                 ]
-                if declaration.expired == "drop":
+                if declaration.expired == "drop" and expired_window:
                     statements.append(drop_sql(existing.name, schema))
-                plan.actions.append(PartitionAction("finalize", existing.name, tuple(statements)))
+                else:  # marked first: kept, it must never look like a table to drop
+                    statements.insert(
+                        0, detached_comment_sql(partitioned.name, existing.name, schema)
+                    )
+                plan.actions.append(
+                    PartitionAction("finalize", existing.name, tuple(statements), pending)
+                )
+                if pending is not None and not expired_window:
+                    # Its name is the one the window's partition would take: not recreated.
+                    managed[pending] = existing
+                    plan.problems.append(
+                        f"{existing.name} was left detaching though its range is still retained; "
+                        "the detach is finished and the table kept (data intact): archive it, "
+                        "then drop or rename it so maintenance recreates the partition"
+                    )
                 continue
             if existing.is_default:
                 default = existing
@@ -446,6 +470,10 @@ class PartitionManager:
                 ]
                 if declaration.expired == "drop":
                     statements.append(drop_sql(existing.name, schema))
+                else:  # marked first: kept, it must never look like a table to drop
+                    statements.insert(
+                        0, detached_comment_sql(partitioned.name, existing.name, schema)
+                    )
                 plan.actions.append(
                     PartitionAction(
                         "retire",
@@ -552,7 +580,7 @@ class PartitionManager:
         outcome: TableOutcome,
         say: _Progress,
     ) -> None:
-        """Detach (or finalize a detach), then drop: two statements, each its own transaction.
+        """Mark (when kept), detach (or finalize a detach), drop: each its own transaction.
 
         The detach is the only step that locks the parent, and it is quick; dropping a big table
         frees its files at commit, which takes time proportional to its size. Separate, the
@@ -560,7 +588,16 @@ class PartitionManager:
         transaction block anyway; interrupted between its two internal transactions, the
         partition stays "detach pending" and the next run finalizes it.
         """
-        detach, *drop = action.statements
+        at = next(i for i, sql in enumerate(action.statements) if " DETACH PARTITION " in sql)
+        before, detach, after = (
+            action.statements[:at],
+            action.statements[at],
+            action.statements[at + 1 :],
+        )
+        # A kept partition is marked before it is detached (the comment keeps autogenerate from
+        # proposing to drop it), so no crash can leave an unmarked plain table behind.
+        if before and not self._transaction(conn, plan, before, outcome, what=action.partition):
+            return
 
         def body() -> None:
             conn.execute(detach)
@@ -570,9 +607,9 @@ class PartitionManager:
         ):
             return
         outcome.detached += 1
-        if drop:
-            if not self._transaction(conn, plan, drop, outcome, what=action.partition):
-                outcome.problems[-1] += f"; it is detached: drop it by hand ({drop[0]})"
+        if after:
+            if not self._transaction(conn, plan, after, outcome, what=action.partition):
+                outcome.problems[-1] += f"; it is detached: drop it by hand ({after[0]})"
                 return
             outcome.dropped += 1
         say(f"{plan.table}: {action.describe().replace('expired ', '', 1)}")
