@@ -409,3 +409,58 @@ def test_pending_detach_of_a_retained_partition_is_finalized_not_dropped(
     assert today not in partitions(engine, "ticks")
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT to_regclass(:t)"), {"t": today}) is not None  # kept
+
+
+def test_move_keeps_database_columns_the_model_lacks_and_skips_generated_ones(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    with tables.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE signals ADD COLUMN note text")
+        conn.exec_driver_sql(
+            "ALTER TABLE signals ADD COLUMN doubled double precision "
+            "GENERATED ALWAYS AS (value * 2) STORED"
+        )
+        conn.exec_driver_sql("ALTER TABLE signals DROP COLUMN note")  # a dropped column too
+        conn.exec_driver_sql("ALTER TABLE signals ADD COLUMN note text")
+        conn.execute(
+            text(
+                "INSERT INTO signals (observed_at, symbol, value, note) VALUES (:at, 'X', 2, 'n')"
+            ),
+            {"at": NOW + timedelta(days=20)},
+        )
+    report = manager.maintain(NOW + timedelta(days=15))
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].moved_rows == 1
+    with tables.connect() as conn:
+        row = conn.execute(text("SELECT note, doubled FROM signals")).one()
+    assert tuple(row) == ("n", 4.0)
+
+
+def test_bounds_are_read_whatever_the_datestyle(
+    db_settings: DatabaseSettings, tables: Engine
+) -> None:
+    with tables.connect() as conn:
+        database = conn.scalar(text("SELECT current_database()"))
+        conn.exec_driver_sql(f"ALTER DATABASE \"{database}\" SET DateStyle = 'SQL, DMY'")
+        conn.commit()
+    manager = PartitionManager(db_settings, Signal)
+    report = manager.maintain(NOW + timedelta(days=30))
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].created > 0
+    assert report.outcomes[0].dropped > 0
+
+
+def test_a_foreign_partition_overlapping_a_window_is_a_problem(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    day = window_containing(Interval.DAY, NOW + timedelta(days=10))
+    with tables.begin() as conn:
+        lower, upper = (day.start + timedelta(hours=12), day.end + timedelta(hours=12))
+        conn.exec_driver_sql(
+            "CREATE TABLE signals_odd PARTITION OF signals "
+            f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+        )
+    report = manager.maintain(NOW + timedelta(days=5))
+    assert not report.ok
+    (line,) = report.problem_lines()
+    assert "signals_odd" in line and "sigma_db did not create" in line

@@ -228,6 +228,8 @@ class _Catalog:
     partitioned_by: str | None  # e.g. "RANGE (observed_at)"; None when not partitioned
     partitions: tuple[_Existing, ...]
     default_rows: dict[date, int]  # window start date -> rows in DEFAULT
+    columns: tuple[str, ...] = ()
+    """The parent's stored columns in the database (not the model's): what a move copies."""
 
 
 class PartitionManager:
@@ -427,7 +429,7 @@ class PartitionManager:
                 PartitionAction(
                     "move",
                     partition_name(partitioned.name, window),
-                    _move_statements(partitioned, schema, window, default),
+                    _move_statements(partitioned, schema, window, default, catalog.columns),
                     window,
                     rows,
                 )
@@ -438,9 +440,10 @@ class PartitionManager:
                 continue
             other = blocked(window)
             if other is not None:
-                plan.notes.append(
+                plan.problems.append(
                     f"window {window.suffix} overlaps partition {other.name}, which sigma_db did "
-                    "not create; left alone"
+                    "not create (its bounds are not one window); left alone: detach it, or move "
+                    "its rows and drop it, so maintenance can create the window's partition"
                 )
                 continue
             plan.actions.append(
@@ -678,7 +681,7 @@ class PartitionManager:
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
-        """A dedicated psycopg connection in autocommit, session TimeZone UTC, lock_timeout set.
+        """A dedicated psycopg connection: autocommit, TimeZone UTC, DateStyle ISO, lock_timeout.
 
         It is detached from the engine's pool, so the session settings never reach application
         code; ``DETACH ... CONCURRENTLY`` needs autocommit (it cannot run in a transaction).
@@ -691,7 +694,10 @@ class PartitionManager:
             conn.rollback()
             conn.autocommit = True
             milliseconds = int(self.lock_timeout.total_seconds() * 1000)
+            # Partition bounds are read back as text (pg_get_expr), which follows DateStyle:
+            # fix the session's, whatever the database or role sets.
             conn.execute("SET TimeZone = 'UTC'")
+            conn.execute("SET DateStyle = 'ISO, MDY'")
             conn.execute(f"SET lock_timeout = {milliseconds:d}")
             yield conn
         finally:
@@ -741,6 +747,14 @@ def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) 
     if row is None:
         return _Catalog(schema or "", False, None, (), {})
     oid, actual_schema, keydef = row
+    columns = tuple(
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            (oid,),
+        ).fetchall()
+    )
     partitions = tuple(
         _existing(name, bound, pending, partitioned.key_is_date)
         for name, bound, pending in conn.execute(
@@ -763,7 +777,7 @@ def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) 
             f"FROM {qualified(actual_schema, default.name)} GROUP BY 1"
         ).fetchall():
             default_rows[start] = rows
-    return _Catalog(actual_schema, True, keydef, partitions, default_rows)
+    return _Catalog(actual_schema, True, keydef, partitions, default_rows, columns)
 
 
 def _existing(name: str, bound: str, pending: bool, key_is_date: bool) -> _Existing:
@@ -810,6 +824,7 @@ def _move_statements(
     schema: str | None,
     window: PartitionWindow,
     default: _Existing | None,
+    stored: Sequence[str] = (),
 ) -> tuple[str, ...]:
     """The six statements that move one window's rows out of DEFAULT, run in one transaction.
 
@@ -819,7 +834,10 @@ def _move_statements(
     """
     assert default is not None
     source = qualified(schema, default.name)
-    columns = ", ".join(quote(c.name) for c in partitioned.table.columns)
+    # Every stored column the database has (a column the model lacks is kept, not NULLed);
+    # generated columns are computed again on insert and may not be written.
+    names = stored or [c.name for c in partitioned.table.columns]
+    columns = ", ".join(quote(name) for name in names)
     key = quote(partitioned.partitioning.column)
     lower = bound_literal(window.start, key_is_date=partitioned.key_is_date)
     upper = bound_literal(window.end, key_is_date=partitioned.key_is_date)
