@@ -42,7 +42,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Engine
 
-from sigma_db.errors import ConfigurationError
+from sigma_db.errors import ConfigurationError, DatabaseUnavailableError
 from sigma_db.identifiers import quote
 from sigma_db.partitions.ddl import (
     bound_literal,
@@ -253,9 +253,11 @@ class PartitionManager:
             from sigma_db.engine import create_engine
 
             self._engine = create_engine(target)
+            self._settings: DatabaseSettings | None = target
             default_env: Environment | None = target.env
         elif isinstance(target, Engine):
             self._engine = target
+            self._settings = None
             default_env = None
         else:
             raise ConfigurationError(
@@ -686,7 +688,7 @@ class PartitionManager:
         It is detached from the engine's pool, so the session settings never reach application
         code; ``DETACH ... CONCURRENTLY`` needs autocommit (it cannot run in a transaction).
         """
-        raw = self._engine.raw_connection()
+        raw = self._connect()
         conn = raw.driver_connection
         assert conn is not None
         raw.detach()
@@ -702,6 +704,31 @@ class PartitionManager:
             yield conn
         finally:
             conn.close()
+
+    def _connect(self) -> Any:
+        """The engine's raw connection; a failure to connect is a :class:`DatabaseUnavailableError`.
+
+        ``Engine.raw_connection`` bypasses the engine's error translation, so it is done here:
+        one line with the fix (and no password), not a driver traceback.
+        """
+        import psycopg
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return self._engine.raw_connection()
+        except (psycopg.OperationalError, DBAPIError) as exc:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            if not isinstance(cause, psycopg.OperationalError):
+                raise
+            if self._settings is not None:
+                from sigma_db.engine import _unavailable
+
+                raise _unavailable(self._settings, cause) from cause
+            where = self._engine.url.render_as_string(hide_password=True)
+            reason = " ".join(str(cause).split()).rstrip(" .?")
+            raise DatabaseUnavailableError(
+                f"Cannot connect to {where}: {reason}. Is the server running and reachable?"
+            ) from cause
 
 
 class _Progress:
