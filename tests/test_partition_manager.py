@@ -464,3 +464,36 @@ def test_a_foreign_partition_overlapping_a_window_is_a_problem(
     assert not report.ok
     (line,) = report.problem_lines()
     assert "signals_odd" in line and "sigma_db did not create" in line
+
+
+def test_runs_for_two_schemas_of_one_database_do_not_skip_each_other(
+    db_settings: DatabaseSettings, manager: PartitionManager, tables: Engine
+) -> None:
+    """The consolidated dev database: lab's and market's cron jobs start at the same minute."""
+    with tables.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA market")
+    market_engine = create_engine(db_settings).execution_options(
+        schema_translate_map={None: "market"}
+    )
+    ExampleBase.metadata.create_all(market_engine)
+    market = PartitionManager(market_engine, Signal, environment="dev")
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold(line: str) -> None:
+        inside.set()
+        release.wait(30)
+
+    first: list[Any] = []
+    worker = threading.Thread(target=lambda: first.append(manager.maintain(NOW, progress=hold)))
+    worker.start()
+    try:
+        assert inside.wait(30)
+        other = market.maintain(NOW)  # while the app schema's run holds its lock
+    finally:
+        release.set()
+        worker.join(60)
+        market_engine.dispose()
+    assert not other.skipped
+    assert other.ok, other.problem_lines()
+    assert first[0].ok

@@ -31,6 +31,7 @@ granted in time is retried, then reported, and the next run picks it up.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -67,18 +68,27 @@ from sigma_db.settings import DatabaseSettings
 from sigma_db.topology import Environment
 
 __all__ = [
-    "ADVISORY_LOCK_KEY",
     "MaintenancePlan",
     "MaintenanceReport",
     "PartitionAction",
     "PartitionManager",
     "TablePlan",
+    "maintenance_lock_key",
 ]
 
 logger = logging.getLogger("sigma_db.partitions")
 
-ADVISORY_LOCK_KEY: Final = (0x53494731, 5)
-"""The two-int advisory lock key a maintenance run holds (per database) while it works."""
+
+def maintenance_lock_key(database: str, schema: str) -> int:
+    """The advisory lock a maintenance run holds for one schema of one database (signed 64 bit).
+
+    One per schema, like the migrations' lock (``sigma_db.migrations.advisory_lock_key``) but a
+    different key, so in the consolidated dev database each product's runs are serialized
+    among themselves and never skip another product's.
+    """
+    seed = f"sigma_db.partitions:{database}:{schema}".encode()
+    return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big", signed=True)
+
 
 _LOCK_RETRIES: Final = 3
 _BOUNDS = re.compile(r"FOR VALUES FROM \((?P<lower>.+)\) TO \((?P<upper>.+)\)\Z")
@@ -313,18 +323,29 @@ class PartitionManager:
             if dry_run:
                 plan = self._plan(conn, moment)
                 return MaintenanceReport(plan, [], dry_run=True)
-            if not _acquire(conn, wait, self.lock_timeout):
+            keys = self._lock_keys(conn)
+            if not _acquire(conn, keys, wait, self.lock_timeout):
                 say("another maintenance run holds the lock; skipped (it does the same work)")
                 return MaintenanceReport(None, [], skipped=True)
             try:
                 plan = self._plan(conn, moment)
                 outcomes = [self._execute(conn, table_plan, say) for table_plan in plan.tables]
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", ADVISORY_LOCK_KEY)
+                _release(conn, keys)
         report = MaintenanceReport(plan, outcomes, seconds=time.monotonic() - started)
         for outcome in outcomes:
             say(outcome.summary())
         return report
+
+    def _lock_keys(self, conn: Any) -> list[int]:
+        """One advisory lock key per schema the tables live in, in a fixed order."""
+        options = self._engine.get_execution_options()
+        database, current = conn.execute("SELECT current_database(), current_schema()").fetchone()
+        schemas = {
+            physical_schema(partitioned.table.schema, options) or current or "public"
+            for partitioned in self.tables
+        }
+        return sorted({maintenance_lock_key(database, schema) for schema in schemas})
 
     # --- planning ---------------------------------------------------------------------------
 
@@ -745,20 +766,37 @@ def _now(now: datetime | None) -> datetime:
     return datetime.now(UTC) if now is None else as_utc(now)
 
 
-def _acquire(conn: Any, wait: float, lock_timeout: timedelta) -> bool:
+def _acquire(conn: Any, keys: Sequence[int], wait: float, lock_timeout: timedelta) -> bool:
+    """Take every key (sorted, so two runs never wait on each other in a cycle), or none."""
     import psycopg
 
-    if wait <= 0:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", ADVISORY_LOCK_KEY).fetchone()
-        return bool(row[0])
-    conn.execute(f"SET lock_timeout = {int(wait * 1000):d}")
+    held: list[int] = []
+    if wait > 0:
+        conn.execute(f"SET lock_timeout = {int(wait * 1000):d}")
     try:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", ADVISORY_LOCK_KEY)
-        return True
-    except psycopg.errors.LockNotAvailable:
-        return False
+        for key in keys:
+            if wait <= 0:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if not row[0]:
+                    break
+            else:
+                try:
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                except psycopg.errors.LockNotAvailable:
+                    break
+            held.append(key)
     finally:
-        conn.execute(f"SET lock_timeout = {int(lock_timeout.total_seconds() * 1000):d}")
+        if wait > 0:
+            conn.execute(f"SET lock_timeout = {int(lock_timeout.total_seconds() * 1000):d}")
+    if len(held) == len(keys):
+        return True
+    _release(conn, held)
+    return False
+
+
+def _release(conn: Any, keys: Sequence[int]) -> None:
+    for key in reversed(keys):
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) -> _Catalog:
