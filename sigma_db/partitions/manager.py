@@ -16,14 +16,15 @@ One run, for each date-partitioned table, in this order:
    partition of ...`` comment, which autogenerate leaves alone), each its own short
    transaction so the parent is locked only for the detach. ``DETACH ... CONCURRENTLY`` is
    not allowed while the table has a DEFAULT partition (PostgreSQL's rule), so those tables use
-   a plain ``DETACH`` under
-   ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for about a millisecond);
+   a plain ``DETACH`` under ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for
+   about a millisecond);
    tables declared without a DEFAULT partition detach ``CONCURRENTLY``.
 
 Rows in the DEFAULT partition that no window may take (older than the retention, or beyond the
 premade range) stay there and are reported as a problem: the run's caller exits non-zero.
 
-Runs are serialized by a session-level advisory lock: a second run exits at once (or waits
+Runs are serialized by session-level advisory locks, one per database and schema
+(:func:`maintenance_lock_key`): a second run exits at once (or waits
 ``wait`` seconds) and reports it was skipped; either way the result is that of one run, and a run
 with nothing to do changes nothing. Every statement runs under ``lock_timeout``; a lock not
 granted in time is retried, then reported, and the next run picks it up.
