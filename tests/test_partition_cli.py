@@ -148,3 +148,14 @@ def test_bad_now_is_one_line(
     code, _, err = run_here(db_settings, monkeypatch, capsys, *args)
     assert code == 1
     assert "is not an ISO-8601 instant with a zone" in err
+
+
+def test_unreachable_database_is_one_line(db_settings: DatabaseSettings) -> None:
+    unreachable = db_settings.model_copy(update={"port": 1})
+    result = run(unreachable, "--models", "sigma_db.partitions.examples")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sigma-db: error: Cannot connect to")
+    assert db_settings.secret() not in result.stderr

@@ -63,3 +63,37 @@ def test_text_format_and_rollback(tables: Engine) -> None:
 def test_unknown_column_is_one_clear_error(tables: Engine) -> None:
     with Session(tables) as session, pytest.raises(ConfigurationError, match=r"\['price'\]"):
         copy_rows(session, Signal, [], columns=["observed_at", "price"])
+
+
+def test_text_format_with_jsonb_dicts(tables: Engine) -> None:
+    rows = [{"occurred_at": NOW, "actor": "ops", "action": "deploy", "detail": {"v": 1}}]
+    with Session(tables) as session, session.begin():
+        assert copy_rows(session, AuditLog, rows, binary=False) == 1
+    with Session(tables) as session:
+        assert session.scalars(select(AuditLog.detail)).one() == {"v": 1}
+
+
+def test_python_side_defaults_fill_missing_keys(tables: Engine) -> None:
+    rows = [{"occurred_at": NOW, "actor": "ops", "action": "deploy"}]  # no "detail"
+    with Session(tables) as session, session.begin():
+        assert copy_rows(session, AuditLog, rows) == 1
+    with Session(tables) as session:
+        assert session.scalars(select(AuditLog.detail)).one() == {}
+
+
+def test_missing_key_without_default_is_one_clear_error(tables: Engine) -> None:
+    with (
+        Session(tables) as session,
+        pytest.raises(ConfigurationError, match=r"row 0 has no 'actor'"),
+    ):
+        copy_rows(session, AuditLog, [{"occurred_at": NOW, "action": "deploy"}])
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_naive_datetime_is_one_clear_error(tables: Engine, binary: bool) -> None:
+    naive = datetime(2026, 11, 27, 12, 0)
+    with (
+        Session(tables) as session,
+        pytest.raises(ConfigurationError, match=r"row 1.*observed_at.*naive datetime"),
+    ):
+        copy_rows(session, Signal, [(NOW, "A", 1.0), (naive, "B", 2.0)], binary=binary)

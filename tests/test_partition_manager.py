@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import TIMESTAMP, Engine, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from sigma_db import DatabaseSettings, DatePartitioned, DatePartitioning, PartitionManager
+from sigma_db import (
+    DatabaseSettings,
+    DatePartitioned,
+    DatePartitioning,
+    PartitionManager,
+    create_engine,
+)
 from sigma_db.models import IdentityPrimaryKey, ProductBase
 from sigma_db.partitions import Interval, partition_name, window_containing
 from sigma_db.partitions.examples import AuditLog, ExampleBase, Signal
@@ -323,3 +329,171 @@ def test_missing_table_is_a_problem_line(db_settings: DatabaseSettings) -> None:
         "signals: table does not exist; create it first (alembic upgrade head, with "
         "sigma_db.partitions.create_partitions in the revision that creates it)"
     ]
+
+
+def test_moving_rows_out_of_default_does_not_deadlock_with_concurrent_inserts(
+    db_settings: DatabaseSettings, tables: Engine
+) -> None:
+    """The move locks the parent first, as an INSERT does: inserts wait instead of deadlocking."""
+    later = NOW + timedelta(days=20)
+    window = window_containing(Interval.DAY, later)
+    with tables.begin() as conn:  # enough rows in DEFAULT that the move takes a while
+        conn.execute(
+            text(
+                "INSERT INTO signals (observed_at, symbol, value) "
+                "SELECT :at + n * interval '1 second', 'OLD', n FROM generate_series(1, 60000) n"
+            ),
+            {"at": window.start},
+        )
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    inserted = 0
+
+    def insert_forever() -> None:
+        nonlocal inserted
+        engine = create_engine(db_settings)
+        try:
+            while not stop.is_set():
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(
+                            "INSERT INTO signals (observed_at, symbol, value) "
+                            "VALUES (:at, 'LIVE', 0)"
+                        ),
+                        {"at": window.start + timedelta(hours=1)},
+                    )
+                inserted += 1
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            engine.dispose()
+
+    manager = PartitionManager(db_settings, Signal, lock_timeout=timedelta(seconds=5))
+    threads = [threading.Thread(target=insert_forever) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        report = manager.maintain(NOW + timedelta(days=15))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+    assert report.ok, report.problem_lines()
+    assert inserted > 0
+    with tables.connect() as conn:
+        live = conn.scalar(text("SELECT count(*) FROM signals WHERE symbol = 'LIVE'"))
+        old = conn.scalar(text("SELECT count(*) FROM signals WHERE symbol = 'OLD'"))
+        ids = conn.scalar(text("SELECT count(DISTINCT id) = count(*) FROM signals"))
+    assert (live, old, ids) == (inserted, 60000, True)
+    assert where(tables, "signals").get("signals_default", 0) == 0
+
+
+def test_pending_detach_of_a_retained_partition_is_finalized_not_dropped(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    """Someone else's interrupted detach of a partition still in retention: data is kept."""
+    _NoDefaultBase.metadata.create_all(engine)
+    today = partition_name("ticks", window_containing(Interval.DAY, NOW))
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "UPDATE pg_inherits SET inhdetachpending = true WHERE inhrelid = %(t)s::regclass",
+            {"t": today},
+        )
+        conn.commit()
+    report = PartitionManager(db_settings, Tick).maintain(NOW)  # today is not expired
+    (line,) = report.problem_lines()
+    assert f"{today} was left detaching though its range is still retained" in line
+    assert report.outcomes[0].dropped == 0
+    assert report.outcomes[0].detached == 1
+    assert today not in partitions(engine, "ticks")
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT to_regclass(:t)"), {"t": today}) is not None  # kept
+
+
+def test_move_keeps_database_columns_the_model_lacks_and_skips_generated_ones(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    with tables.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE signals ADD COLUMN note text")
+        conn.exec_driver_sql(
+            "ALTER TABLE signals ADD COLUMN doubled double precision "
+            "GENERATED ALWAYS AS (value * 2) STORED"
+        )
+        conn.exec_driver_sql("ALTER TABLE signals DROP COLUMN note")  # a dropped column too
+        conn.exec_driver_sql("ALTER TABLE signals ADD COLUMN note text")
+        conn.execute(
+            text(
+                "INSERT INTO signals (observed_at, symbol, value, note) VALUES (:at, 'X', 2, 'n')"
+            ),
+            {"at": NOW + timedelta(days=20)},
+        )
+    report = manager.maintain(NOW + timedelta(days=15))
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].moved_rows == 1
+    with tables.connect() as conn:
+        row = conn.execute(text("SELECT note, doubled FROM signals")).one()
+    assert tuple(row) == ("n", 4.0)
+
+
+def test_bounds_are_read_whatever_the_datestyle(
+    db_settings: DatabaseSettings, tables: Engine
+) -> None:
+    with tables.connect() as conn:
+        database = conn.scalar(text("SELECT current_database()"))
+        conn.exec_driver_sql(f"ALTER DATABASE \"{database}\" SET DateStyle = 'SQL, DMY'")
+        conn.commit()
+    manager = PartitionManager(db_settings, Signal)
+    report = manager.maintain(NOW + timedelta(days=30))
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].created > 0
+    assert report.outcomes[0].dropped > 0
+
+
+def test_a_foreign_partition_overlapping_a_window_is_a_problem(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    day = window_containing(Interval.DAY, NOW + timedelta(days=10))
+    with tables.begin() as conn:
+        lower, upper = (day.start + timedelta(hours=12), day.end + timedelta(hours=12))
+        conn.exec_driver_sql(
+            "CREATE TABLE signals_odd PARTITION OF signals "
+            f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+        )
+    report = manager.maintain(NOW + timedelta(days=5))
+    assert not report.ok
+    (line,) = report.problem_lines()
+    assert "signals_odd" in line and "sigma_db did not create" in line
+
+
+def test_runs_for_two_schemas_of_one_database_do_not_skip_each_other(
+    db_settings: DatabaseSettings, manager: PartitionManager, tables: Engine
+) -> None:
+    """The consolidated dev database: lab's and market's cron jobs start at the same minute."""
+    with tables.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA market")
+    market_engine = create_engine(db_settings).execution_options(
+        schema_translate_map={None: "market"}
+    )
+    ExampleBase.metadata.create_all(market_engine)
+    market = PartitionManager(market_engine, Signal, environment="dev")
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold(line: str) -> None:
+        inside.set()
+        release.wait(30)
+
+    first: list[Any] = []
+    worker = threading.Thread(target=lambda: first.append(manager.maintain(NOW, progress=hold)))
+    worker.start()
+    try:
+        assert inside.wait(30)
+        other = market.maintain(NOW)  # while the app schema's run holds its lock
+    finally:
+        release.set()
+        worker.join(60)
+        market_engine.dispose()
+    assert not other.skipped
+    assert other.ok, other.problem_lines()
+    assert first[0].ok

@@ -8,7 +8,10 @@ Three rules, from Alembic's known traps:
 * Partitions (``pg_class.relispartition``) and extension-owned relations are never compared, so
   autogenerate never proposes to drop them or their indexes (alembic #539). They are not even
   reflected (``include_name``), which is what keeps ``alembic check`` from tripping over foreign
-  keys between partitioned tables (alembic #1787). A foreign key to a partitioned table is also
+  keys between partitioned tables (alembic #1787). Partitions that maintenance detached and kept
+  (``expired="detach"``) are plain tables then; maintenance comments them
+  ``sigma_db: detached partition of <parent> (retention)`` and they are left alone too, so
+  autogenerate never proposes to drop archived data. A foreign key to a partitioned table is also
   stored once per referenced partition, and SQLAlchemy reflects those copies on the parent
   pointing at the partitions: foreign keys whose referred table is unmanaged are not compared
   either. :func:`unmanaged_relations` is the one catalog query behind all of this.
@@ -51,6 +54,9 @@ _UNMANAGED = text(
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
     WHERE n.nspname = ANY(:schemas)
       AND (c.relispartition
+           OR (c.relkind = 'r'
+               AND pg_catalog.obj_description(c.oid, 'pg_class')
+                   LIKE :detached_marker)
            OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend AS d
                       WHERE d.classid = 'pg_catalog.pg_class'::regclass
                         AND d.objid = c.oid AND d.deptype = 'e'))
@@ -61,8 +67,16 @@ _UNMANAGED = text(
 def unmanaged_relations(
     connection: Connection, schemas: Iterable[str]
 ) -> frozenset[tuple[str, str]]:
-    """``(schema, name)`` of every partition and extension-owned relation in ``schemas``."""
-    rows = connection.execute(_UNMANAGED, {"schemas": list(schemas)})
+    """``(schema, name)`` of every partition, kept detached partition and extension-owned relation.
+
+    Only in ``schemas``.
+    """
+    from sigma_db.partitions.ddl import DETACHED_COMMENT_PREFIX
+
+    rows = connection.execute(
+        _UNMANAGED,
+        {"schemas": list(schemas), "detached_marker": DETACHED_COMMENT_PREFIX + "%"},
+    )
     return frozenset((str(schema), str(name)) for schema, name in rows)
 
 

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sigma_db.errors import ConfigurationError
+from sigma_db.errors import ConfigurationError, SigmaDBError
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
+
+    from sigma_db.partitions.manager import MaintenanceReport, PartitionManager
 
 __all__ = ["find_partitioned_tables", "partitions"]
 
@@ -74,7 +76,7 @@ def maintain(
     manager = PartitionManager(
         DatabaseSettings(), *tables, lock_timeout=timedelta(seconds=lock_timeout)
     )
-    report = manager.maintain(now, dry_run=dry_run, wait=wait, progress=click.echo)
+    report = _maintain(manager, now, dry_run=dry_run, wait=wait)
     if dry_run and report.plan is not None:
         click.echo(f"plan at {report.plan.now.isoformat()} (DB_ENV={report.plan.environment}):")
         for line in report.plan.lines():
@@ -86,6 +88,24 @@ def maintain(
         click.echo(f"problem: {line}", err=True)
     if problems:
         raise SystemExit(1)
+
+
+def _maintain(
+    manager: PartitionManager, now: datetime | None, *, dry_run: bool, wait: float
+) -> MaintenanceReport:
+    """The run, with any database error left over turned into one ``sigma-db: error:`` line."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return manager.maintain(now, dry_run=dry_run, wait=wait, progress=click.echo)
+    except (psycopg.Error, DBAPIError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        message = " ".join(str(cause).split())
+        raise SigmaDBError(
+            f"partition maintenance failed: {message} ({type(cause).__name__}); fix the cause "
+            "and run it again (it is idempotent)"
+        ) from exc
 
 
 def find_partitioned_tables(module: ModuleType) -> list[Table]:

@@ -24,10 +24,12 @@ from sigma_db.partitions.windows import (
 )
 
 __all__ = [
+    "DETACHED_COMMENT_PREFIX",
     "bound_literal",
     "create_default_sql",
     "create_partition_sql",
     "detach_sql",
+    "detached_comment_sql",
     "drop_sql",
     "initial_partition_statements",
     "initial_windows",
@@ -91,6 +93,27 @@ def detach_sql(
     mode = " FINALIZE" if finalize else " CONCURRENTLY" if concurrently else ""
     return (
         f"ALTER TABLE {qualified(schema, parent)} DETACH PARTITION {qualified(schema, child)}{mode}"
+    )
+
+
+DETACHED_COMMENT_PREFIX = "sigma_db: detached partition of "
+"""How the comment on a partition kept by ``expired="detach"`` starts.
+
+Such a table is a plain table in the product's schema once detached; the migrations' autogenerate
+filter (``sigma_db.migrations.autogenerate``) leaves tables with this comment alone, so neither
+``alembic check`` nor ``--autogenerate`` proposes to drop the archived data.
+"""
+
+
+def detached_comment_sql(parent: str, child: str, schema: str | None) -> str:
+    """``COMMENT ON TABLE <child> IS 'sigma_db: detached partition of <parent> ...'``.
+
+    Identifiers are checked by :func:`quote`, so the literal needs no further escaping.
+    """
+    quote(parent)
+    return (
+        f"COMMENT ON TABLE {qualified(schema, child)} IS "
+        f"'{DETACHED_COMMENT_PREFIX}{parent} (retention)'"
     )
 
 

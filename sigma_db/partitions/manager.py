@@ -4,23 +4,27 @@ One run, for each date-partitioned table, in this order:
 
 1. **finalize** a ``DETACH ... CONCURRENTLY`` an earlier run left half done;
 2. **move** rows out of the DEFAULT partition: for each window holding rows there (and within
-   retention, and not beyond ``now + premake``), in one transaction: lock the DEFAULT partition,
+   retention, and not beyond ``now + premake``), in one transaction: lock the parent, then the
+   DEFAULT partition (the order an application's INSERT takes them, so the two never deadlock),
    ``DELETE ... RETURNING`` its rows for that window into a temporary table, create the
    partition, insert the rows into it. PostgreSQL refuses to create a partition while the DEFAULT
    holds rows for its range (pg_partman #429); this is how pg_partman's ``partition_data_proc``
    gets round it too. Nothing is lost or duplicated: it commits whole or not at all;
 3. **create** every missing partition in ``[now - retention, now + premake]``, in batches;
 4. **retire** partitions whose *whole* range ends at or before ``now - retention``: detach,
-   then drop (or keep, ``expired="detach"``), each its own short transaction so the parent is
-   locked only for the detach. ``DETACH ... CONCURRENTLY`` is not allowed while the table has a
-   DEFAULT partition (PostgreSQL's rule), so those tables use a plain ``DETACH`` under
-   ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for about a millisecond);
+   then drop (or keep, ``expired="detach"``: marked first with a ``sigma_db: detached
+   partition of ...`` comment, which autogenerate leaves alone), each its own short
+   transaction so the parent is locked only for the detach. ``DETACH ... CONCURRENTLY`` is
+   not allowed while the table has a DEFAULT partition (PostgreSQL's rule), so those tables use
+   a plain ``DETACH`` under ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for
+   about a millisecond);
    tables declared without a DEFAULT partition detach ``CONCURRENTLY``.
 
 Rows in the DEFAULT partition that no window may take (older than the retention, or beyond the
 premade range) stay there and are reported as a problem: the run's caller exits non-zero.
 
-Runs are serialized by a session-level advisory lock: a second run exits at once (or waits
+Runs are serialized by session-level advisory locks, one per database and schema
+(:func:`maintenance_lock_key`): a second run exits at once (or waits
 ``wait`` seconds) and reports it was skipped; either way the result is that of one run, and a run
 with nothing to do changes nothing. Every statement runs under ``lock_timeout``; a lock not
 granted in time is retried, then reported, and the next run picks it up.
@@ -28,6 +32,7 @@ granted in time is retried, then reported, and the next run picks it up.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -39,13 +44,14 @@ from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Engine
 
-from sigma_db.errors import ConfigurationError
+from sigma_db.errors import ConfigurationError, DatabaseUnavailableError
 from sigma_db.identifiers import quote
 from sigma_db.partitions.ddl import (
     bound_literal,
     create_default_sql,
     create_partition_sql,
     detach_sql,
+    detached_comment_sql,
     drop_sql,
     physical_schema,
     qualified,
@@ -63,18 +69,27 @@ from sigma_db.settings import DatabaseSettings
 from sigma_db.topology import Environment
 
 __all__ = [
-    "ADVISORY_LOCK_KEY",
     "MaintenancePlan",
     "MaintenanceReport",
     "PartitionAction",
     "PartitionManager",
     "TablePlan",
+    "maintenance_lock_key",
 ]
 
 logger = logging.getLogger("sigma_db.partitions")
 
-ADVISORY_LOCK_KEY: Final = (0x53494731, 5)
-"""The two-int advisory lock key a maintenance run holds (per database) while it works."""
+
+def maintenance_lock_key(database: str, schema: str) -> int:
+    """The advisory lock a maintenance run holds for one schema of one database (signed 64 bit).
+
+    One per schema, like the migrations' lock (``sigma_db.migrations.advisory_lock_key``) but a
+    different key, so in the consolidated dev database each product's runs are serialized
+    among themselves and never skip another product's.
+    """
+    seed = f"sigma_db.partitions:{database}:{schema}".encode()
+    return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big", signed=True)
+
 
 _LOCK_RETRIES: Final = 3
 _BOUNDS = re.compile(r"FOR VALUES FROM \((?P<lower>.+)\) TO \((?P<upper>.+)\)\Z")
@@ -104,11 +119,13 @@ class PartitionAction:
             return f"create {self.partition}{span} and move {self.rows} rows into it from DEFAULT"
         if self.kind == "create_default":
             return f"create DEFAULT partition {self.partition}"
+        drops = self.statements[-1].startswith("DROP TABLE")
         if self.kind == "finalize":
-            return f"finish the interrupted detach of {self.partition}"
+            then = " and drop it" if drops else " (kept as a plain table)"
+            return f"finish the interrupted detach of {self.partition}{then}"
         if self.kind == "retire":
             how = "detach concurrently" if self.concurrently else "detach"
-            if len(self.statements) > 1:
+            if drops:
                 return f"{how} and drop expired {self.partition}{span}"
             return f"{how} expired {self.partition}{span} (kept as a plain table)"
         return f"{self.kind} {self.partition}{span}"
@@ -222,6 +239,8 @@ class _Catalog:
     partitioned_by: str | None  # e.g. "RANGE (observed_at)"; None when not partitioned
     partitions: tuple[_Existing, ...]
     default_rows: dict[date, int]  # window start date -> rows in DEFAULT
+    columns: tuple[str, ...] = ()
+    """The parent's stored columns in the database (not the model's): what a move copies."""
 
 
 class PartitionManager:
@@ -245,9 +264,11 @@ class PartitionManager:
             from sigma_db.engine import create_engine
 
             self._engine = create_engine(target)
+            self._settings: DatabaseSettings | None = target
             default_env: Environment | None = target.env
         elif isinstance(target, Engine):
             self._engine = target
+            self._settings = None
             default_env = None
         else:
             raise ConfigurationError(
@@ -303,18 +324,29 @@ class PartitionManager:
             if dry_run:
                 plan = self._plan(conn, moment)
                 return MaintenanceReport(plan, [], dry_run=True)
-            if not _acquire(conn, wait, self.lock_timeout):
+            keys = self._lock_keys(conn)
+            if not _acquire(conn, keys, wait, self.lock_timeout):
                 say("another maintenance run holds the lock; skipped (it does the same work)")
                 return MaintenanceReport(None, [], skipped=True)
             try:
                 plan = self._plan(conn, moment)
                 outcomes = [self._execute(conn, table_plan, say) for table_plan in plan.tables]
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", ADVISORY_LOCK_KEY)
+                _release(conn, keys)
         report = MaintenanceReport(plan, outcomes, seconds=time.monotonic() - started)
         for outcome in outcomes:
             say(outcome.summary())
         return report
+
+    def _lock_keys(self, conn: Any) -> list[int]:
+        """One advisory lock key per schema the tables live in, in a fixed order."""
+        options = self._engine.get_execution_options()
+        database, current = conn.execute("SELECT current_database(), current_schema()").fetchone()
+        schemas = {
+            physical_schema(partitioned.table.schema, options) or current or "public"
+            for partitioned in self.tables
+        }
+        return sorted({maintenance_lock_key(database, schema) for schema in schemas})
 
     # --- planning ---------------------------------------------------------------------------
 
@@ -362,15 +394,34 @@ class PartitionManager:
         default: _Existing | None = None
         for existing in catalog.partitions:
             if existing.detach_pending:
-                # Only a run of ours starts a concurrent detach, and only of an expired partition.
+                # A run of ours starts a concurrent detach only of an expired partition, but a
+                # person may have started one too: drop only what is wholly past the cutoff.
+                pending = _managed_window(partitioned, existing)
+                expired_window = (
+                    pending is not None and cutoff is not None and pending.end <= cutoff
+                )
                 statements = [
                     detach_sql(
                         partitioned.name, existing.name, schema, concurrently=False, finalize=True
                     )
                 ]
-                if declaration.expired == "drop":
+                if declaration.expired == "drop" and expired_window:
                     statements.append(drop_sql(existing.name, schema))
-                plan.actions.append(PartitionAction("finalize", existing.name, tuple(statements)))
+                else:  # marked first: kept, it must never look like a table to drop
+                    statements.insert(
+                        0, detached_comment_sql(partitioned.name, existing.name, schema)
+                    )
+                plan.actions.append(
+                    PartitionAction("finalize", existing.name, tuple(statements), pending)
+                )
+                if pending is not None and not expired_window:
+                    # Its name is the one the window's partition would take: not recreated.
+                    managed[pending] = existing
+                    plan.problems.append(
+                        f"{existing.name} was left detaching though its range is still retained; "
+                        "the detach is finished and the table kept (data intact): archive it, "
+                        "then drop or rename it so maintenance recreates the partition"
+                    )
                 continue
             if existing.is_default:
                 default = existing
@@ -402,7 +453,7 @@ class PartitionManager:
                 PartitionAction(
                     "move",
                     partition_name(partitioned.name, window),
-                    _move_statements(partitioned, schema, window, default),
+                    _move_statements(partitioned, schema, window, default, catalog.columns),
                     window,
                     rows,
                 )
@@ -413,9 +464,10 @@ class PartitionManager:
                 continue
             other = blocked(window)
             if other is not None:
-                plan.notes.append(
+                plan.problems.append(
                     f"window {window.suffix} overlaps partition {other.name}, which sigma_db did "
-                    "not create; left alone"
+                    "not create (its bounds are not one window); left alone: detach it, or move "
+                    "its rows and drop it, so maintenance can create the window's partition"
                 )
                 continue
             plan.actions.append(
@@ -445,6 +497,10 @@ class PartitionManager:
                 ]
                 if declaration.expired == "drop":
                     statements.append(drop_sql(existing.name, schema))
+                else:  # marked first: kept, it must never look like a table to drop
+                    statements.insert(
+                        0, detached_comment_sql(partitioned.name, existing.name, schema)
+                    )
                 plan.actions.append(
                     PartitionAction(
                         "retire",
@@ -529,8 +585,9 @@ class PartitionManager:
 
         def body() -> None:
             nonlocal moved
-            lock, temp, delete, create, insert = action.statements
-            conn.execute(lock)
+            *locks, temp, delete, create, insert = action.statements
+            for lock in locks:
+                conn.execute(lock)
             conn.execute(temp)
             moved = conn.execute(delete).rowcount
             conn.execute(create)
@@ -550,7 +607,7 @@ class PartitionManager:
         outcome: TableOutcome,
         say: _Progress,
     ) -> None:
-        """Detach (or finalize a detach), then drop: two statements, each its own transaction.
+        """Mark (when kept), detach (or finalize a detach), drop: each its own transaction.
 
         The detach is the only step that locks the parent, and it is quick; dropping a big table
         frees its files at commit, which takes time proportional to its size. Separate, the
@@ -558,7 +615,16 @@ class PartitionManager:
         transaction block anyway; interrupted between its two internal transactions, the
         partition stays "detach pending" and the next run finalizes it.
         """
-        detach, *drop = action.statements
+        at = next(i for i, sql in enumerate(action.statements) if " DETACH PARTITION " in sql)
+        before, detach, after = (
+            action.statements[:at],
+            action.statements[at],
+            action.statements[at + 1 :],
+        )
+        # A kept partition is marked before it is detached (the comment keeps autogenerate from
+        # proposing to drop it), so no crash can leave an unmarked plain table behind.
+        if before and not self._transaction(conn, plan, before, outcome, what=action.partition):
+            return
 
         def body() -> None:
             conn.execute(detach)
@@ -568,9 +634,9 @@ class PartitionManager:
         ):
             return
         outcome.detached += 1
-        if drop:
-            if not self._transaction(conn, plan, drop, outcome, what=action.partition):
-                outcome.problems[-1] += f"; it is detached: drop it by hand ({drop[0]})"
+        if after:
+            if not self._transaction(conn, plan, after, outcome, what=action.partition):
+                outcome.problems[-1] += f"; it is detached: drop it by hand ({after[0]})"
                 return
             outcome.dropped += 1
         say(f"{plan.table}: {action.describe().replace('expired ', '', 1)}")
@@ -610,8 +676,16 @@ class PartitionManager:
                 else:
                     body()
                 return True
-            except psycopg.errors.LockNotAvailable:
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                # A deadlock with an application's statement aborts one side; ours retries.
                 if attempt == _LOCK_RETRIES:
+                    if isinstance(exc, psycopg.errors.DeadlockDetected):
+                        outcome.problems.append(
+                            f"{what}: deadlock with another session after {attempt} attempts; "
+                            "the next run retries"
+                        )
+                        logger.warning("%s: %s", plan.table, outcome.problems[-1])
+                        return False
                     outcome.problems.append(
                         f"{what}: lock not granted within lock_timeout "
                         f"{self.lock_timeout.total_seconds():g}s after {attempt} attempts (the "
@@ -631,12 +705,12 @@ class PartitionManager:
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
-        """A dedicated psycopg connection in autocommit, session TimeZone UTC, lock_timeout set.
+        """A dedicated psycopg connection: autocommit, TimeZone UTC, DateStyle ISO, lock_timeout.
 
         It is detached from the engine's pool, so the session settings never reach application
         code; ``DETACH ... CONCURRENTLY`` needs autocommit (it cannot run in a transaction).
         """
-        raw = self._engine.raw_connection()
+        raw = self._connect()
         conn = raw.driver_connection
         assert conn is not None
         raw.detach()
@@ -644,11 +718,39 @@ class PartitionManager:
             conn.rollback()
             conn.autocommit = True
             milliseconds = int(self.lock_timeout.total_seconds() * 1000)
+            # Partition bounds are read back as text (pg_get_expr), which follows DateStyle:
+            # fix the session's, whatever the database or role sets.
             conn.execute("SET TimeZone = 'UTC'")
+            conn.execute("SET DateStyle = 'ISO, MDY'")
             conn.execute(f"SET lock_timeout = {milliseconds:d}")
             yield conn
         finally:
             conn.close()
+
+    def _connect(self) -> Any:
+        """The engine's raw connection; a failure to connect is a :class:`DatabaseUnavailableError`.
+
+        ``Engine.raw_connection`` bypasses the engine's error translation, so it is done here:
+        one line with the fix (and no password), not a driver traceback.
+        """
+        import psycopg
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return self._engine.raw_connection()
+        except (psycopg.OperationalError, DBAPIError) as exc:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            if not isinstance(cause, psycopg.OperationalError):
+                raise
+            if self._settings is not None:
+                from sigma_db.engine import _unavailable
+
+                raise _unavailable(self._settings, cause) from cause
+            where = self._engine.url.render_as_string(hide_password=True)
+            reason = " ".join(str(cause).split()).rstrip(" .?")
+            raise DatabaseUnavailableError(
+                f"Cannot connect to {where}: {reason}. Is the server running and reachable?"
+            ) from cause
 
 
 class _Progress:
@@ -665,20 +767,37 @@ def _now(now: datetime | None) -> datetime:
     return datetime.now(UTC) if now is None else as_utc(now)
 
 
-def _acquire(conn: Any, wait: float, lock_timeout: timedelta) -> bool:
+def _acquire(conn: Any, keys: Sequence[int], wait: float, lock_timeout: timedelta) -> bool:
+    """Take every key (sorted, so two runs never wait on each other in a cycle), or none."""
     import psycopg
 
-    if wait <= 0:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", ADVISORY_LOCK_KEY).fetchone()
-        return bool(row[0])
-    conn.execute(f"SET lock_timeout = {int(wait * 1000):d}")
+    held: list[int] = []
+    if wait > 0:
+        conn.execute(f"SET lock_timeout = {int(wait * 1000):d}")
     try:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", ADVISORY_LOCK_KEY)
-        return True
-    except psycopg.errors.LockNotAvailable:
-        return False
+        for key in keys:
+            if wait <= 0:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if not row[0]:
+                    break
+            else:
+                try:
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                except psycopg.errors.LockNotAvailable:
+                    break
+            held.append(key)
     finally:
-        conn.execute(f"SET lock_timeout = {int(lock_timeout.total_seconds() * 1000):d}")
+        if wait > 0:
+            conn.execute(f"SET lock_timeout = {int(lock_timeout.total_seconds() * 1000):d}")
+    if len(held) == len(keys):
+        return True
+    _release(conn, held)
+    return False
+
+
+def _release(conn: Any, keys: Sequence[int]) -> None:
+    for key in reversed(keys):
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) -> _Catalog:
@@ -694,6 +813,14 @@ def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) 
     if row is None:
         return _Catalog(schema or "", False, None, (), {})
     oid, actual_schema, keydef = row
+    columns = tuple(
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            (oid,),
+        ).fetchall()
+    )
     partitions = tuple(
         _existing(name, bound, pending, partitioned.key_is_date)
         for name, bound, pending in conn.execute(
@@ -716,7 +843,7 @@ def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) 
             f"FROM {qualified(actual_schema, default.name)} GROUP BY 1"
         ).fetchall():
             default_rows[start] = rows
-    return _Catalog(actual_schema, True, keydef, partitions, default_rows)
+    return _Catalog(actual_schema, True, keydef, partitions, default_rows, columns)
 
 
 def _existing(name: str, bound: str, pending: bool, key_is_date: bool) -> _Existing:
@@ -763,16 +890,26 @@ def _move_statements(
     schema: str | None,
     window: PartitionWindow,
     default: _Existing | None,
+    stored: Sequence[str] = (),
 ) -> tuple[str, ...]:
-    """The five statements that move one window's rows out of DEFAULT, run in one transaction."""
+    """The six statements that move one window's rows out of DEFAULT, run in one transaction.
+
+    The parent is locked first, then DEFAULT: the order an INSERT into the parent takes them
+    (parent, then the partition it routes to). Locking DEFAULT first would deadlock with such an
+    insert, since ``CREATE TABLE ... PARTITION OF`` needs the parent's ACCESS EXCLUSIVE lock.
+    """
     assert default is not None
     source = qualified(schema, default.name)
-    columns = ", ".join(quote(c.name) for c in partitioned.table.columns)
+    # Every stored column the database has (a column the model lacks is kept, not NULLed);
+    # generated columns are computed again on insert and may not be written.
+    names = stored or [c.name for c in partitioned.table.columns]
+    columns = ", ".join(quote(name) for name in names)
     key = quote(partitioned.partitioning.column)
     lower = bound_literal(window.start, key_is_date=partitioned.key_is_date)
     upper = bound_literal(window.end, key_is_date=partitioned.key_is_date)
     child = qualified(schema, partition_name(partitioned.name, window))
     return (
+        f"LOCK TABLE ONLY {qualified(schema, partitioned.name)} IN ACCESS EXCLUSIVE MODE",
         f"LOCK TABLE {source} IN ACCESS EXCLUSIVE MODE",
         f"CREATE TEMPORARY TABLE sigma_db_moving (LIKE {qualified(schema, partitioned.name)}) "
         "ON COMMIT DROP",

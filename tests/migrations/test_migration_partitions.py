@@ -250,3 +250,33 @@ def test_documented_examples_migrate_and_stay_clean(repo: ProductRepo) -> None:
         engine.dispose()
     assert len(partitions(repo, repo.settings, "signals")) >= 15  # 7 days back, 7 ahead, DEFAULT
     command.check(repo.config())
+
+
+def test_partitions_kept_detached_by_retention_stay_out_of_check(repo: ProductRepo) -> None:
+    """``expired="detach"`` leaves plain tables behind: marked, so autogenerate never drops them."""
+    models = repo.root / f"{repo.models}.py"
+    models.write_text("from sigma_db.partitions.examples import ExampleBase as Base\n")
+    command.revision(repo.config(), "examples", autogenerate=True)
+    repo.upgrade()
+    from sigma_db.partitions.examples import AuditLog, Signal
+
+    engine = create_engine(repo.settings)
+    try:
+        manager = PartitionManager(engine, Signal, AuditLog, environment="dev")
+        assert manager.maintain(NOW).ok
+        # audit logs keep 62 days in dev: 160 days on, the first months are detached
+        report = manager.maintain(NOW + timedelta(days=160))
+    finally:
+        engine.dispose()
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[1].detached > 0
+    assert report.outcomes[1].dropped == 0
+    kept = repo.query(
+        "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
+        "WHERE c.relname LIKE 'audit_logs_p%' AND NOT c.relispartition AND c.relkind = 'r'",
+        repo.settings,
+        in_schema=True,
+    )
+    assert len(kept) == report.outcomes[1].detached
+    assert all(str(comment).startswith("sigma_db: detached partition of") for _, comment in kept)
+    command.check(repo.config())
