@@ -328,9 +328,7 @@ class _Run:
     ) -> Callable[..., None]:
         @functools.wraps(migrate)
         def run_revision(**kw: Any) -> None:
-            if self.bookkeeping and not self.ledger_ready:
-                migration.execute(CreateTable(self.ledger, if_not_exists=True))
-                self.ledger_ready = True
+            self._ensure_ledger(migration)
             if migration.as_sql:
                 migration.impl.static_output(f"{REVISION_MARK}{script.revision}")
             settings = []
@@ -351,6 +349,31 @@ class _Run:
 
         return run_revision
 
+    def _ensure_ledger(self, migration: MigrationContext) -> None:
+        # Also reached without any revision running (`alembic stamp`): create it here too.
+        if self.bookkeeping and not self.ledger_ready:
+            migration.execute(CreateTable(self.ledger, if_not_exists=True))
+            self.ledger_ready = True
+
+    @staticmethod
+    def _recorded_revisions(step: MigrationInfo) -> list[str]:
+        """The revisions a step applies or reverts, in the order it does so.
+
+        A revision step is one revision; a stamp moves the version table over every revision
+        between its old and new heads (``stamp head`` after ``upgrade 0001``: 0002, 0003, ...),
+        and each of them gets its ledger row, else the dry run would call them "unknown".
+        """
+        if not step.is_stamp:
+            return list(step.up_revision_ids)
+        revisions = [
+            rev.revision
+            for rev in step.revision_map.iterate_revisions(
+                step.up_revision_ids, step.down_revision_ids or "base"
+            )
+            if rev is not None and rev.revision not in step.down_revision_ids
+        ]
+        return revisions if not step.is_upgrade else list(reversed(revisions))
+
     def _record(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
         if not self.bookkeeping:
             return
@@ -359,7 +382,8 @@ class _Run:
             operation = "stamp" if step.is_upgrade else "downgrade"
         else:
             operation = "upgrade" if step.is_upgrade else "downgrade"
-        for revision in step.up_revision_ids:
+        self._ensure_ledger(ctx)
+        for revision in self._recorded_revisions(step):
             script = step.revision_map.get_revision(revision)
             assert isinstance(script, Script)
             started = self.started.pop(revision, None)

@@ -224,3 +224,27 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     assert len(offline_statements) > 12
     assert _fingerprints(offline_statements) == _fingerprints(online)
     assert repo.query("SELECT count(*) FROM app.migration_runs") == [(4,)]
+
+
+def test_stamp_head_on_a_fresh_schema_creates_the_ledger(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    command.stamp(repo.config(), "head")
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
+    assert repo.query(LEDGER) == [("0001", "stamp"), ("0002", "stamp")]
+
+
+def test_stamp_records_every_revision_it_skips(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    repo.add("add rank", 'op.add_column("signals", sa.Column("rank", sa.BigInteger))')
+    repo.upgrade("0001")
+    command.stamp(repo.config(), "head")
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "stamp"), ("0003", "stamp")]
+    command.stamp(repo.config(), "0001")
+    assert repo.query(LEDGER)[3:] == [("0003", "downgrade"), ("0002", "downgrade")]
+    from sigma_db.migrations.dryrun import dry_run
+
+    command.stamp(repo.config(), "head")
+    report = dry_run(repo.config(), repo.settings)
+    assert [f.rule for f in report.findings if f.rule == "unknown"] == []
