@@ -21,7 +21,13 @@ from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sigma_db.errors import DatabaseUnavailableError, SigmaDBError
-from sigma_db.migrations.environment import BOOKKEEPING_KEY, REVISION_MARK, SETTINGS_KEY
+from sigma_db.migrations.environment import (
+    BOOKKEEPING_KEY,
+    REVISION_MARK,
+    SETTINGS_KEY,
+    check_alembic_version,
+    unsupported_alembic,
+)
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.findings import Finding
 from sigma_db.migrations.ledger import LedgerRow, history_findings, read_ledger
@@ -66,6 +72,7 @@ def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) ->
         target=f"{settings.display_dsn} schema {topology.schema}",
         database=DatabaseState(False, reason="not asked"),
     )
+    check_alembic_version()
     script = ScriptDirectory.from_config(config)
     problems = revision_tree_problems(script)
     if problems:
@@ -102,6 +109,12 @@ def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) ->
         from sigma_db.migrations.lint import lint_revisions, split_rendered
 
         rendered = split_rendered(sql, {f.revision: f for f in files})
+        expected = _pending_count(script, start)
+        if len(rendered) != expected:
+            raise unsupported_alembic(
+                f"rendering {expected} pending revision(s) offline produced "
+                f"{len(rendered)} marked chunk(s), so the dry run cannot see what would run"
+            )
         report.pending = list(rendered)
         report.findings.extend(lint_revisions(rendered))
     return report
@@ -156,6 +169,10 @@ def read_database(settings: DatabaseSettings) -> DatabaseState:
     finally:
         engine.dispose()
     return DatabaseState(True, heads, ledger)
+
+
+def _pending_count(script: ScriptDirectory, start: str | None) -> int:
+    return sum(1 for _ in script.iterate_revisions("heads", start or "base"))
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:

@@ -67,6 +67,8 @@ from sigma_db.settings import DatabaseSettings
 from sigma_db.topology import DEFAULT_SCHEMA, Environment, Product, Topology
 
 __all__ = [
+    "ALEMBIC_PIN",
+    "ALEMBIC_RANGE",
     "APPLIED_KEY",
     "BOOKKEEPING_KEY",
     "DEFAULT_LOCK_TIMEOUT",
@@ -74,7 +76,9 @@ __all__ = [
     "REVISION_MARK",
     "SETTINGS_KEY",
     "advisory_lock_key",
+    "check_alembic_version",
     "run_migrations",
+    "unsupported_alembic",
 ]
 
 DEFAULT_LOCK_TIMEOUT = "5s"
@@ -92,6 +96,15 @@ REVISION_MARK = "-- sigma-db: revision "
 """Offline output marks where each revision's statements start."""
 
 log = logging.getLogger("sigma_db.migrations")
+
+ALEMBIC_RANGE = ((1, 13), (1, 21))
+"""Alembic versions the env was tested with (``>=1.13,<1.21``), as in pyproject.toml.
+
+The env relies on Alembic internals (``alembic.context._proxy``, ``context_opts["fn"]`` and
+``["revision_context"]``, replacing ``RevisionStep.migration_fn``); outside this range it refuses
+to run rather than risk a migration or a dry run that silently skips its checks.
+"""
+ALEMBIC_PIN = "alembic>={}.{},<{}.{}".format(*ALEMBIC_RANGE[0], *ALEMBIC_RANGE[1])
 
 _TIMEOUTS = ("lock_timeout", "statement_timeout")
 
@@ -119,6 +132,33 @@ def run_migrations(
         raise
     except SigmaDBError as exc:
         raise MigrationError(str(exc)) from exc
+
+
+def check_alembic_version() -> None:
+    """Raise :class:`MigrationError` if the running Alembic is outside :data:`ALEMBIC_RANGE`."""
+    import alembic
+
+    version = str(alembic.__version__)
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        found = ()
+    if len(found) != 2 or not ALEMBIC_RANGE[0] <= found < ALEMBIC_RANGE[1]:
+        raise MigrationError(
+            f"Alembic {version} is not supported by this sigma_db (it relies on Alembic "
+            f"internals tested with {ALEMBIC_PIN}); install a supported one: "
+            f"pip install '{ALEMBIC_PIN}'"
+        )
+
+
+def unsupported_alembic(what: str) -> MigrationError:
+    """The error for an Alembic whose internals no longer behave as the env expects."""
+    import alembic
+
+    return MigrationError(
+        f"this Alembic version {alembic.__version__} is not supported by sigma_db: {what}; "
+        f"pin '{ALEMBIC_PIN}'"
+    )
 
 
 def _current_environment() -> EnvironmentContext:
@@ -154,6 +194,7 @@ class _Run:
         settings: DatabaseSettings | None,
         timeouts: dict[str, str | None],
     ) -> None:
+        check_alembic_version()
         self.env = env
         attributes = env.config.attributes
         given = attributes.get(SETTINGS_KEY)
@@ -375,7 +416,16 @@ class _Run:
         return revisions if not step.is_upgrade else list(reversed(revisions))
 
     def _record(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
+        if not step.is_stamp:
+            skipped = [rev for rev in step.up_revision_ids if rev not in self.started]
+            if skipped:
+                # Raised inside the revision's transaction: nothing of it is committed.
+                raise unsupported_alembic(
+                    f"revision {', '.join(skipped)} ran without sigma_db's per-revision "
+                    "wrapper (no timeouts, no ledger checks)"
+                )
         if not self.bookkeeping:
+            self.started.clear()
             return
         operation: Operation
         if step.is_stamp:

@@ -248,3 +248,43 @@ def test_stamp_records_every_revision_it_skips(repo: ProductRepo) -> None:
     command.stamp(repo.config(), "head")
     report = dry_run(repo.config(), repo.settings)
     assert [f.rule for f in report.findings if f.rule == "unknown"] == []
+
+
+def test_upgrade_refuses_when_alembic_skips_the_revision_wrapper(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sigma_db.migrations import environment
+
+    # As if a future Alembic stopped calling the migration_fn the env replaced.
+    monkeypatch.setattr(environment._Run, "_wrap_step", lambda self, script, migrate, m: migrate)
+    repo.add("init", SIGNALS)
+    with pytest.raises(MigrationError, match=r"Alembic version .* is not supported by sigma_db"):
+        repo.upgrade()
+    assert repo.query("SELECT to_regclass('app.signals') IS NULL") == [(True,)]
+
+
+def test_dry_run_refuses_when_revisions_render_without_the_wrapper(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sigma_db.migrations import environment
+    from sigma_db.migrations.dryrun import dry_run
+
+    monkeypatch.setattr(environment._Run, "_wrap_plan", lambda self, planned: planned)
+    monkeypatch.setattr(environment._Run, "_record", lambda self, **kw: None)
+    repo.add("init", SIGNALS)
+    with pytest.raises(MigrationError, match=r"Alembic version .* is not supported by sigma_db"):
+        dry_run(repo.config(), repo.settings)
+
+
+def test_an_alembic_outside_the_tested_range_is_refused(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alembic
+
+    from sigma_db.migrations.dryrun import dry_run
+
+    monkeypatch.setattr(alembic, "__version__", "1.99.0")
+    repo.add("init", SIGNALS)
+    for attempt in (repo.upgrade, lambda: dry_run(repo.config(), repo.settings)):
+        with pytest.raises(MigrationError, match=r"Alembic 1\.99\.0 is not supported .*alembic>="):
+            attempt()
