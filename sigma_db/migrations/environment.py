@@ -77,6 +77,7 @@ __all__ = [
     "SETTINGS_KEY",
     "advisory_lock_key",
     "check_alembic_version",
+    "database_failure",
     "run_migrations",
     "unsupported_alembic",
 ]
@@ -122,16 +123,44 @@ def run_migrations(
     else ``DatabaseSettings()`` from the environment. Errors the user can fix surface as one
     :class:`MigrationError` line.
     """
+    run: _Run | None = None
     try:
-        _Run(
+        run = _Run(
             _current_environment(),
             settings,
             {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout},
-        ).run(target_metadata)
+        )
+        run.run(target_metadata)
     except MigrationError:
         raise
     except SigmaDBError as exc:
         raise MigrationError(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        # Outside any revision (those raise MigrationError): the lock, the schema, the version
+        # table or the ledger. Usually the login lacks the migrator's privileges.
+        if run is None or run.settings is None:
+            raise
+        raise MigrationError(database_failure(run.settings, exc)) from exc
+
+
+def database_failure(settings: DatabaseSettings, exc: SQLAlchemyError) -> str:
+    """One line for a database error outside any revision, with the likely fix."""
+    from sigma_db.roles import RoleKind, group_role
+
+    orig = getattr(exc, "orig", None)
+    reason = " ".join(str(orig if orig is not None else exc).split())
+    migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
+    where = f"{settings.display_dsn} schema {settings.topology.schema}"
+    if getattr(orig, "sqlstate", None) == "42501":  # insufficient_privilege
+        return (
+            f"cannot migrate {where}: {reason}; DB_USER ({settings.user}) must be a member of "
+            f"{migrator} (the role that owns the product's schemas): use the migrator's "
+            "credentials, or grant it with sigma-db roles"
+        )
+    return (
+        f"cannot migrate {where}: {reason}; check DB_* (DB_USER must be a member of "
+        f"{migrator}) and that DB_SCHEMA names this product's schema"
+    )
 
 
 def check_alembic_version() -> None:
@@ -385,7 +414,11 @@ class _Run:
             self.started[script.revision] = time.perf_counter()
             try:
                 migrate(**kw)
-            except DBAPIError as exc:
+            except MigrationError:
+                raise
+            except Exception as exc:
+                if migration.as_sql:
+                    raise  # the dry run says which revision failed to render, and why
                 raise MigrationError(_failure(script, exc)) from exc
 
         return run_revision
@@ -472,13 +505,17 @@ def _unlock(connection: Connection, key: int) -> None:
         log.debug("advisory unlock skipped: connection closed", exc_info=True)
 
 
-def _failure(script: Script, exc: DBAPIError) -> str:
-    reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
-    statement = " ".join(str(exc.statement or "").split())
-    if len(statement) > 200:
-        statement = statement[:199] + "…"
+def _failure(script: Script, exc: Exception) -> str:
+    if isinstance(exc, DBAPIError):
+        reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+        statement = " ".join(str(exc.statement or "").split())
+        if len(statement) > 200:
+            statement = statement[:199] + "…"
+        what = f"{reason}; statement: {statement}"
+    else:
+        what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return (
-        f"revision {script.revision} ({Path(script.path).name}) failed: {reason}; statement: "
-        f"{statement}. Its transaction was rolled back: the version table and the ledger are "
-        "unchanged. Fix the revision (or the data) and run the migration again."
+        f"revision {script.revision} ({Path(script.path).name}) failed: {what}; its "
+        "transaction was rolled back: the version table and the ledger are unchanged. Fix the "
+        "revision (or the data) and run the migration again."
     )

@@ -197,9 +197,10 @@ def test_missing_settings_and_config(
     assert "No Alembic config at nowhere.ini: run in the product repository" in error_line(err)
 
 
-def sigma_db_process(repo: ProductRepo, *args: str) -> subprocess.Popen[str]:
+def sigma_db_process(repo: ProductRepo, *args: str, **overrides: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
     env.update(db_env(repo.settings))
+    env.update(overrides)
     return subprocess.Popen(
         [sys.executable, "-m", "sigma_db", *args],
         cwd=repo.root,
@@ -245,3 +246,71 @@ def test_dry_run_subprocess_names_revision_and_statement(repo: ProductRepo) -> N
     assert "CREATE TABLE" not in out
     assert repo.query("SELECT to_regclass('app.alembic_version') IS NULL") == [(True,)]
     assert not (Path(repo.root) / "migrations" / "checksums.lock.tmp").exists()
+
+
+def run_process(repo: ProductRepo, *args: str, **env: str) -> tuple[int, str, str]:
+    process = sigma_db_process(repo, *args, **env)
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
+def one_error_line(code: int, err: str) -> str:
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("sigma-db: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_role_without_privileges_is_one_line_with_the_fix(
+    repo: ProductRepo, consolidated: DatabaseSettings
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    role = f"nopriv_{os.getpid()}"
+    repo.query(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    try:
+        repo.query(f"GRANT USAGE ON SCHEMA app TO {role}")
+        code, _, err = run_process(repo, "migrate", DB_USER=role, DB_PASSWORD="pw")
+        line = one_error_line(code, err)
+        assert "permission denied for table alembic_version" in line
+        assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
+        # A Lab login pointed at another product's schema in the consolidated database.
+        code, _, err = run_process(
+            repo,
+            "migrate",
+            DB_USER=role,
+            DB_PASSWORD="pw",
+            DB_NAME=consolidated.name,
+            DB_SCHEMA="market",
+            DB_PRODUCT="market",
+        )
+        line = one_error_line(code, err)
+        assert "permission denied for database edge_products" in line
+        assert f"DB_USER ({role}) must be a member of edge_market_migrator" in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_a_revision_that_does_not_compile_is_one_line(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("broken", "op.execute('SELECT 1'")
+    for args in (("migrate",), ("migrate", "--dry-run"), ("migrations", "lock")):
+        code, _, err = run_process(repo, *args)
+        assert code == 1, (args, err)
+        assert "Traceback" not in err, err
+        assert "0002_broken.py:" in err and "SyntaxError" in err, (args, err)
+        if args != ("migrate", "--dry-run"):
+            one_error_line(code, err)
+
+
+def test_an_exception_in_upgrade_names_the_revision(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS + "\nundefined_helper()")
+    code, _, err = run_process(repo, "migrate")
+    line = one_error_line(code, err)
+    assert (
+        "revision 0001 (0001_init.py) failed: NameError: name 'undefined_helper' is not defined; "
+        "its transaction was rolled back" in line
+    )
+    assert repo.query("SELECT to_regclass('app.signals') IS NULL") == [(True,)]
