@@ -26,6 +26,7 @@ from sigma_db.migrations.environment import (
     REVISION_MARK,
     SETTINGS_KEY,
     check_alembic_version,
+    database_failure,
     unsupported_alembic,
 )
 from sigma_db.migrations.errors import MigrationError
@@ -65,8 +66,19 @@ class DryRunReport:
         return not self.findings
 
 
-def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) -> DryRunReport:
-    """Check and render what ``sigma-db migrate`` would do; never writes anything anywhere."""
+def dry_run(
+    config: Config,
+    settings: DatabaseSettings,
+    *,
+    lint: bool = True,
+    require_database: bool = False,
+) -> DryRunReport:
+    """Check and render what ``sigma-db migrate`` would do; never writes anything anywhere.
+
+    A database that cannot be reached over the network (refused, timeout, unknown host) only
+    limits the report to offline checks, unless ``require_database`` (the CI gate), which makes
+    it a finding. A login or permission failure always raises :class:`MigrationError`.
+    """
     topology = settings.topology
     report = DryRunReport(
         target=f"{settings.display_dsn} schema {topology.schema}",
@@ -88,6 +100,14 @@ def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) ->
 
     state = read_database(settings)
     report.database = state
+    if require_database and not state.reachable:
+        report.findings.append(
+            Finding(
+                "database-unreachable",
+                f"{state.reason} (--require-database: the gate needs the database to compare "
+                "its history)",
+            )
+        )
     start: str | None = None
     if state.reachable:
         unknown = [head for head in state.heads if not _known(script, head)]
@@ -162,13 +182,43 @@ def read_database(settings: DatabaseSettings) -> DatabaseState:
             ledger = tuple(read_ledger(connection, schema))
             connection.rollback()
     except DatabaseUnavailableError as exc:
+        if not _network_failure(exc):
+            # Wrong password, unknown role or database, SSL refused: the gate must not pass.
+            raise MigrationError(str(exc)) from exc
         return DatabaseState(False, reason=str(exc))
     except SQLAlchemyError as exc:
-        reason = " ".join(str(getattr(exc, "orig", exc)).split())
-        return DatabaseState(False, reason=f"cannot read the migration history: {reason}")
+        raise MigrationError(
+            database_failure(settings, exc, "read the migration history of")
+        ) from exc
     finally:
         engine.dispose()
     return DatabaseState(True, heads, ledger)
+
+
+_NETWORK_FAILURES = (
+    "connection refused",
+    "timeout expired",
+    "timed out",
+    "could not translate host name",
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "no route to host",
+    "network is unreachable",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def _network_failure(exc: DatabaseUnavailableError) -> bool:
+    """Whether the server could not be reached at all (as opposed to refusing the login)."""
+    causes: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None:
+        causes.append(str(cause).lower())
+        cause = cause.__cause__
+    text = " ".join(causes)
+    return any(marker in text for marker in _NETWORK_FAILURES)
 
 
 def _pending_count(script: ScriptDirectory, start: str | None) -> int:

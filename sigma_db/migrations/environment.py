@@ -143,7 +143,9 @@ def run_migrations(
         raise MigrationError(database_failure(run.settings, exc)) from exc
 
 
-def database_failure(settings: DatabaseSettings, exc: SQLAlchemyError) -> str:
+def database_failure(
+    settings: DatabaseSettings, exc: SQLAlchemyError, doing: str = "migrate"
+) -> str:
     """One line for a database error outside any revision, with the likely fix."""
     from sigma_db.roles import RoleKind, group_role
 
@@ -153,12 +155,12 @@ def database_failure(settings: DatabaseSettings, exc: SQLAlchemyError) -> str:
     where = f"{settings.display_dsn} schema {settings.topology.schema}"
     if getattr(orig, "sqlstate", None) == "42501":  # insufficient_privilege
         return (
-            f"cannot migrate {where}: {reason}; DB_USER ({settings.user}) must be a member of "
+            f"cannot {doing} {where}: {reason}; DB_USER ({settings.user}) must be a member of "
             f"{migrator} (the role that owns the product's schemas): use the migrator's "
             "credentials, or grant it with sigma-db roles"
         )
     return (
-        f"cannot migrate {where}: {reason}; check DB_* (DB_USER must be a member of "
+        f"cannot {doing} {where}: {reason}; check DB_* (DB_USER must be a member of "
         f"{migrator}) and that DB_SCHEMA names this product's schema"
     )
 

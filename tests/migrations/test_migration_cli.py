@@ -182,6 +182,29 @@ def test_unreachable_database(
     assert code == 0, err
     assert "database: NOT reachable, offline checks only" in out
     assert "pending 0001 init" in out
+    code, out, err = run(["migrate", "--dry-run", "--require-database"], capsys)
+    assert code == 1
+    assert "problem: database-unreachable: Cannot connect to postgresql://" in err
+    assert "--require-database" in err
+
+
+def test_dry_run_that_cannot_get_in_fails(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    code, out, err = run_process(repo, "migrate", "--dry-run", DB_PASSWORD="wrong")
+    line = one_error_line(code, err)
+    assert "password authentication failed" in line
+    assert "NOT reachable" not in out
+    role = f"noread_{os.getpid()}"
+    repo.query(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    try:
+        repo.query(f"GRANT USAGE ON SCHEMA app TO {role}")
+        code, out, err = run_process(repo, "migrate", "--dry-run", DB_USER=role, DB_PASSWORD="pw")
+        line = one_error_line(code, err)
+        assert "permission denied for table alembic_version" in line
+        assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 def test_missing_settings_and_config(
