@@ -408,7 +408,11 @@ class _Run:
                 value = timeout_setting(script.module, name, self.timeouts[name])
                 # Online the session keeps its SETs across revisions: send only changes (one
                 # round trip saved per revision). Offline every revision states its own.
-                if value is not None and (migration.as_sql or self.session.get(name) != value):
+                if value is None:
+                    # The server's value: undo an earlier revision's SET on this session.
+                    if migration.as_sql or self.session.pop(name, None) is not None:
+                        settings.append(f"RESET {name}")
+                elif migration.as_sql or self.session.get(name) != value:
                     settings.append(f"SET {name} = '{value}'")
                     self.session[name] = value
             if settings:

@@ -288,3 +288,23 @@ def test_an_alembic_outside_the_tested_range_is_refused(
     for attempt in (repo.upgrade, lambda: dry_run(repo.config(), repo.settings)):
         with pytest.raises(MigrationError, match=r"Alembic 1\.99\.0 is not supported .*alembic>="):
             attempt()
+
+
+def test_a_timeout_of_none_means_the_servers_value(repo: ProductRepo) -> None:
+    probe = """
+    op.execute(
+        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
+        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
+        "current_setting('statement_timeout')"
+    )
+    """
+    repo.add("init", probe.format(rev="0001"), extra='lock_timeout = "1min"')
+    repo.add("unset", probe.format(rev="0002"), extra="lock_timeout = None")
+    repo.add("again", probe.format(rev="0003"), extra="statement_timeout = None")
+    repo.upgrade()
+    server = repo.query("SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'")[0][0]
+    assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
+        ("0001", "1min", "15min"),
+        ("0002", server, "15min"),
+        ("0003", "5s", "0"),
+    ]
