@@ -21,6 +21,7 @@ from sigma_db.errors import ConfigurationError
 from sigma_db.migrations.environment import APPLIED_KEY, SETTINGS_KEY, advisory_lock_key
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
+    APPLIED_BY,
     applied_revisions,
     client_name,
     ledger_table,
@@ -115,6 +116,7 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                         description=file.description or None,
                         phase=None if file.phase is None else file.phase.value,
                         checksum=file.checksum,
+                        applied_by=APPLIED_BY,
                         client=client_name(),
                         success=True,
                         reason=reason,

@@ -47,6 +47,7 @@ from sigma_db.migrations.autogenerate import (
 from sigma_db.migrations.checksum import file_checksum
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
+    APPLIED_BY,
     LEDGER_TABLE,
     Operation,
     client_name,
@@ -487,6 +488,7 @@ class _Run:
                     description=(script.doc or "").strip() or None,
                     phase=None if phase is None else phase.value,
                     checksum=file_checksum(script.path),
+                    applied_by=APPLIED_BY,
                     client=self.client,
                     duration_ms=duration,
                     success=True,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from alembic import command
 from pglast import parser
+from pydantic import SecretStr
 from sample_repo import ProductRepo, make_repo
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -308,3 +310,20 @@ def test_a_timeout_of_none_means_the_servers_value(repo: ProductRepo) -> None:
         ("0002", server, "15min"),
         ("0003", "5s", "0"),
     ]
+
+
+def test_ledger_records_the_login_not_the_group_role(repo: ProductRepo) -> None:
+    login, group = f"ci_login_{os.getpid()}", f"ci_group_{os.getpid()}"
+    name = repo.settings.name
+    repo.query(
+        f"CREATE ROLE {group} NOLOGIN; CREATE ROLE {login} LOGIN PASSWORD 'pw' IN ROLE {group};"
+        f"GRANT CREATE, USAGE ON SCHEMA app TO {group};"
+        f'ALTER ROLE {login} IN DATABASE "{name}" SET role = {group}'
+    )
+    try:
+        repo.add("init", SIGNALS)
+        as_login = repo.settings.model_copy(update={"user": login, "password": SecretStr("pw")})
+        assert repo.upgrade(settings=as_login) == ["upgrade 0001"]
+        assert repo.query("SELECT applied_by FROM app.migration_runs") == [(login,)]
+    finally:
+        repo.query(f"DROP OWNED BY {login}, {group}; DROP ROLE {login}; DROP ROLE {group}")
