@@ -257,10 +257,27 @@ class _Run:
         if self._without_database():
             offline_scope = AutogenerateScope(self.schema, self._owned())
             self._configure(metadata, lambda: offline_scope, offline=True)
+            # `--sql` output a DBA pipes into psql does what the online run does around the
+            # revisions: the schema, the search_path the login would have, the advisory lock.
+            standalone = self.env.is_offline_mode() and self.bookkeeping
+            key = advisory_lock_key(self.topology)
+            if standalone:
+                self._static(
+                    f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)};",
+                    f"SET search_path = {quote(self.schema)}, public;",
+                    f"SELECT pg_advisory_lock({key});",
+                )
             with self.env.begin_transaction():
                 self.env.run_migrations()
+            if standalone:
+                self._static(f"SELECT pg_advisory_unlock({key});")
             return
         self._run_online(metadata)
+
+    def _static(self, *statements: str) -> None:
+        impl = self.env.get_context().impl
+        for statement in statements:
+            impl.static_output(statement + "\n")
 
     def _without_database(self) -> bool:
         return self.env.is_offline_mode() or self._numbering_only()

@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic import command
 from pglast import parser
@@ -213,6 +214,10 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     for statement in parser.split(offline):
         if statement.strip().upper().startswith(("BEGIN", "COMMIT")):
             continue
+        if statement.startswith(("CREATE SCHEMA IF NOT EXISTS", "SET search_path", "SELECT")):
+            # The standalone preamble (online: the schema exists, the login's search_path and
+            # the lock are SELECTs) and the final unlock.
+            continue
         if statement.startswith("SET "):
             # Offline each revision states its timeouts; online the session keeps them, so
             # only changes are sent.
@@ -327,3 +332,30 @@ def test_ledger_records_the_login_not_the_group_role(repo: ProductRepo) -> None:
         assert repo.query("SELECT applied_by FROM app.migration_runs") == [(login,)]
     finally:
         repo.query(f"DROP OWNED BY {login}, {group}; DROP ROLE {login}; DROP ROLE {group}")
+
+
+def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
+    from sigma_db.migrations.environment import advisory_lock_key
+
+    repo.add("init", SIGNALS)
+    repo.add("fill", "op.execute(\"INSERT INTO signals (name) VALUES ('x')\")", phase="backfill")
+    sql = repo.sql()
+    key = advisory_lock_key(repo.settings.topology)
+    statements = [s.strip() for s in parser.split(sql)]
+    assert statements[:3] == [
+        'CREATE SCHEMA IF NOT EXISTS "app"',
+        'SET search_path = "app", public',
+        f"SELECT pg_advisory_lock({key})",
+    ]
+    assert statements[-1] == f"SELECT pg_advisory_unlock({key})"
+    # A DBA pipes it into psql as a login whose search_path is the default, schema absent.
+    repo.query("DROP SCHEMA app CASCADE")
+    s = repo.settings
+    with psycopg.connect(
+        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
+    ) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    assert repo.query("SELECT name FROM app.signals") == [("x",)]
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "upgrade")]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
