@@ -54,7 +54,7 @@ def migrate_command(
     settings = DatabaseSettings()
     config = load_config(config_path, settings)
     if dry_run:
-        _dry_run(config, settings, show_sql=sql, require_database=require_database)
+        _dry_run(config, settings, show_sql=sql, require_database=require_database, target=target)
         return
     click.echo(f"migrating {settings.display_dsn} schema {settings.topology.schema}")
     applied = migrate(config, settings, target)
@@ -64,15 +64,22 @@ def migrate_command(
 
 
 def _dry_run(
-    config: Config, settings: DatabaseSettings, *, show_sql: bool, require_database: bool
+    config: Config,
+    settings: DatabaseSettings,
+    *,
+    show_sql: bool,
+    require_database: bool,
+    target: str,
 ) -> None:
     from sigma_db.migrations.dryrun import dry_run
     from sigma_db.migrations.lint import RenderedRevision
 
-    report = dry_run(config, settings, require_database=require_database)
+    report = dry_run(config, settings, require_database=require_database, target=target)
     click.echo(f"dry run: {report.target} (nothing is written)")
     state = report.database
-    if state.reachable:
+    if not state.asked:
+        click.echo(f"database: not asked ({state.reason})")
+    elif state.reachable:
         at = ", ".join(state.heads) or "empty (no revision applied)"
         click.echo(f"database: reachable, at {at}; {len(report.pending)} pending")
     else:

@@ -47,6 +47,8 @@ class DatabaseState:
     heads: tuple[str, ...] = ()
     ledger: tuple[LedgerRow, ...] = ()
     reason: str = ""
+    asked: bool = True
+    """``False`` when the dry run stopped before asking (``reason`` says why)."""
 
 
 @dataclass
@@ -72,17 +74,20 @@ def dry_run(
     *,
     lint: bool = True,
     require_database: bool = False,
+    target: str = "head",
 ) -> DryRunReport:
     """Check and render what ``sigma-db migrate`` would do; never writes anything anywhere.
 
     A database that cannot be reached over the network (refused, timeout, unknown host) only
     limits the report to offline checks, unless ``require_database`` (the CI gate), which makes
     it a finding. A login or permission failure always raises :class:`MigrationError`.
+    ``target`` is what ``sigma-db migrate --to`` would upgrade to.
     """
     topology = settings.topology
+    upto = "" if target == "head" else f", up to {target}"
     report = DryRunReport(
-        target=f"{settings.display_dsn} schema {topology.schema}",
-        database=DatabaseState(False, reason="not asked"),
+        target=f"{settings.display_dsn} schema {topology.schema}{upto}",
+        database=DatabaseState(False, asked=False, reason="the revision files have problems"),
     )
     check_alembic_version()
     script = ScriptDirectory.from_config(config)
@@ -92,6 +97,7 @@ def dry_run(
         return report
     files = revision_files(script)
     report.revisions = files
+    goal = _resolve(script, target)
     lock_path = _lock_path(script)
     try:
         report.findings.extend(lock_findings(files, read_lock(lock_path), lock_path))
@@ -121,15 +127,14 @@ def dry_run(
         if unknown:
             return report
         start = state.heads[0] if state.heads else None
-    current = script.get_current_head()
-    if current is None or start == current:
+    if goal is None or goal == start or (start is not None and goal in _ancestors(script, start)):
         return report
-    sql = render_sql(config, settings, start)
+    sql = render_sql(config, settings, start, goal)
     if lint:
         from sigma_db.migrations.lint import lint_revisions, split_rendered
 
         rendered = split_rendered(sql, {f.revision: f for f in files})
-        expected = _pending_count(script, start)
+        expected = _pending_count(script, start, goal)
         if len(rendered) != expected:
             raise unsupported_alembic(
                 f"rendering {expected} pending revision(s) offline produced "
@@ -140,7 +145,9 @@ def dry_run(
     return report
 
 
-def render_sql(config: Config, settings: DatabaseSettings, start: str | None) -> str:
+def render_sql(
+    config: Config, settings: DatabaseSettings, start: str | None, target: str = "head"
+) -> str:
     """The offline SQL of every revision after ``start`` (``None``: from an empty database)."""
     buffer = io.StringIO()
     rendering = Config(
@@ -149,7 +156,7 @@ def render_sql(config: Config, settings: DatabaseSettings, start: str | None) ->
         output_buffer=buffer,
         attributes={**config.attributes, SETTINGS_KEY: settings, BOOKKEEPING_KEY: False},
     )
-    target = "head" if start is None else f"{start}:head"
+    target = target if start is None else f"{start}:{target}"
     try:
         command.upgrade(rendering, target, sql=True)
     except SigmaDBError:
@@ -221,8 +228,21 @@ def _network_failure(exc: DatabaseUnavailableError) -> bool:
     return any(marker in text for marker in _NETWORK_FAILURES)
 
 
-def _pending_count(script: ScriptDirectory, start: str | None) -> int:
-    return sum(1 for _ in script.iterate_revisions("heads", start or "base"))
+def _pending_count(script: ScriptDirectory, start: str | None, goal: str) -> int:
+    return sum(1 for _ in script.iterate_revisions(goal, start or "base"))
+
+
+def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
+    return {rev.revision for rev in script.iterate_revisions(revision, "base")}
+
+
+def _resolve(script: ScriptDirectory, target: str) -> str | None:
+    """The revision id ``--to`` names (``None`` for base), or a one-line error."""
+    try:
+        found = script.get_revision(target)
+    except CommandError as exc:
+        raise MigrationError(f"--to {target}: {exc}; name a revision number or head") from exc
+    return None if found is None else found.revision
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:

@@ -176,6 +176,7 @@ def history_findings(
     by_revision = {f.revision: f for f in files}
     applied = applied_revisions(rows)
     findings: list[Finding] = []
+    unknown_heads = list(unknown_heads)
     for head in unknown_heads:
         findings.append(
             Finding(
@@ -187,6 +188,8 @@ def history_findings(
         )
     for rev, row in applied.items():
         file = by_revision.get(rev)
+        if file is None and rev in unknown_heads:
+            continue  # one problem, already reported above as the version table's head
         if file is None:
             findings.append(
                 Finding(

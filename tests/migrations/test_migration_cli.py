@@ -124,7 +124,38 @@ def test_deleted_applied_revision_is_one_line(
     assert "at revision 0002, which no revision file declares; restore the file" in line
     code, _, err = run(["migrate", "--dry-run"], capsys)
     assert code == 1
-    assert "problem: 0002: unknown: the database is at revision 0002" in err
+    problems = [line for line in err.splitlines() if line.startswith("problem:")]
+    assert [line for line in problems if "0002" in line] == [
+        next(line for line in problems if line.startswith("problem: 0002: unknown: the database"))
+    ]
+
+
+def test_dry_run_honours_to(in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    in_repo.add("add rank", 'op.add_column("signals", sa.Column("rank", sa.BigInteger))')
+    run(["migrations", "lock"], capsys)
+    code, out, err = run(["migrate", "--dry-run", "--no-sql", "--to", "0002"], capsys)
+    assert code == 0, err
+    assert "up to 0002" in out
+    assert "; 2 pending" in out
+    assert "pending 0002 add score" in out and "pending 0003" not in out
+    run(["migrate", "--to", "0002"], capsys)
+    code, out, _ = run(["migrate", "--dry-run", "--to", "0002"], capsys)
+    assert (code, "at 0002; 0 pending" in out) == (0, True)
+    code, _, err = run(["migrate", "--dry-run", "--to", "0009"], capsys)
+    assert "--to 0009" in error_line(err)
+
+
+def test_broken_tree_says_the_database_was_not_asked(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("next", "pass", down="0007")
+    code, out, _ = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "database: not asked (the revision files have problems)" in out
+    assert "NOT reachable" not in out
 
 
 def test_corrupt_lock_file_is_one_line(
