@@ -18,7 +18,12 @@ from alembic.util import CommandError
 from sqlalchemy import func, select
 
 from sigma_db.errors import ConfigurationError
-from sigma_db.migrations.environment import APPLIED_KEY, SETTINGS_KEY, advisory_lock_key
+from sigma_db.migrations.environment import (
+    APPLIED_KEY,
+    SETTINGS_KEY,
+    advisory_lock_key,
+    migration_engine,
+)
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
     APPLIED_BY,
@@ -82,12 +87,10 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
             f"No revision file declares {revision}; restore it first (repair accepts an edited "
             "file, not a missing one)."
         )
-    from sigma_db.engine import create_engine
-
     schema = settings.topology.schema
     table = ledger_table(schema)
     key = advisory_lock_key(settings.topology)
-    engine = create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+    engine = migration_engine(settings)
     try:
         with engine.connect() as connection:
             connection.execute(select(func.pg_advisory_lock(key)))

@@ -27,6 +27,7 @@ from sigma_db.migrations.environment import (
     SETTINGS_KEY,
     check_alembic_version,
     database_failure,
+    migration_engine,
     unsupported_alembic,
 )
 from sigma_db.migrations.errors import MigrationError
@@ -174,10 +175,8 @@ def render_sql(
 
 def read_database(settings: DatabaseSettings) -> DatabaseState:
     """Version heads and ledger rows, read in a read-only session; unreachable is an answer."""
-    from sigma_db.engine import create_engine
-
     schema = settings.topology.schema
-    engine = create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+    engine = migration_engine(settings)
     try:
         with engine.connect() as connection:
             connection.exec_driver_sql("SET default_transaction_read_only = on")

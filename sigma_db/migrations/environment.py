@@ -32,7 +32,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
 from sqlalchemy import MetaData, func, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 
@@ -79,6 +79,7 @@ __all__ = [
     "advisory_lock_key",
     "check_alembic_version",
     "database_failure",
+    "migration_engine",
     "run_migrations",
     "unsupported_alembic",
 ]
@@ -205,6 +206,13 @@ def _current_environment() -> EnvironmentContext:
     return env
 
 
+def migration_engine(settings: DatabaseSettings) -> Engine:
+    """The engine every migration verb uses: a single connection, no pre-ping."""
+    from sigma_db.engine import create_engine
+
+    return create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+
+
 def advisory_lock_key(topology: Topology) -> int:
     """The advisory lock every migration runner of this product schema takes (signed 64 bit)."""
     seed = f"sigma_db.migrations:{topology.database}:{topology.schema}".encode()
@@ -264,7 +272,7 @@ class _Run:
             if standalone:
                 self._static(
                     f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)};",
-                    f"SET search_path = {quote(self.schema)}, public;",
+                    f"SET search_path = {', '.join(map(quote, self.topology.search_path))};",
                     f"SELECT pg_advisory_lock({key});",
                 )
             with self.env.begin_transaction():
@@ -328,11 +336,7 @@ class _Run:
                 "Migrations need a direct connection (a session-level advisory lock and SET): "
                 "point DB_HOST/DB_PORT at the server, not at PgBouncer, and unset DB_POOLER."
             )
-        from sigma_db.engine import create_engine
-
-        engine = create_engine(
-            self.settings, pool_size=1, pool_pre_ping=False, execution_options={}
-        )
+        engine = migration_engine(self.settings)
         try:
             with engine.connect() as connection:
                 key = advisory_lock_key(self.topology)

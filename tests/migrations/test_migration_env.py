@@ -344,7 +344,7 @@ def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
     statements = [s.strip() for s in parser.split(sql)]
     assert statements[:3] == [
         'CREATE SCHEMA IF NOT EXISTS "app"',
-        'SET search_path = "app", public',
+        'SET search_path = "app", "public"',
         f"SELECT pg_advisory_lock({key})",
     ]
     assert statements[-1] == f"SELECT pg_advisory_unlock({key})"
