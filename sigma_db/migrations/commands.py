@@ -16,12 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from sigma_db.errors import ConfigurationError
 from sigma_db.migrations.environment import (
     APPLIED_KEY,
     SETTINGS_KEY,
     advisory_lock_key,
+    database_failure,
     migration_engine,
 )
 from sigma_db.migrations.errors import MigrationError
@@ -130,6 +132,8 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                 connection.rollback()
                 connection.execute(select(func.pg_advisory_unlock(key)))
                 connection.commit()
+    except SQLAlchemyError as exc:
+        raise MigrationError(database_failure(settings, exc, "repair the ledger of")) from exc
     finally:
         engine.dispose()
     lock_revision(Path(script.dir) / LOCK_FILE_NAME, file)

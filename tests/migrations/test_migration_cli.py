@@ -368,3 +368,26 @@ def test_an_exception_in_upgrade_names_the_revision(repo: ProductRepo) -> None:
         "its transaction was rolled back" in line
     )
     assert repo.query("SELECT to_regclass('app.signals') IS NULL") == [(True,)]
+
+
+def test_repair_without_privileges_is_one_line(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    role = f"norepair_{os.getpid()}"
+    repo.query(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA app TO {role}")
+    try:
+        code, _, err = run_process(
+            repo,
+            "migrations",
+            "repair",
+            "0001",
+            "--reason",
+            "a test",
+            DB_USER=role,
+            DB_PASSWORD="pw",
+        )
+        line = one_error_line(code, err)
+        assert "permission denied for table migration_runs" in line
+        assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
