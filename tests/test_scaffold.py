@@ -76,6 +76,19 @@ def test_new_product_gets_edge_name_and_item_example(tmp_path: Path) -> None:
     )
 
 
+def test_ci_gate_requires_the_database(tmp_path: Path) -> None:
+    new_product("billing", tmp_path / "billing")
+    makefile = (tmp_path / "billing" / "Makefile").read_text(encoding="utf-8")
+    assert "db-migrate-gate:" in makefile
+    assert "\tsigma-db migrate --dry-run --require-database\n" in makefile
+    assert "\tsigma-db migrate --dry-run\n" in makefile  # db-migrate-dry still works offline
+    workflow = (tmp_path / "billing" / ".github" / "workflows" / "ci.yml").read_text(
+        encoding="utf-8"
+    )
+    assert "make db-migrate-dry" not in workflow
+    assert workflow.count("make db-migrate-gate") == 3
+
+
 def test_plugin_runs_a_generated_products_tests(pytester: pytest.Pytester) -> None:
     new_product("lab", pytester.path, force=True)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -180,5 +193,5 @@ def test_seed_product_generates_tests_migrates_and_passes_its_gate(
     assert "3 passed" in own_tests.stdout
     run("alembic", "upgrade", "head")
     run("alembic", "check")
-    dry = run("sigma_db", "migrate", "--dry-run")
+    dry = run("sigma_db", "migrate", "--dry-run", "--require-database")
     assert "dry run: ok" in dry.stdout

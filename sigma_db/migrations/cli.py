@@ -36,16 +36,25 @@ _CONFIG = click.option(
 @click.option(
     "--sql/--no-sql", default=True, help="With --dry-run: print each pending revision's SQL."
 )
+@click.option(
+    "--require-database",
+    is_flag=True,
+    help="With --dry-run: fail when the database cannot be reached (the CI gate).",
+)
 @click.option("--to", "target", default="head", show_default=True, help="Target revision.")
-def migrate_command(config_path: Path, dry_run: bool, sql: bool, target: str) -> None:
+def migrate_command(
+    config_path: Path, dry_run: bool, sql: bool, require_database: bool, target: str
+) -> None:
     """Apply pending revisions (db-migrate); --dry-run lists and checks them (db-migrate-dry)."""
     from sigma_db.migrations.commands import load_config, migrate
     from sigma_db.settings import DatabaseSettings
 
+    if require_database and not dry_run:
+        raise click.UsageError("--require-database goes with --dry-run")
     settings = DatabaseSettings()
     config = load_config(config_path, settings)
     if dry_run:
-        _dry_run(config, settings, show_sql=sql)
+        _dry_run(config, settings, show_sql=sql, require_database=require_database, target=target)
         return
     click.echo(f"migrating {settings.display_dsn} schema {settings.topology.schema}")
     applied = migrate(config, settings, target)
@@ -54,14 +63,23 @@ def migrate_command(config_path: Path, dry_run: bool, sql: bool, target: str) ->
     click.echo(f"ok: {len(applied)} revision(s) applied" if applied else "ok: already up to date")
 
 
-def _dry_run(config: Config, settings: DatabaseSettings, *, show_sql: bool) -> None:
+def _dry_run(
+    config: Config,
+    settings: DatabaseSettings,
+    *,
+    show_sql: bool,
+    require_database: bool,
+    target: str,
+) -> None:
     from sigma_db.migrations.dryrun import dry_run
     from sigma_db.migrations.lint import RenderedRevision
 
-    report = dry_run(config, settings)
+    report = dry_run(config, settings, require_database=require_database, target=target)
     click.echo(f"dry run: {report.target} (nothing is written)")
     state = report.database
-    if state.reachable:
+    if not state.asked:
+        click.echo(f"database: not asked ({state.reason})")
+    elif state.reachable:
         at = ", ".join(state.heads) or "empty (no revision applied)"
         click.echo(f"database: reachable, at {at}; {len(report.pending)} pending")
     else:

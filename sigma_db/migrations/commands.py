@@ -16,11 +16,19 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from sigma_db.errors import ConfigurationError
-from sigma_db.migrations.environment import APPLIED_KEY, SETTINGS_KEY, advisory_lock_key
+from sigma_db.migrations.environment import (
+    APPLIED_KEY,
+    SETTINGS_KEY,
+    advisory_lock_key,
+    database_failure,
+    migration_engine,
+)
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
+    APPLIED_BY,
     applied_revisions,
     client_name,
     ledger_table,
@@ -81,12 +89,10 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
             f"No revision file declares {revision}; restore it first (repair accepts an edited "
             "file, not a missing one)."
         )
-    from sigma_db.engine import create_engine
-
     schema = settings.topology.schema
     table = ledger_table(schema)
     key = advisory_lock_key(settings.topology)
-    engine = create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+    engine = migration_engine(settings)
     try:
         with engine.connect() as connection:
             connection.execute(select(func.pg_advisory_lock(key)))
@@ -115,6 +121,7 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                         description=file.description or None,
                         phase=None if file.phase is None else file.phase.value,
                         checksum=file.checksum,
+                        applied_by=APPLIED_BY,
                         client=client_name(),
                         success=True,
                         reason=reason,
@@ -125,6 +132,8 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                 connection.rollback()
                 connection.execute(select(func.pg_advisory_unlock(key)))
                 connection.commit()
+    except SQLAlchemyError as exc:
+        raise MigrationError(database_failure(settings, exc, "repair the ledger of")) from exc
     finally:
         engine.dispose()
     lock_revision(Path(script.dir) / LOCK_FILE_NAME, file)

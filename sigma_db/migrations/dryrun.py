@@ -21,7 +21,15 @@ from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sigma_db.errors import DatabaseUnavailableError, SigmaDBError
-from sigma_db.migrations.environment import BOOKKEEPING_KEY, REVISION_MARK, SETTINGS_KEY
+from sigma_db.migrations.environment import (
+    BOOKKEEPING_KEY,
+    REVISION_MARK,
+    SETTINGS_KEY,
+    check_alembic_version,
+    database_failure,
+    migration_engine,
+    unsupported_alembic,
+)
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.findings import Finding
 from sigma_db.migrations.ledger import LedgerRow, history_findings, read_ledger
@@ -40,6 +48,8 @@ class DatabaseState:
     heads: tuple[str, ...] = ()
     ledger: tuple[LedgerRow, ...] = ()
     reason: str = ""
+    asked: bool = True
+    """``False`` when the dry run stopped before asking (``reason`` says why)."""
 
 
 @dataclass
@@ -59,13 +69,28 @@ class DryRunReport:
         return not self.findings
 
 
-def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) -> DryRunReport:
-    """Check and render what ``sigma-db migrate`` would do; never writes anything anywhere."""
+def dry_run(
+    config: Config,
+    settings: DatabaseSettings,
+    *,
+    lint: bool = True,
+    require_database: bool = False,
+    target: str = "head",
+) -> DryRunReport:
+    """Check and render what ``sigma-db migrate`` would do; never writes anything anywhere.
+
+    A database that cannot be reached over the network (refused, timeout, unknown host) only
+    limits the report to offline checks, unless ``require_database`` (the CI gate), which makes
+    it a finding. A login or permission failure always raises :class:`MigrationError`.
+    ``target`` is what ``sigma-db migrate --to`` would upgrade to.
+    """
     topology = settings.topology
+    upto = "" if target == "head" else f", up to {target}"
     report = DryRunReport(
-        target=f"{settings.display_dsn} schema {topology.schema}",
-        database=DatabaseState(False, reason="not asked"),
+        target=f"{settings.display_dsn} schema {topology.schema}{upto}",
+        database=DatabaseState(False, asked=False, reason="the revision files have problems"),
     )
+    check_alembic_version()
     script = ScriptDirectory.from_config(config)
     problems = revision_tree_problems(script)
     if problems:
@@ -73,6 +98,7 @@ def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) ->
         return report
     files = revision_files(script)
     report.revisions = files
+    goal = _resolve(script, target)
     lock_path = _lock_path(script)
     try:
         report.findings.extend(lock_findings(files, read_lock(lock_path), lock_path))
@@ -81,6 +107,14 @@ def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) ->
 
     state = read_database(settings)
     report.database = state
+    if require_database and not state.reachable:
+        report.findings.append(
+            Finding(
+                "database-unreachable",
+                f"{state.reason} (--require-database: the gate needs the database to compare "
+                "its history)",
+            )
+        )
     start: str | None = None
     if state.reachable:
         unknown = [head for head in state.heads if not _known(script, head)]
@@ -94,20 +128,27 @@ def dry_run(config: Config, settings: DatabaseSettings, *, lint: bool = True) ->
         if unknown:
             return report
         start = state.heads[0] if state.heads else None
-    current = script.get_current_head()
-    if current is None or start == current:
+    if goal is None or goal == start or (start is not None and goal in _ancestors(script, start)):
         return report
-    sql = render_sql(config, settings, start)
+    sql = render_sql(config, settings, start, goal)
     if lint:
         from sigma_db.migrations.lint import lint_revisions, split_rendered
 
         rendered = split_rendered(sql, {f.revision: f for f in files})
+        expected = _pending_count(script, start, goal)
+        if len(rendered) != expected:
+            raise unsupported_alembic(
+                f"rendering {expected} pending revision(s) offline produced "
+                f"{len(rendered)} marked chunk(s), so the dry run cannot see what would run"
+            )
         report.pending = list(rendered)
         report.findings.extend(lint_revisions(rendered))
     return report
 
 
-def render_sql(config: Config, settings: DatabaseSettings, start: str | None) -> str:
+def render_sql(
+    config: Config, settings: DatabaseSettings, start: str | None, target: str = "head"
+) -> str:
     """The offline SQL of every revision after ``start`` (``None``: from an empty database)."""
     buffer = io.StringIO()
     rendering = Config(
@@ -116,7 +157,7 @@ def render_sql(config: Config, settings: DatabaseSettings, start: str | None) ->
         output_buffer=buffer,
         attributes={**config.attributes, SETTINGS_KEY: settings, BOOKKEEPING_KEY: False},
     )
-    target = "head" if start is None else f"{start}:head"
+    target = target if start is None else f"{start}:{target}"
     try:
         command.upgrade(rendering, target, sql=True)
     except SigmaDBError:
@@ -134,10 +175,8 @@ def render_sql(config: Config, settings: DatabaseSettings, start: str | None) ->
 
 def read_database(settings: DatabaseSettings) -> DatabaseState:
     """Version heads and ledger rows, read in a read-only session; unreachable is an answer."""
-    from sigma_db.engine import create_engine
-
     schema = settings.topology.schema
-    engine = create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
+    engine = migration_engine(settings)
     try:
         with engine.connect() as connection:
             connection.exec_driver_sql("SET default_transaction_read_only = on")
@@ -149,13 +188,60 @@ def read_database(settings: DatabaseSettings) -> DatabaseState:
             ledger = tuple(read_ledger(connection, schema))
             connection.rollback()
     except DatabaseUnavailableError as exc:
+        if not _network_failure(exc):
+            # Wrong password, unknown role or database, SSL refused: the gate must not pass.
+            raise MigrationError(str(exc)) from exc
         return DatabaseState(False, reason=str(exc))
     except SQLAlchemyError as exc:
-        reason = " ".join(str(getattr(exc, "orig", exc)).split())
-        return DatabaseState(False, reason=f"cannot read the migration history: {reason}")
+        raise MigrationError(
+            database_failure(settings, exc, "read the migration history of")
+        ) from exc
     finally:
         engine.dispose()
     return DatabaseState(True, heads, ledger)
+
+
+_NETWORK_FAILURES = (
+    "connection refused",
+    "timeout expired",
+    "timed out",
+    "could not translate host name",
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "no route to host",
+    "network is unreachable",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def _network_failure(exc: DatabaseUnavailableError) -> bool:
+    """Whether the server could not be reached at all (as opposed to refusing the login)."""
+    causes: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None:
+        causes.append(str(cause).lower())
+        cause = cause.__cause__
+    text = " ".join(causes)
+    return any(marker in text for marker in _NETWORK_FAILURES)
+
+
+def _pending_count(script: ScriptDirectory, start: str | None, goal: str) -> int:
+    return sum(1 for _ in script.iterate_revisions(goal, start or "base"))
+
+
+def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
+    return {rev.revision for rev in script.iterate_revisions(revision, "base")}
+
+
+def _resolve(script: ScriptDirectory, target: str) -> str | None:
+    """The revision id ``--to`` names (``None`` for base), or a one-line error."""
+    try:
+        found = script.get_revision(target)
+    except CommandError as exc:
+        raise MigrationError(f"--to {target}: {exc}; name a revision number or head") from exc
+    return None if found is None else found.revision
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:

@@ -32,7 +32,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
 from sqlalchemy import MetaData, func, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 
@@ -47,6 +47,7 @@ from sigma_db.migrations.autogenerate import (
 from sigma_db.migrations.checksum import file_checksum
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
+    APPLIED_BY,
     LEDGER_TABLE,
     Operation,
     client_name,
@@ -67,6 +68,8 @@ from sigma_db.settings import DatabaseSettings
 from sigma_db.topology import DEFAULT_SCHEMA, Environment, Product, Topology
 
 __all__ = [
+    "ALEMBIC_PIN",
+    "ALEMBIC_RANGE",
     "APPLIED_KEY",
     "BOOKKEEPING_KEY",
     "DEFAULT_LOCK_TIMEOUT",
@@ -74,7 +77,11 @@ __all__ = [
     "REVISION_MARK",
     "SETTINGS_KEY",
     "advisory_lock_key",
+    "check_alembic_version",
+    "database_failure",
+    "migration_engine",
     "run_migrations",
+    "unsupported_alembic",
 ]
 
 DEFAULT_LOCK_TIMEOUT = "5s"
@@ -93,6 +100,15 @@ REVISION_MARK = "-- sigma-db: revision "
 
 log = logging.getLogger("sigma_db.migrations")
 
+ALEMBIC_RANGE = ((1, 13), (1, 21))
+"""Alembic versions the env was tested with (``>=1.13,<1.21``), as in pyproject.toml.
+
+The env relies on Alembic internals (``alembic.context._proxy``, ``context_opts["fn"]`` and
+``["revision_context"]``, replacing ``RevisionStep.migration_fn``); outside this range it refuses
+to run rather than risk a migration or a dry run that silently skips its checks.
+"""
+ALEMBIC_PIN = "alembic>={}.{},<{}.{}".format(*ALEMBIC_RANGE[0], *ALEMBIC_RANGE[1])
+
 _TIMEOUTS = ("lock_timeout", "statement_timeout")
 
 
@@ -109,16 +125,73 @@ def run_migrations(
     else ``DatabaseSettings()`` from the environment. Errors the user can fix surface as one
     :class:`MigrationError` line.
     """
+    run: _Run | None = None
     try:
-        _Run(
+        run = _Run(
             _current_environment(),
             settings,
             {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout},
-        ).run(target_metadata)
+        )
+        run.run(target_metadata)
     except MigrationError:
         raise
     except SigmaDBError as exc:
         raise MigrationError(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        # Outside any revision (those raise MigrationError): the lock, the schema, the version
+        # table or the ledger. Usually the login lacks the migrator's privileges.
+        if run is None or run.settings is None:
+            raise
+        raise MigrationError(database_failure(run.settings, exc)) from exc
+
+
+def database_failure(
+    settings: DatabaseSettings, exc: SQLAlchemyError, doing: str = "migrate"
+) -> str:
+    """One line for a database error outside any revision, with the likely fix."""
+    from sigma_db.roles import RoleKind, group_role
+
+    orig = getattr(exc, "orig", None)
+    reason = " ".join(str(orig if orig is not None else exc).split())
+    migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
+    where = f"{settings.display_dsn} schema {settings.topology.schema}"
+    if getattr(orig, "sqlstate", None) == "42501":  # insufficient_privilege
+        return (
+            f"cannot {doing} {where}: {reason}; DB_USER ({settings.user}) must be a member of "
+            f"{migrator} (the role that owns the product's schemas): use the migrator's "
+            "credentials, or grant it with sigma-db roles"
+        )
+    return (
+        f"cannot {doing} {where}: {reason}; check DB_* (DB_USER must be a member of "
+        f"{migrator}) and that DB_SCHEMA names this product's schema"
+    )
+
+
+def check_alembic_version() -> None:
+    """Raise :class:`MigrationError` if the running Alembic is outside :data:`ALEMBIC_RANGE`."""
+    import alembic
+
+    version = str(alembic.__version__)
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        found = ()
+    if len(found) != 2 or not ALEMBIC_RANGE[0] <= found < ALEMBIC_RANGE[1]:
+        raise MigrationError(
+            f"Alembic {version} is not supported by this sigma_db (it relies on Alembic "
+            f"internals tested with {ALEMBIC_PIN}); install a supported one: "
+            f"pip install '{ALEMBIC_PIN}'"
+        )
+
+
+def unsupported_alembic(what: str) -> MigrationError:
+    """The error for an Alembic whose internals no longer behave as the env expects."""
+    import alembic
+
+    return MigrationError(
+        f"this Alembic version {alembic.__version__} is not supported by sigma_db: {what}; "
+        f"pin '{ALEMBIC_PIN}'"
+    )
 
 
 def _current_environment() -> EnvironmentContext:
@@ -131,6 +204,13 @@ def _current_environment() -> EnvironmentContext:
             "run `alembic upgrade head` or `sigma-db migrate` in the product repository."
         )
     return env
+
+
+def migration_engine(settings: DatabaseSettings) -> Engine:
+    """The engine every migration verb uses: a single connection, no pre-ping."""
+    from sigma_db.engine import create_engine
+
+    return create_engine(settings, pool_size=1, pool_pre_ping=False, execution_options={})
 
 
 def advisory_lock_key(topology: Topology) -> int:
@@ -154,6 +234,7 @@ class _Run:
         settings: DatabaseSettings | None,
         timeouts: dict[str, str | None],
     ) -> None:
+        check_alembic_version()
         self.env = env
         attributes = env.config.attributes
         given = attributes.get(SETTINGS_KEY)
@@ -184,10 +265,27 @@ class _Run:
         if self._without_database():
             offline_scope = AutogenerateScope(self.schema, self._owned())
             self._configure(metadata, lambda: offline_scope, offline=True)
+            # `--sql` output a DBA pipes into psql does what the online run does around the
+            # revisions: the schema, the search_path the login would have, the advisory lock.
+            standalone = self.env.is_offline_mode() and self.bookkeeping
+            key = advisory_lock_key(self.topology)
+            if standalone:
+                self._static(
+                    f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)};",
+                    f"SET search_path = {', '.join(map(quote, self.topology.search_path))};",
+                    f"SELECT pg_advisory_lock({key});",
+                )
             with self.env.begin_transaction():
                 self.env.run_migrations()
+            if standalone:
+                self._static(f"SELECT pg_advisory_unlock({key});")
             return
         self._run_online(metadata)
+
+    def _static(self, *statements: str) -> None:
+        impl = self.env.get_context().impl
+        for statement in statements:
+            impl.static_output(statement + "\n")
 
     def _without_database(self) -> bool:
         return self.env.is_offline_mode() or self._numbering_only()
@@ -238,11 +336,7 @@ class _Run:
                 "Migrations need a direct connection (a session-level advisory lock and SET): "
                 "point DB_HOST/DB_PORT at the server, not at PgBouncer, and unset DB_POOLER."
             )
-        from sigma_db.engine import create_engine
-
-        engine = create_engine(
-            self.settings, pool_size=1, pool_pre_ping=False, execution_options={}
-        )
+        engine = migration_engine(self.settings)
         try:
             with engine.connect() as connection:
                 key = advisory_lock_key(self.topology)
@@ -328,9 +422,7 @@ class _Run:
     ) -> Callable[..., None]:
         @functools.wraps(migrate)
         def run_revision(**kw: Any) -> None:
-            if self.bookkeeping and not self.ledger_ready:
-                migration.execute(CreateTable(self.ledger, if_not_exists=True))
-                self.ledger_ready = True
+            self._ensure_ledger(migration)
             if migration.as_sql:
                 migration.impl.static_output(f"{REVISION_MARK}{script.revision}")
             settings = []
@@ -338,7 +430,11 @@ class _Run:
                 value = timeout_setting(script.module, name, self.timeouts[name])
                 # Online the session keeps its SETs across revisions: send only changes (one
                 # round trip saved per revision). Offline every revision states its own.
-                if value is not None and (migration.as_sql or self.session.get(name) != value):
+                if value is None:
+                    # The server's value: undo an earlier revision's SET on this session.
+                    if migration.as_sql or self.session.pop(name, None) is not None:
+                        settings.append(f"RESET {name}")
+                elif migration.as_sql or self.session.get(name) != value:
                     settings.append(f"SET {name} = '{value}'")
                     self.session[name] = value
             if settings:
@@ -346,20 +442,59 @@ class _Run:
             self.started[script.revision] = time.perf_counter()
             try:
                 migrate(**kw)
-            except DBAPIError as exc:
+            except MigrationError:
+                raise
+            except Exception as exc:
+                if migration.as_sql:
+                    raise  # the dry run says which revision failed to render, and why
                 raise MigrationError(_failure(script, exc)) from exc
 
         return run_revision
 
+    def _ensure_ledger(self, migration: MigrationContext) -> None:
+        # Also reached without any revision running (`alembic stamp`): create it here too.
+        if self.bookkeeping and not self.ledger_ready:
+            migration.execute(CreateTable(self.ledger, if_not_exists=True))
+            self.ledger_ready = True
+
+    @staticmethod
+    def _recorded_revisions(step: MigrationInfo) -> list[str]:
+        """The revisions a step applies or reverts, in the order it does so.
+
+        A revision step is one revision; a stamp moves the version table over every revision
+        between its old and new heads (``stamp head`` after ``upgrade 0001``: 0002, 0003, ...),
+        and each of them gets its ledger row, else the dry run would call them "unknown".
+        """
+        if not step.is_stamp:
+            return list(step.up_revision_ids)
+        revisions = [
+            rev.revision
+            for rev in step.revision_map.iterate_revisions(
+                step.up_revision_ids, step.down_revision_ids or "base"
+            )
+            if rev is not None and rev.revision not in step.down_revision_ids
+        ]
+        return revisions if not step.is_upgrade else list(reversed(revisions))
+
     def _record(self, *, ctx: MigrationContext, step: MigrationInfo, **_: Any) -> None:
+        if not step.is_stamp:
+            skipped = [rev for rev in step.up_revision_ids if rev not in self.started]
+            if skipped:
+                # Raised inside the revision's transaction: nothing of it is committed.
+                raise unsupported_alembic(
+                    f"revision {', '.join(skipped)} ran without sigma_db's per-revision "
+                    "wrapper (no timeouts, no ledger checks)"
+                )
         if not self.bookkeeping:
+            self.started.clear()
             return
         operation: Operation
         if step.is_stamp:
             operation = "stamp" if step.is_upgrade else "downgrade"
         else:
             operation = "upgrade" if step.is_upgrade else "downgrade"
-        for revision in step.up_revision_ids:
+        self._ensure_ledger(ctx)
+        for revision in self._recorded_revisions(step):
             script = step.revision_map.get_revision(revision)
             assert isinstance(script, Script)
             started = self.started.pop(revision, None)
@@ -374,6 +509,7 @@ class _Run:
                     description=(script.doc or "").strip() or None,
                     phase=None if phase is None else phase.value,
                     checksum=file_checksum(script.path),
+                    applied_by=APPLIED_BY,
                     client=self.client,
                     duration_ms=duration,
                     success=True,
@@ -398,13 +534,17 @@ def _unlock(connection: Connection, key: int) -> None:
         log.debug("advisory unlock skipped: connection closed", exc_info=True)
 
 
-def _failure(script: Script, exc: DBAPIError) -> str:
-    reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
-    statement = " ".join(str(exc.statement or "").split())
-    if len(statement) > 200:
-        statement = statement[:199] + "…"
+def _failure(script: Script, exc: Exception) -> str:
+    if isinstance(exc, DBAPIError):
+        reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+        statement = " ".join(str(exc.statement or "").split())
+        if len(statement) > 200:
+            statement = statement[:199] + "…"
+        what = f"{reason}; statement: {statement}"
+    else:
+        what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return (
-        f"revision {script.revision} ({Path(script.path).name}) failed: {reason}; statement: "
-        f"{statement}. Its transaction was rolled back: the version table and the ledger are "
-        "unchanged. Fix the revision (or the data) and run the migration again."
+        f"revision {script.revision} ({Path(script.path).name}) failed: {what}; its "
+        "transaction was rolled back: the version table and the ledger are unchanged. Fix the "
+        "revision (or the data) and run the migration again."
     )

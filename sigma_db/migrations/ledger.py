@@ -31,17 +31,20 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    literal_column,
     select,
     text,
     true,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from sigma_db.identifiers import quote
 from sigma_db.migrations.findings import Finding
 from sigma_db.migrations.revisions import RevisionFile
 
 __all__ = [
+    "APPLIED_BY",
     "LEDGER_TABLE",
     "LedgerRow",
     "Operation",
@@ -55,6 +58,9 @@ __all__ = [
 
 LEDGER_TABLE = "migration_runs"
 """Snake_case plural, like every table: each row is one run of one revision."""
+
+APPLIED_BY: ColumnElement[str] = literal_column("session_user", Text)
+"""What every ledger insert writes to ``applied_by`` (ledgers made with the old default too)."""
 
 Operation = Literal["upgrade", "downgrade", "stamp", "repair"]
 _APPLYING = ("upgrade", "stamp", "repair")
@@ -71,7 +77,9 @@ def ledger_table(schema: str) -> Table:
         Column("description", Text, nullable=True),
         Column("phase", Text, nullable=True),
         Column("checksum", Text, nullable=False),
-        Column("applied_by", Text, nullable=False, server_default=text("current_user")),
+        # session_user: the login that ran it; current_user would be the group role (the
+        # migrator) once the login's `role` setting or SET ROLE applies.
+        Column("applied_by", Text, nullable=False, server_default=text("session_user")),
         Column("client", Text, nullable=True),
         Column(
             "applied_at",
@@ -168,6 +176,7 @@ def history_findings(
     by_revision = {f.revision: f for f in files}
     applied = applied_revisions(rows)
     findings: list[Finding] = []
+    unknown_heads = list(unknown_heads)
     for head in unknown_heads:
         findings.append(
             Finding(
@@ -179,6 +188,8 @@ def history_findings(
         )
     for rev, row in applied.items():
         file = by_revision.get(rev)
+        if file is None and rev in unknown_heads:
+            continue  # one problem, already reported above as the version table's head
         if file is None:
             findings.append(
                 Finding(

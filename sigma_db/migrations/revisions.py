@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+import traceback
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -158,6 +159,8 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
             # not present", then fails on the lookup.
             messages = [str(w.message) for w in caught] + [str(exc)]
             return [_broken_chain(script, " ".join(messages))]
+        except Exception as exc:  # a revision file that does not import: name file and line
+            return [_load_error(script, exc)]
     problems = [
         _duplicate(str(w.message), script) for w in caught if "more than once" in str(w.message)
     ]
@@ -220,6 +223,25 @@ def _duplicate(message: str, script: ScriptDirectory) -> str:
         f"({', '.join(files) or 'see versions/'}); "
         "give the newer one the next free number"
     )
+
+
+def _load_error(script: ScriptDirectory, exc: Exception) -> str:
+    """``0002_x.py:7: SyntaxError: ...`` for a revision file that cannot be imported."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        name, line = Path(exc.filename).name, exc.lineno
+        message = exc.msg
+    else:
+        versions = Path(script.versions).resolve()
+        frames = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if Path(frame.filename).resolve().parent == versions
+        ]
+        name = Path(frames[-1].filename).name if frames else _relative(script)
+        line = frames[-1].lineno if frames else None
+        message = str(exc)
+    where = f"{name}:{line}" if line else name
+    return f"{where}: {type(exc).__name__}: {' '.join(message.split())}; fix the revision file"
 
 
 def _broken_chain(script: ScriptDirectory, message: str) -> str:

@@ -19,5 +19,7 @@ def repo(tmp_path: Path, db_settings: DatabaseSettings) -> ProductRepo:
 
 @pytest.fixture
 def offline_repo(tmp_path: Path, sigma_postgresql: TestServer) -> ProductRepo:
-    """A product repo whose settings name a database that does not exist (offline use)."""
-    return make_repo(tmp_path / "lab", sigma_postgresql.settings("edge_lab"))
+    """A product repo whose settings name a server that refuses connections (offline use)."""
+    from sigma_db.server import free_port
+
+    return make_repo(tmp_path / "lab", sigma_postgresql.settings("edge_lab", port=free_port()))

@@ -124,7 +124,38 @@ def test_deleted_applied_revision_is_one_line(
     assert "at revision 0002, which no revision file declares; restore the file" in line
     code, _, err = run(["migrate", "--dry-run"], capsys)
     assert code == 1
-    assert "problem: 0002: unknown: the database is at revision 0002" in err
+    problems = [line for line in err.splitlines() if line.startswith("problem:")]
+    assert [line for line in problems if "0002" in line] == [
+        next(line for line in problems if line.startswith("problem: 0002: unknown: the database"))
+    ]
+
+
+def test_dry_run_honours_to(in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    in_repo.add("add rank", 'op.add_column("signals", sa.Column("rank", sa.BigInteger))')
+    run(["migrations", "lock"], capsys)
+    code, out, err = run(["migrate", "--dry-run", "--no-sql", "--to", "0002"], capsys)
+    assert code == 0, err
+    assert "up to 0002" in out
+    assert "; 2 pending" in out
+    assert "pending 0002 add score" in out and "pending 0003" not in out
+    run(["migrate", "--to", "0002"], capsys)
+    code, out, _ = run(["migrate", "--dry-run", "--to", "0002"], capsys)
+    assert (code, "at 0002; 0 pending" in out) == (0, True)
+    code, _, err = run(["migrate", "--dry-run", "--to", "0009"], capsys)
+    assert "--to 0009" in error_line(err)
+
+
+def test_broken_tree_says_the_database_was_not_asked(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("next", "pass", down="0007")
+    code, out, _ = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "database: not asked (the revision files have problems)" in out
+    assert "NOT reachable" not in out
 
 
 def test_corrupt_lock_file_is_one_line(
@@ -182,6 +213,29 @@ def test_unreachable_database(
     assert code == 0, err
     assert "database: NOT reachable, offline checks only" in out
     assert "pending 0001 init" in out
+    code, out, err = run(["migrate", "--dry-run", "--require-database"], capsys)
+    assert code == 1
+    assert "problem: database-unreachable: Cannot connect to postgresql://" in err
+    assert "--require-database" in err
+
+
+def test_dry_run_that_cannot_get_in_fails(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    code, out, err = run_process(repo, "migrate", "--dry-run", DB_PASSWORD="wrong")
+    line = one_error_line(code, err)
+    assert "password authentication failed" in line
+    assert "NOT reachable" not in out
+    role = f"noread_{os.getpid()}"
+    repo.query(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    try:
+        repo.query(f"GRANT USAGE ON SCHEMA app TO {role}")
+        code, out, err = run_process(repo, "migrate", "--dry-run", DB_USER=role, DB_PASSWORD="pw")
+        line = one_error_line(code, err)
+        assert "permission denied for table alembic_version" in line
+        assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 def test_missing_settings_and_config(
@@ -197,9 +251,10 @@ def test_missing_settings_and_config(
     assert "No Alembic config at nowhere.ini: run in the product repository" in error_line(err)
 
 
-def sigma_db_process(repo: ProductRepo, *args: str) -> subprocess.Popen[str]:
+def sigma_db_process(repo: ProductRepo, *args: str, **overrides: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
     env.update(db_env(repo.settings))
+    env.update(overrides)
     return subprocess.Popen(
         [sys.executable, "-m", "sigma_db", *args],
         cwd=repo.root,
@@ -245,3 +300,94 @@ def test_dry_run_subprocess_names_revision_and_statement(repo: ProductRepo) -> N
     assert "CREATE TABLE" not in out
     assert repo.query("SELECT to_regclass('app.alembic_version') IS NULL") == [(True,)]
     assert not (Path(repo.root) / "migrations" / "checksums.lock.tmp").exists()
+
+
+def run_process(repo: ProductRepo, *args: str, **env: str) -> tuple[int, str, str]:
+    process = sigma_db_process(repo, *args, **env)
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
+def one_error_line(code: int, err: str) -> str:
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("sigma-db: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_role_without_privileges_is_one_line_with_the_fix(
+    repo: ProductRepo, consolidated: DatabaseSettings
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    role = f"nopriv_{os.getpid()}"
+    repo.query(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    try:
+        repo.query(f"GRANT USAGE ON SCHEMA app TO {role}")
+        code, _, err = run_process(repo, "migrate", DB_USER=role, DB_PASSWORD="pw")
+        line = one_error_line(code, err)
+        assert "permission denied for table alembic_version" in line
+        assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
+        # A Lab login pointed at another product's schema in the consolidated database.
+        code, _, err = run_process(
+            repo,
+            "migrate",
+            DB_USER=role,
+            DB_PASSWORD="pw",
+            DB_NAME=consolidated.name,
+            DB_SCHEMA="market",
+            DB_PRODUCT="market",
+        )
+        line = one_error_line(code, err)
+        assert "permission denied for database edge_products" in line
+        assert f"DB_USER ({role}) must be a member of edge_market_migrator" in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_a_revision_that_does_not_compile_is_one_line(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("broken", "op.execute('SELECT 1'")
+    for args in (("migrate",), ("migrate", "--dry-run"), ("migrations", "lock")):
+        code, _, err = run_process(repo, *args)
+        assert code == 1, (args, err)
+        assert "Traceback" not in err, err
+        assert "0002_broken.py:" in err and "SyntaxError" in err, (args, err)
+        if args != ("migrate", "--dry-run"):
+            one_error_line(code, err)
+
+
+def test_an_exception_in_upgrade_names_the_revision(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS + "\nundefined_helper()")
+    code, _, err = run_process(repo, "migrate")
+    line = one_error_line(code, err)
+    assert (
+        "revision 0001 (0001_init.py) failed: NameError: name 'undefined_helper' is not defined; "
+        "its transaction was rolled back" in line
+    )
+    assert repo.query("SELECT to_regclass('app.signals') IS NULL") == [(True,)]
+
+
+def test_repair_without_privileges_is_one_line(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    role = f"norepair_{os.getpid()}"
+    repo.query(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA app TO {role}")
+    try:
+        code, _, err = run_process(
+            repo,
+            "migrations",
+            "repair",
+            "0001",
+            "--reason",
+            "a test",
+            DB_USER=role,
+            DB_PASSWORD="pw",
+        )
+        line = one_error_line(code, err)
+        assert "permission denied for table migration_runs" in line
+        assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")

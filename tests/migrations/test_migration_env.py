@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic import command
 from pglast import parser
+from pydantic import SecretStr
 from sample_repo import ProductRepo, make_repo
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -211,6 +214,10 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     for statement in parser.split(offline):
         if statement.strip().upper().startswith(("BEGIN", "COMMIT")):
             continue
+        if statement.startswith(("CREATE SCHEMA IF NOT EXISTS", "SET search_path", "SELECT")):
+            # The standalone preamble (online: the schema exists, the login's search_path and
+            # the lock are SELECTs) and the final unlock.
+            continue
         if statement.startswith("SET "):
             # Offline each revision states its timeouts; online the session keeps them, so
             # only changes are sent.
@@ -224,3 +231,131 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     assert len(offline_statements) > 12
     assert _fingerprints(offline_statements) == _fingerprints(online)
     assert repo.query("SELECT count(*) FROM app.migration_runs") == [(4,)]
+
+
+def test_stamp_head_on_a_fresh_schema_creates_the_ledger(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    command.stamp(repo.config(), "head")
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
+    assert repo.query(LEDGER) == [("0001", "stamp"), ("0002", "stamp")]
+
+
+def test_stamp_records_every_revision_it_skips(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    repo.add("add rank", 'op.add_column("signals", sa.Column("rank", sa.BigInteger))')
+    repo.upgrade("0001")
+    command.stamp(repo.config(), "head")
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "stamp"), ("0003", "stamp")]
+    command.stamp(repo.config(), "0001")
+    assert repo.query(LEDGER)[3:] == [("0003", "downgrade"), ("0002", "downgrade")]
+    from sigma_db.migrations.dryrun import dry_run
+
+    command.stamp(repo.config(), "head")
+    report = dry_run(repo.config(), repo.settings)
+    assert [f.rule for f in report.findings if f.rule == "unknown"] == []
+
+
+def test_upgrade_refuses_when_alembic_skips_the_revision_wrapper(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sigma_db.migrations import environment
+
+    # As if a future Alembic stopped calling the migration_fn the env replaced.
+    monkeypatch.setattr(environment._Run, "_wrap_step", lambda self, script, migrate, m: migrate)
+    repo.add("init", SIGNALS)
+    with pytest.raises(MigrationError, match=r"Alembic version .* is not supported by sigma_db"):
+        repo.upgrade()
+    assert repo.query("SELECT to_regclass('app.signals') IS NULL") == [(True,)]
+
+
+def test_dry_run_refuses_when_revisions_render_without_the_wrapper(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sigma_db.migrations import environment
+    from sigma_db.migrations.dryrun import dry_run
+
+    monkeypatch.setattr(environment._Run, "_wrap_plan", lambda self, planned: planned)
+    monkeypatch.setattr(environment._Run, "_record", lambda self, **kw: None)
+    repo.add("init", SIGNALS)
+    with pytest.raises(MigrationError, match=r"Alembic version .* is not supported by sigma_db"):
+        dry_run(repo.config(), repo.settings)
+
+
+def test_an_alembic_outside_the_tested_range_is_refused(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alembic
+
+    from sigma_db.migrations.dryrun import dry_run
+
+    monkeypatch.setattr(alembic, "__version__", "1.99.0")
+    repo.add("init", SIGNALS)
+    for attempt in (repo.upgrade, lambda: dry_run(repo.config(), repo.settings)):
+        with pytest.raises(MigrationError, match=r"Alembic 1\.99\.0 is not supported .*alembic>="):
+            attempt()
+
+
+def test_a_timeout_of_none_means_the_servers_value(repo: ProductRepo) -> None:
+    probe = """
+    op.execute(
+        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
+        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
+        "current_setting('statement_timeout')"
+    )
+    """
+    repo.add("init", probe.format(rev="0001"), extra='lock_timeout = "1min"')
+    repo.add("unset", probe.format(rev="0002"), extra="lock_timeout = None")
+    repo.add("again", probe.format(rev="0003"), extra="statement_timeout = None")
+    repo.upgrade()
+    server = repo.query("SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'")[0][0]
+    assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
+        ("0001", "1min", "15min"),
+        ("0002", server, "15min"),
+        ("0003", "5s", "0"),
+    ]
+
+
+def test_ledger_records_the_login_not_the_group_role(repo: ProductRepo) -> None:
+    login, group = f"ci_login_{os.getpid()}", f"ci_group_{os.getpid()}"
+    name = repo.settings.name
+    repo.query(
+        f"CREATE ROLE {group} NOLOGIN; CREATE ROLE {login} LOGIN PASSWORD 'pw' IN ROLE {group};"
+        f"GRANT CREATE, USAGE ON SCHEMA app TO {group};"
+        f'ALTER ROLE {login} IN DATABASE "{name}" SET role = {group}'
+    )
+    try:
+        repo.add("init", SIGNALS)
+        as_login = repo.settings.model_copy(update={"user": login, "password": SecretStr("pw")})
+        assert repo.upgrade(settings=as_login) == ["upgrade 0001"]
+        assert repo.query("SELECT applied_by FROM app.migration_runs") == [(login,)]
+    finally:
+        repo.query(f"DROP OWNED BY {login}, {group}; DROP ROLE {login}; DROP ROLE {group}")
+
+
+def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
+    from sigma_db.migrations.environment import advisory_lock_key
+
+    repo.add("init", SIGNALS)
+    repo.add("fill", "op.execute(\"INSERT INTO signals (name) VALUES ('x')\")", phase="backfill")
+    sql = repo.sql()
+    key = advisory_lock_key(repo.settings.topology)
+    statements = [s.strip() for s in parser.split(sql)]
+    assert statements[:3] == [
+        'CREATE SCHEMA IF NOT EXISTS "app"',
+        'SET search_path = "app", "public"',
+        f"SELECT pg_advisory_lock({key})",
+    ]
+    assert statements[-1] == f"SELECT pg_advisory_unlock({key})"
+    # A DBA pipes it into psql as a login whose search_path is the default, schema absent.
+    repo.query("DROP SCHEMA app CASCADE")
+    s = repo.settings
+    with psycopg.connect(
+        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
+    ) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    assert repo.query("SELECT name FROM app.signals") == [("x",)]
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "upgrade")]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]

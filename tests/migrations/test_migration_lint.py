@@ -190,9 +190,13 @@ def test_the_documented_rename_passes_lint_and_runs(repo: ProductRepo) -> None:
         phase="contract",
     )
     repo.add(
+        "validate title",
+        'op.execute("ALTER TABLE signals VALIDATE CONSTRAINT ck_signals_title")',
+        phase="contract",
+    )
+    repo.add(
         "drop name",
         """
-        op.execute("ALTER TABLE signals VALIDATE CONSTRAINT ck_signals_title")
         op.alter_column("signals", "title", nullable=False)
         op.drop_column("signals", "name")
         """,
