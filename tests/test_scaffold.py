@@ -195,3 +195,18 @@ def test_seed_product_generates_tests_migrates_and_passes_its_gate(
     run("alembic", "check")
     dry = run("sigma_db", "migrate", "--dry-run", "--require-database")
     assert "dry run: ok" in dry.stdout
+
+
+def test_pull_requests_never_get_migrator_credentials(tmp_path: Path) -> None:
+    import yaml
+
+    new_product("lab", tmp_path / "lab")
+    workflow = yaml.safe_load((tmp_path / "lab" / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    assert jobs["migration-gate"]["environment"] == "staging-readonly"
+    for name in ("migrate-staging", "migrate-prod"):
+        guarded = jobs[name].get(
+            "if"
+        ) == "github.ref == 'refs/heads/main'" or "migrate-staging" in (jobs[name].get("needs", []))
+        assert guarded, name
+    assert jobs["migrate-prod"]["needs"] == ["migrate-staging"]
