@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 from alembic import command
 from alembic.config import Config
 
@@ -98,25 +97,11 @@ def build_repo(root: Path, revisions: int) -> Path:
 
 
 def fresh_database(server: TestServer, name: str) -> None:
-    with psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.superuser,
-        password=server.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
+    with server.connect() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.execute(f'CREATE DATABASE "{name}"')
         admin.execute(f'ALTER DATABASE "{name}" SET search_path = app, public')
-    with psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.superuser,
-        password=server.password,
-        dbname=name,
-        autocommit=True,
-    ) as conn:
+    with server.connect(name) as conn:
         conn.execute("CREATE SCHEMA app")
 
 

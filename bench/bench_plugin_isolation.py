@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
 from sqlalchemy import text
 
@@ -127,14 +126,7 @@ def main() -> None:
         for n in range(args.tests):
             name = f"per_test_{n}"
             started = time.perf_counter()
-            with psycopg.connect(
-                host=server.host,
-                port=server.port,
-                user=server.superuser,
-                password=server.password,
-                dbname="postgres",
-                autocommit=True,
-            ) as admin:
+            with server.connect() as admin:
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             admin = server.settings(name, product="lab")
             sync_roles(admin, [ProductRoles(admin.topology)], apply=True)

@@ -12,7 +12,6 @@ import argparse
 import statistics
 import time
 
-import psycopg
 import sqlalchemy
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -28,14 +27,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     args = parser.parse_args()
     with start_test_server() as server:
-        with psycopg.connect(
-            host=server.host,
-            port=server.port,
-            user=server.superuser,
-            password=server.password,
-            dbname="postgres",
-            autocommit=True,
-        ) as admin:
+        with server.connect() as admin:
             admin.execute("CREATE DATABASE edge_lab")
             admin.execute("ALTER DATABASE edge_lab SET search_path = app, public")
         settings = server.settings("edge_lab", product=None, conn_max=5)

@@ -28,14 +28,7 @@ from sigma_db.testing import TestServer
 
 
 def _admin(server: TestServer, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.superuser,
-        password=server.password,
-        dbname=dbname,
-        autocommit=True,
-    )
+    return server.connect(dbname)
 
 
 def _statements_seen(

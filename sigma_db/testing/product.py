@@ -96,14 +96,7 @@ class ProductTemplate:
 
 
 def _admin(server: TestServer, dbname: str = "postgres") -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.superuser,
-        password=server.password,
-        dbname=dbname,
-        autocommit=True,
-    )
+    return server.connect(dbname)
 
 
 def build_template(server: TestServer, product: str, alembic_ini: Path) -> ProductTemplate:

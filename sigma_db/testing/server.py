@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from sigma_db.errors import SigmaDBError
 from sigma_db.server import (
     ServerBinaries,
@@ -67,6 +69,17 @@ class TestServer:
             "application_name": None,
         }
         return DatabaseSettings(_env_file=None, **(values | overrides))
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
+        """An autocommit psycopg connection as the superuser (for setup and inspection)."""
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.superuser,
+            password=self.password,
+            dbname=dbname,
+            autocommit=True,
+        )
 
 
 def _executor_class() -> Any:
