@@ -29,13 +29,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy.engine import Engine
 
-from sigma_db.settings import DatabaseSettings
-from sigma_db.testing.product import CloneKeeper, ProductTemplate
-from sigma_db.testing.server import TestServer, start_test_server
+if TYPE_CHECKING:
+    # pytest loads this plugin in every session of every project that has sigma_db installed:
+    # the database stack is imported only when a fixture is actually used.
+    from sqlalchemy.engine import Engine
+
+    from sigma_db.settings import DatabaseSettings
+    from sigma_db.testing.product import CloneKeeper, ProductTemplate
+    from sigma_db.testing.server import TestServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def sigma_postgresql() -> Iterator[TestServer]:
     """One real PostgreSQL server for the whole test session."""
+    from sigma_db.testing.server import start_test_server
+
     with start_test_server() as server:
         yield server
 
