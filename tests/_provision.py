@@ -65,14 +65,7 @@ class Provisioned:
 
     @contextmanager
     def admin_connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with psycopg.connect(
-            host=self.server.host,
-            port=self.server.port,
-            dbname=self.admin.name,
-            user=self.server.superuser,
-            password=self.server.password,
-            autocommit=True,
-        ) as conn:
+        with self.server.connect(self.admin.name) as conn:
             yield conn
 
 

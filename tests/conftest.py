@@ -48,16 +48,8 @@ def products_db(sigma_postgresql: TestServer) -> dict[str, Provisioned]:
     the database's oid is checked on each use and a replaced database is provisioned again.
     Tests that use it must not change its grants.
     """
-    import psycopg
 
-    with psycopg.connect(
-        host=sigma_postgresql.host,
-        port=sigma_postgresql.port,
-        user=sigma_postgresql.superuser,
-        password=sigma_postgresql.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with sigma_postgresql.connect("postgres") as conn:
         row = conn.execute("SELECT oid FROM pg_database WHERE datname = 'edge_products'").fetchone()
         if row is None:
             conn.execute("CREATE DATABASE edge_products")

@@ -129,13 +129,7 @@ def test_a_connection_left_open_holding_a_lock_does_not_hang_the_reset(
 
 def test_template_database_is_a_template(template: ProductTemplate) -> None:
     server = template.server
-    with psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.superuser,
-        password=server.password,
-        dbname="postgres",
-    ) as conn:
+    with server.connect() as conn:
         row = conn.execute(
             "SELECT datistemplate, datallowconn FROM pg_database WHERE datname = %s",
             (template.database,),

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 from _provision import Provisioned, provision, unique_key
-from psycopg import errors
+from psycopg import errors, sql
 from pydantic import SecretStr
 
 from sigma_db import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
@@ -158,18 +158,10 @@ def test_same_product_in_two_databases_concurrently(
     sigma_postgresql: TestServer, sigma_database: str
 ) -> None:
     """Roles are cluster-global: two applies racing to create them must both succeed."""
-    import psycopg as pg
 
     other = f"t_{uuid.uuid4().hex[:12]}"
-    with pg.connect(
-        host=sigma_postgresql.host,
-        port=sigma_postgresql.port,
-        user=sigma_postgresql.superuser,
-        password=sigma_postgresql.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        conn.execute(f"CREATE DATABASE {other}")
+    with sigma_postgresql.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
     key = unique_key()
     failures: list[BaseException] = []
 
@@ -187,15 +179,8 @@ def test_same_product_in_two_databases_concurrently(
             thread.join()
         assert failures == []
     finally:
-        with pg.connect(
-            host=sigma_postgresql.host,
-            port=sigma_postgresql.port,
-            user=sigma_postgresql.superuser,
-            password=sigma_postgresql.password,
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
-            conn.execute(f"DROP DATABASE {other} WITH (FORCE)")
+        with sigma_postgresql.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(other)))
 
 
 def test_drift_is_detected_and_repaired(provisioned: Provisioned) -> None:
@@ -357,14 +342,7 @@ def test_createrole_admin_that_owns_the_database(sigma_postgresql: TestServer) -
     """Managed servers give no superuser: a CREATEROLE role owning the database is enough."""
     key = unique_key()
     admin_name, database = f"{key}_admin", f"t_{key}"
-    with psycopg.connect(
-        host=sigma_postgresql.host,
-        port=sigma_postgresql.port,
-        user=sigma_postgresql.superuser,
-        password=sigma_postgresql.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with sigma_postgresql.connect("postgres") as conn:
         conn.execute(f"CREATE ROLE {admin_name} LOGIN CREATEROLE PASSWORD 'adm-pw'")
         conn.execute(f"CREATE DATABASE {database} OWNER {admin_name}")
         try:

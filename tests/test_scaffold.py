@@ -133,14 +133,7 @@ def product_database(sigma_postgresql: TestServer, request: pytest.FixtureReques
     database = PRODUCTS[request.param].database
 
     def admin() -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(
-            host=sigma_postgresql.host,
-            port=sigma_postgresql.port,
-            user=sigma_postgresql.superuser,
-            password=sigma_postgresql.password,
-            dbname="postgres",
-            autocommit=True,
-        )
+        return sigma_postgresql.connect("postgres")
 
     with admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
