@@ -23,18 +23,21 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg.sql
 from alembic import context as alembic_context
 from alembic.operations.ops import MigrationScript
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
-from sqlalchemy import MetaData, func, select, text
+from sqlalchemy import MetaData, bindparam, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql.dml import Insert, UpdateBase
 
 from sigma_db.errors import ConfigurationError, SigmaDBError
 from sigma_db.identifiers import quote
@@ -52,7 +55,6 @@ from sigma_db.migrations.ledger import (
     Operation,
     client_name,
     history_findings,
-    ledger_exists,
     ledger_table,
     read_ledger,
 )
@@ -110,6 +112,17 @@ to run rather than risk a migration or a dry run that silently skips its checks.
 ALEMBIC_PIN = "alembic>={}.{},<{}.{}".format(*ALEMBIC_RANGE[0], *ALEMBIC_RANGE[1])
 
 _TIMEOUTS = ("lock_timeout", "statement_timeout")
+_LEDGER_VALUES = (
+    "revision",
+    "operation",
+    "description",
+    "phase",
+    "checksum",
+    "client",
+    "duration_ms",
+    "success",
+)
+"""The ledger columns each row sets (``applied_by`` is the server's ``session_user``)."""
 
 
 def run_migrations(
@@ -254,6 +267,12 @@ class _Run:
         self.ledger = ledger_table(self.schema)
         self.ledger_ready = False
         self.started: dict[str, float] = {}
+        self.pending: _LedgerRow | None = None
+        """The running revision's ledger row, until it rides on the version-table statement."""
+        self.checksums: dict[str, str] = {}
+        """Checksums the history check computed, reused for the ledger rows."""
+        self.written: set[str] = set()
+        """Revisions of the current step whose ledger row rode on the version-table statement."""
         self.session: dict[str, str] = {}
         """Timeouts already SET on the migration connection."""
         self.client = client_name()
@@ -340,9 +359,8 @@ class _Run:
         try:
             with engine.connect() as connection:
                 key = advisory_lock_key(self.topology)
-                self._lock(connection, key)
+                self._lock_and_prepare(connection, key)
                 try:
-                    self._ensure_schema(connection)
                     found: list[AutogenerateScope] = []
 
                     def scope() -> AutogenerateScope:
@@ -362,8 +380,6 @@ class _Run:
                             )
                         return found[0]
 
-                    self.ledger_ready = ledger_exists(connection, self.schema)
-                    connection.commit()
                     self._configure(metadata, scope, offline=False, connection=connection)
                     with self.env.begin_transaction():
                         self.env.run_migrations()
@@ -372,24 +388,31 @@ class _Run:
         finally:
             engine.dispose()
 
-    def _lock(self, connection: Connection, key: int) -> None:
-        if not connection.execute(select(func.pg_try_advisory_lock(key))).scalar():
+    def _lock_and_prepare(self, connection: Connection, key: int) -> None:
+        """Take the advisory lock, create the schema if missing, note whether the ledger exists.
+
+        The lock and both lookups share one round trip; the lookups are repeated after a wait,
+        since the run that held the lock may have created the schema or the ledger.
+        """
+        names = {"schema": quote(self.schema), "ledger": f"{quote(self.schema)}.{LEDGER_TABLE}"}
+        lookups = "to_regnamespace(:schema) IS NOT NULL, to_regclass(:ledger) IS NOT NULL"
+        locked, has_schema, self.ledger_ready = connection.execute(
+            text(f"SELECT pg_try_advisory_lock(:key), {lookups}"), {"key": key, **names}
+        ).one()
+        if not locked:
             log.info(
                 "Waiting for another migration run on %s schema %s to finish",
                 self.topology.database,
                 self.schema,
             )
             connection.execute(select(func.pg_advisory_lock(key)))
-        connection.commit()
-
-    def _ensure_schema(self, connection: Connection) -> None:
-        name = quote(self.schema)
-        found = connection.execute(
-            select(text("to_regnamespace(:name) IS NOT NULL")), {"name": name}
-        )
-        if not found.scalar():
+            has_schema, self.ledger_ready = connection.execute(
+                text(f"SELECT {lookups}"), names
+            ).one()
+        if not has_schema:
             log.info("Creating schema %s", self.schema)
-            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {name}"))
+            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {names['schema']}"))
+        connection.commit()
 
     def _wrap_plan(self, planned: Callable[..., Iterable[Any]]) -> Callable[..., list[Any]]:
         def plan(heads: Any, migration: MigrationContext) -> list[Any]:
@@ -397,8 +420,10 @@ class _Run:
             revision_steps = [step for step in steps if isinstance(step, RevisionStep)]
             if revision_steps and self.bookkeeping and not migration.as_sql:
                 self._verify_history(migration)
+            if revision_steps and self.bookkeeping:
+                self._attach_ledger_to_version_updates(migration)
             for step in revision_steps:
-                step.migration_fn = self._wrap_step(step.revision, step.migration_fn, migration)
+                step.migration_fn = self._wrap_step(step, migration)
             return steps
 
         return plan
@@ -407,21 +432,98 @@ class _Run:
         connection = migration.connection
         assert connection is not None
         script = self.env.script
+        files = revision_files(script)
+        rows = read_ledger(connection, self.schema, exists=self.ledger_ready)
+        self.checksums = {file.revision: file.checksum for file in files}
         findings = [
             finding
-            for finding in history_findings(
-                revision_files(script), read_ledger(connection, self.schema), ()
-            )
+            for finding in history_findings(files, rows, ())
             if finding.rule in {"edited", "missing"}
         ]
         if findings:
             raise MigrationError("; ".join(finding.line() for finding in findings))
 
-    def _wrap_step(
-        self, script: Script, migrate: Callable[..., None], migration: MigrationContext
-    ) -> Callable[..., None]:
+    def _attach_ledger_to_version_updates(self, migration: MigrationContext) -> None:
+        """Send each revision's ledger row in the statement that moves the version table.
+
+        Alembic updates ``alembic_version`` once per revision; prefixing that statement with
+        ``WITH sigma_db_ledger AS (INSERT INTO migration_runs ...)`` writes the row in the same
+        transaction without a round trip of its own. Online the INSERT is compiled once per run
+        and the row travels as parameters, since compiling it per revision cost about as much
+        as the round trip it saves. Offline it renders as the same statement with literals. If
+        Alembic ever stops going through ``impl._exec``, :meth:`_record` inserts the row itself.
+        """
+        impl = migration.impl
+        send = impl._exec
+        dialect = migration.dialect
+        placeholders: dict[str, Any] = {name: bindparam(f"sigma_{name}") for name in _LEDGER_VALUES}
+        ledger_sql = self._ledger_insert(placeholders).compile(dialect=dialect)
+        prefix = f"WITH sigma_db_ledger AS ({ledger_sql}) "
+
+        def exec_with_ledger(construct: Any, *args: Any, **kw: Any) -> Any:
+            row = self.pending
+            if row is None or args or kw or not _moves_version_table(construct, migration):
+                return send(construct, *args, **kw)
+            self.pending = None
+            self.written.add(row.script.revision)
+            values = self._ledger_values(row, migration)
+            if migration.as_sql:
+                literal = {"literal_binds": True}
+                ledger = self._ledger_insert(values).compile(
+                    dialect=dialect, compile_kwargs=literal
+                )
+                moved = construct.compile(dialect=dialect, compile_kwargs=literal)
+                sql = f"WITH sigma_db_ledger AS ({ledger}) {moved}".replace("\t", "    ").strip()
+                impl.static_output(sql + impl.command_terminator)
+                return None
+            compiled = construct.compile(dialect=dialect)
+            connection = migration.connection
+            if compiled.params or connection is None:
+                cte = self._ledger_insert(values).cte("sigma_db_ledger")
+                return send(construct.add_cte(cte))
+            # Values quoted by psycopg (sql.Literal), and the statement sent without parameters,
+            # so psycopg does not parse it for placeholders: it differs per revision, so that
+            # parse would never be cached, and it cost more than the values' quoting.
+            driver = connection.connection.driver_connection
+            literals = {
+                f"sigma_{name}": psycopg.sql.Literal(value).as_string(driver)
+                for name, value in values.items()
+            }
+            return connection.exec_driver_sql(
+                (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
+            )
+
+        setattr(impl, "_exec", exec_with_ledger)  # noqa: B010 - mypy: assigning to a method
+
+    def _ledger_values(self, row: _LedgerRow, migration: MigrationContext) -> dict[str, Any]:
+        script = row.script
+        duration = None
+        started = self.started.get(script.revision)
+        if started is not None and not migration.as_sql:
+            duration = round((time.perf_counter() - started) * 1000)
+        phase = revision_phase(script.module)
+        return {
+            "revision": script.revision,
+            "operation": row.operation,
+            "description": (script.doc or "").strip() or None,
+            "phase": None if phase is None else phase.value,
+            "checksum": self.checksums.get(script.revision) or file_checksum(script.path),
+            "client": self.client,
+            "duration_ms": duration,
+            "success": True,
+        }
+
+    def _ledger_insert(self, values: dict[str, Any]) -> Insert:
+        # inline(): nothing to read back, so no RETURNING (a CTE's would be discarded anyway).
+        return self.ledger.insert().inline().values(**values, applied_by=APPLIED_BY)
+
+    def _wrap_step(self, step: RevisionStep, migration: MigrationContext) -> Callable[..., None]:
+        script, migrate = step.revision, step.migration_fn
+        operation: Operation = "upgrade" if step.is_upgrade else "downgrade"
+
         @functools.wraps(migrate)
         def run_revision(**kw: Any) -> None:
+            self.pending = None
             self._ensure_ledger(migration)
             if migration.as_sql:
                 migration.impl.static_output(f"{REVISION_MARK}{script.revision}")
@@ -440,6 +542,8 @@ class _Run:
             if settings:
                 migration.execute(text("; ".join(settings)))
             self.started[script.revision] = time.perf_counter()
+            if self.bookkeeping:
+                self.pending = _LedgerRow(script, operation)
             try:
                 migrate(**kw)
             except MigrationError:
@@ -493,29 +597,35 @@ class _Run:
             operation = "stamp" if step.is_upgrade else "downgrade"
         else:
             operation = "upgrade" if step.is_upgrade else "downgrade"
+        written, self.written, self.pending = self.written, set(), None
         self._ensure_ledger(ctx)
         for revision in self._recorded_revisions(step):
             script = step.revision_map.get_revision(revision)
             assert isinstance(script, Script)
-            started = self.started.pop(revision, None)
-            duration = None
-            if started is not None and not ctx.as_sql:
-                duration = round((time.perf_counter() - started) * 1000)
-            phase = revision_phase(script.module)
-            ctx.execute(
-                self.ledger.insert().values(
-                    revision=revision,
-                    operation=operation,
-                    description=(script.doc or "").strip() or None,
-                    phase=None if phase is None else phase.value,
-                    checksum=file_checksum(script.path),
-                    applied_by=APPLIED_BY,
-                    client=self.client,
-                    duration_ms=duration,
-                    success=True,
+            if revision not in written:
+                ctx.execute(
+                    self._ledger_insert(self._ledger_values(_LedgerRow(script, operation), ctx))
                 )
-            )
+            self.started.pop(revision, None)
             self.applied.append(f"{operation} {revision}")
+
+
+@dataclass(frozen=True)
+class _LedgerRow:
+    """What the ledger row of the running revision says, before its duration is known."""
+
+    script: Script
+    operation: Operation
+
+
+def _moves_version_table(construct: Any, migration: MigrationContext) -> bool:
+    table = getattr(construct, "table", None)
+    return (
+        isinstance(construct, UpdateBase)
+        and table is not None
+        and getattr(table, "name", None) == migration.version_table
+        and getattr(table, "schema", None) == migration.version_table_schema
+    )
 
 
 def _process_revision_directives(

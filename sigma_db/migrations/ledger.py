@@ -13,6 +13,7 @@ no file or no ledger row knows (``unknown``).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import socket
 from collections.abc import Iterable, Sequence
@@ -66,8 +67,12 @@ Operation = Literal["upgrade", "downgrade", "stamp", "repair"]
 _APPLYING = ("upgrade", "stamp", "repair")
 
 
+@functools.cache
 def ledger_table(schema: str) -> Table:
-    """The ledger ``Table`` in ``schema`` (a fresh ``MetaData``, never the product's)."""
+    """The ledger ``Table`` in ``schema`` (its own ``MetaData``, never the product's).
+
+    Built once per schema: every migration run, dry run and repair asks for it.
+    """
     return Table(
         LEDGER_TABLE,
         MetaData(),
@@ -133,9 +138,14 @@ def ledger_exists(connection: Connection, schema: str) -> bool:
     )
 
 
-def read_ledger(connection: Connection, schema: str) -> list[LedgerRow]:
-    """Every ledger row, oldest first; empty when there is no ledger yet."""
-    if not ledger_exists(connection, schema):
+def read_ledger(
+    connection: Connection, schema: str, *, exists: bool | None = None
+) -> list[LedgerRow]:
+    """Every ledger row, oldest first; empty when there is no ledger yet.
+
+    ``exists`` saves the lookup when the caller already knows whether the table exists.
+    """
+    if not (ledger_exists(connection, schema) if exists is None else exists):
         return []
     table = ledger_table(schema)
     rows = connection.execute(

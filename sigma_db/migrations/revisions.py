@@ -14,6 +14,7 @@ Each revision declares its phase as a module-level ``phase = "expand"`` (or ``"b
 from __future__ import annotations
 
 import enum
+import os
 import re
 import traceback
 import warnings
@@ -171,9 +172,14 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
             f"the revisions have {len(heads)} heads ({', '.join(named)}); keep one line: "
             "renumber the newer file and set its down_revision to the other head"
         )
-    chained = {Path(rev.path).resolve() for rev in revisions}
+    # Alembic stores resolved paths; resolve (a few syscalls per file) only on a mismatch.
+    chained = {os.path.abspath(rev.path) for rev in revisions}
+    resolved: set[Path] = set()
     for path in _version_files(script):
-        if path.resolve() not in chained and not problems:
+        if os.path.abspath(path) in chained or problems:
+            continue
+        resolved = resolved or {Path(rev.path).resolve() for rev in revisions}
+        if path.resolve() not in resolved:
             problems.append(f"{path.name} is not a revision Alembic can load; fix or remove it")
     for rev in revisions:
         if not _NUMBERED.match(rev.revision):

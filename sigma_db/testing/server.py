@@ -134,11 +134,17 @@ def _wait_until_accepting(host: str, port: int, user: str, password: str) -> Non
 
 
 @contextmanager
-def start_test_server(extra_options: str = "") -> Iterator[TestServer]:
-    """Start a throwaway server (as an unprivileged user when root); stop and delete it after."""
+def start_test_server(
+    extra_options: str = "", *, parent: Path | None = None
+) -> Iterator[TestServer]:
+    """Start a throwaway server (as an unprivileged user when root); stop and delete it after.
+
+    ``parent`` is where its data directory goes (default: the system temp directory);
+    benchmarks pass a tmpfs such as ``/dev/shm`` to take disk noise out of their ratios.
+    """
     binaries = find_binaries()
     os_user = server_user()
-    root = owned_directory(Path(tempfile.mkdtemp(prefix="sigma-db-test-")), os_user)
+    root = owned_directory(Path(tempfile.mkdtemp(prefix="sigma-db-test-", dir=parent)), os_user)
     owned_directory(root / "run", os_user)
     options = _SERVER_OPTIONS
     if (binaries.bindir.parent / "lib" / "pg_stat_statements.so").exists():

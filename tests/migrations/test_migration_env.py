@@ -45,6 +45,33 @@ def test_upgrade_applies_and_records_ledger(repo: ProductRepo) -> None:
     assert repo.upgrade() == []  # idempotent
 
 
+@pytest.mark.parametrize("rides_along", [True, False], ids=["in-version-statement", "own-insert"])
+def test_ledger_rows_are_the_same_however_they_are_written(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch, rides_along: bool
+) -> None:
+    from sigma_db.migrations import environment
+    from sigma_db.migrations.checksum import file_checksum
+
+    if not rides_along:  # as if Alembic moved the version table some other way
+        monkeypatch.setattr(environment, "_moves_version_table", lambda *args: False)
+    # Quotes, % and : in the description: the row's values are quoted, never pasted.
+    repo.add("init 100% o'clock: %(x)s", SIGNALS, 'op.drop_table("signals")')
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    assert repo.upgrade() == ["upgrade 0001", "upgrade 0002"]
+    command.downgrade(repo.config(), "0001")
+    rows = repo.query(
+        "SELECT revision, operation, description, checksum, duration_ms >= 0 "
+        "FROM app.migration_runs ORDER BY id"
+    )
+    files = sorted(repo.versions.glob("000*.py"))
+    checksums = [file_checksum(path) for path in files]
+    assert rows == [
+        ("0001", "upgrade", "init 100% o'clock: %(x)s", checksums[0], True),
+        ("0002", "upgrade", "add score", checksums[1], True),
+        ("0002", "downgrade", "add score", checksums[1], True),
+    ]
+
+
 def test_downgrade_is_recorded(repo: ProductRepo) -> None:
     repo.add("init", SIGNALS, 'op.drop_table("signals")')
     repo.upgrade()
@@ -228,8 +255,11 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     # Same statements in the same order: timeouts, DDL, CONCURRENTLY, backfill, version table
     # and ledger bookkeeping (constants differ: durations, bind values). The table is empty, so
     # run_in_batches runs its statement once online too.
-    assert len(offline_statements) > 12
+    assert len(offline_statements) >= 12
     assert _fingerprints(offline_statements) == _fingerprints(online)
+    # Each revision's ledger row rides on the statement that moves the version table.
+    version_moves = [s for s in online if "alembic_version" in s and "migration_runs" in s]
+    assert len(version_moves) == len(chain)
     assert repo.query("SELECT count(*) FROM app.migration_runs") == [(4,)]
 
 
@@ -263,7 +293,7 @@ def test_upgrade_refuses_when_alembic_skips_the_revision_wrapper(
     from sigma_db.migrations import environment
 
     # As if a future Alembic stopped calling the migration_fn the env replaced.
-    monkeypatch.setattr(environment._Run, "_wrap_step", lambda self, script, migrate, m: migrate)
+    monkeypatch.setattr(environment._Run, "_wrap_step", lambda self, step, m: step.migration_fn)
     repo.add("init", SIGNALS)
     with pytest.raises(MigrationError, match=r"Alembic version .* is not supported by sigma_db"):
         repo.upgrade()
