@@ -449,9 +449,10 @@ class _Run:
         Alembic updates ``alembic_version`` once per revision; prefixing that statement with
         ``WITH sigma_db_ledger AS (INSERT INTO migration_runs ...)`` writes the row in the same
         transaction without a round trip of its own. Online the INSERT is compiled once per run
-        and the row travels as parameters, since compiling it per revision cost about as much
-        as the round trip it saves. Offline it renders as the same statement with literals. If
-        Alembic ever stops going through ``impl._exec``, :meth:`_record` inserts the row itself.
+        (compiling it per revision cost about as much as the round trip it saves) and the row's
+        values are quoted into it by psycopg; offline the same statement renders with literals.
+        Anything unusual (a version statement with parameters or a ``%``, Alembic no longer going
+        through ``impl._exec``) falls back to SQLAlchemy's CTE or to :meth:`_record`'s INSERT.
         """
         impl = migration.impl
         send = impl._exec
@@ -478,7 +479,7 @@ class _Run:
                 return None
             compiled = construct.compile(dialect=dialect)
             connection = migration.connection
-            if compiled.params or connection is None:
+            if compiled.params or "%" in str(compiled) or connection is None:
                 cte = self._ledger_insert(values).cte("sigma_db_ledger")
                 return send(construct.add_cte(cte))
             # Values quoted by psycopg (sql.Literal), and the statement sent without parameters,
