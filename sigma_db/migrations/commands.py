@@ -22,6 +22,7 @@ from sigma_db.errors import ConfigurationError
 from sigma_db.migrations.environment import (
     APPLIED_KEY,
     SETTINGS_KEY,
+    acquire_advisory_lock,
     advisory_lock_key,
     database_failure,
     migration_engine,
@@ -95,7 +96,7 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
     engine = migration_engine(settings)
     try:
         with engine.connect() as connection:
-            connection.execute(select(func.pg_advisory_lock(key)))
+            acquire_advisory_lock(connection, key)
             try:
                 rows = read_ledger(connection, schema)
                 applied = applied_revisions(rows)

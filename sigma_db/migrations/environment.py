@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_STATEMENT_TIMEOUT",
     "REVISION_MARK",
     "SETTINGS_KEY",
+    "acquire_advisory_lock",
     "advisory_lock_key",
     "check_alembic_version",
     "database_failure",
@@ -106,8 +107,10 @@ ALEMBIC_RANGE = ((1, 13), (1, 21))
 """Alembic versions the env was tested with (``>=1.13,<1.21``), as in pyproject.toml.
 
 The env relies on Alembic internals (``alembic.context._proxy``, ``context_opts["fn"]`` and
-``["revision_context"]``, replacing ``RevisionStep.migration_fn``); outside this range it refuses
-to run rather than risk a migration or a dry run that silently skips its checks.
+``["revision_context"]``, replacing ``RevisionStep.migration_fn``, and wrapping
+``MigrationContext.impl._exec`` to put the ledger row into the version-table statements Alembic's
+``HeadMaintainer`` builds, with ``literal_column`` values and a rowcount it checks); outside this
+range it refuses to run rather than risk a migration or a dry run that silently skips its checks.
 """
 ALEMBIC_PIN = "alembic>={}.{},<{}.{}".format(*ALEMBIC_RANGE[0], *ALEMBIC_RANGE[1])
 
@@ -230,6 +233,22 @@ def advisory_lock_key(topology: Topology) -> int:
     """The advisory lock every migration runner of this product schema takes (signed 64 bit)."""
     seed = f"sigma_db.migrations:{topology.database}:{topology.schema}".encode()
     return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big", signed=True)
+
+
+def acquire_advisory_lock(connection: Connection, key: int, *, poll: float = 0.05) -> None:
+    """Take the session-level advisory lock ``key``, waiting for it without holding a snapshot.
+
+    A waiting ``SELECT pg_advisory_lock(...)`` keeps its snapshot for as long as it waits, and a
+    ``CREATE INDEX CONCURRENTLY`` in the lock holder's run waits for every older snapshot: the
+    two would deadlock. So the wait polls ``pg_try_advisory_lock`` between transactions
+    (``poll`` seconds at first, backing off to one second). Commits before returning, so
+    whatever the caller reads next is current.
+    """
+    while not connection.execute(select(func.pg_try_advisory_lock(key))).scalar():
+        connection.commit()
+        time.sleep(poll)
+        poll = min(poll * 2, 1.0)
+    connection.commit()
 
 
 _NUMBERING_TOPOLOGY = Topology(
@@ -359,8 +378,8 @@ class _Run:
         try:
             with engine.connect() as connection:
                 key = advisory_lock_key(self.topology)
-                self._lock_and_prepare(connection, key)
                 try:
+                    self._lock_and_prepare(connection, key)
                     found: list[AutogenerateScope] = []
 
                     def scope() -> AutogenerateScope:
@@ -391,8 +410,9 @@ class _Run:
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
         """Take the advisory lock, create the schema if missing, note whether the ledger exists.
 
-        The lock and both lookups share one round trip; the lookups are repeated after a wait,
-        since the run that held the lock may have created the schema or the ledger.
+        Uncontended, the lock and both lookups share one round trip. After a wait they are
+        looked up again in a new transaction: the run that held the lock may have created the
+        schema or the ledger, and the first transaction would still see its cached catalog.
         """
         names = {"schema": quote(self.schema), "ledger": f"{quote(self.schema)}.{LEDGER_TABLE}"}
         lookups = "to_regnamespace(:schema) IS NOT NULL, to_regclass(:ledger) IS NOT NULL"
@@ -400,12 +420,13 @@ class _Run:
             text(f"SELECT pg_try_advisory_lock(:key), {lookups}"), {"key": key, **names}
         ).one()
         if not locked:
+            connection.commit()
             log.info(
                 "Waiting for another migration run on %s schema %s to finish",
                 self.topology.database,
                 self.schema,
             )
-            connection.execute(select(func.pg_advisory_lock(key)))
+            acquire_advisory_lock(connection, key)
             has_schema, self.ledger_ready = connection.execute(
                 text(f"SELECT {lookups}"), names
             ).one()
@@ -479,7 +500,7 @@ class _Run:
                 return None
             compiled = construct.compile(dialect=dialect)
             connection = migration.connection
-            if compiled.params or "%" in str(compiled) or connection is None:
+            if connection is None or not _sendable_as_text(compiled):
                 cte = self._ledger_insert(values).cte("sigma_db_ledger")
                 return send(construct.add_cte(cte))
             # Values quoted by psycopg (sql.Literal), and the statement sent without parameters,
@@ -627,6 +648,15 @@ def _moves_version_table(construct: Any, migration: MigrationContext) -> bool:
         and getattr(table, "name", None) == migration.version_table
         and getattr(table, "schema", None) == migration.version_table_schema
     )
+
+
+def _sendable_as_text(compiled: Any) -> bool:
+    """Whether Alembic's compiled statement can be sent as it is, without parameters.
+
+    It has none today (``literal_column`` values). A ``%`` would have been doubled for
+    psycopg's paramstyle and would reach the server doubled.
+    """
+    return not compiled.params and "%" not in str(compiled)
 
 
 def _process_revision_directives(

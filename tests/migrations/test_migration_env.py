@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -45,14 +47,16 @@ def test_upgrade_applies_and_records_ledger(repo: ProductRepo) -> None:
     assert repo.upgrade() == []  # idempotent
 
 
-@pytest.mark.parametrize("rides_along", [True, False], ids=["in-version-statement", "own-insert"])
+@pytest.mark.parametrize("path", ["text", "sqlalchemy-cte", "own-insert"])
 def test_ledger_rows_are_the_same_however_they_are_written(
-    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch, rides_along: bool
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     from sigma_db.migrations import environment
     from sigma_db.migrations.checksum import file_checksum
 
-    if not rides_along:  # as if Alembic moved the version table some other way
+    if path == "sqlalchemy-cte":  # as if Alembic's statement had parameters
+        monkeypatch.setattr(environment, "_sendable_as_text", lambda compiled: False)
+    if path == "own-insert":  # as if Alembic moved the version table some other way
         monkeypatch.setattr(environment, "_moves_version_table", lambda *args: False)
     # Quotes, % and : in the description: the row's values are quoted, never pasted.
     repo.add("init 100% o'clock: %(x)s", SIGNALS, 'op.drop_table("signals")')
@@ -389,3 +393,61 @@ def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
     assert repo.query("SELECT name FROM app.signals") == [("x",)]
     assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "upgrade")]
     assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
+
+
+def test_a_waiting_runner_does_not_deadlock_create_index_concurrently(repo: ProductRepo) -> None:
+    # CREATE INDEX CONCURRENTLY waits for every older snapshot; a runner waiting for the lock
+    # inside `SELECT pg_advisory_lock()` would hold one, and the two would deadlock.
+    from sigma_db.migrations.environment import advisory_lock_key
+
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    s = repo.settings
+    key = advisory_lock_key(s.topology)
+    with psycopg.connect(
+        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
+    ) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(repo.upgrade)
+            time.sleep(0.5)  # the runner is waiting for the lock now
+            holder.execute("SET lock_timeout = '20s'")
+            holder.execute("CREATE INDEX CONCURRENTLY ix_signals_name ON app.signals (name)")
+            holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            assert waiting.result(timeout=60) == ["upgrade 0002"]
+    assert repo.query("SELECT to_regclass('app.ix_signals_name') IS NOT NULL") == [(True,)]
+
+
+def test_a_runner_that_waited_sees_the_ledger_the_holder_created(repo: ProductRepo) -> None:
+    # On a fresh database the waiting runner first finds no schema and no ledger; the run that
+    # held the lock creates both. The waiter must look again, or it would skip the history check.
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateTable
+
+    from sigma_db.migrations.environment import advisory_lock_key
+    from sigma_db.migrations.ledger import ledger_table
+
+    repo.add("init", SIGNALS)
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    s = repo.settings
+    ledger_ddl = str(CreateTable(ledger_table("app")).compile(dialect=postgresql.dialect()))
+    with psycopg.connect(
+        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
+    ) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key(s.topology),))
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(repo.upgrade)
+            time.sleep(0.5)  # the runner has looked, found nothing, and waits
+            # What the holder's run leaves: 0001 applied, from a different file content.
+            holder.execute("CREATE SCHEMA IF NOT EXISTS app")
+            holder.execute(ledger_ddl)
+            holder.execute(
+                "INSERT INTO app.migration_runs (revision, operation, checksum) "
+                "VALUES ('0001', 'upgrade', 'not-this-file')"
+            )
+            holder.execute("CREATE TABLE app.alembic_version (version_num varchar(32) PRIMARY KEY)")
+            holder.execute("INSERT INTO app.alembic_version VALUES ('0001')")
+            holder.execute("SELECT pg_advisory_unlock(%s)", (advisory_lock_key(s.topology),))
+            with pytest.raises(MigrationError, match=r"0001.*edited"):
+                waiting.result(timeout=60)
