@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _connect import connect
 
 from sigma_db import DatabaseSettings, __version__
 
@@ -65,16 +66,7 @@ def test_doctor_missing_database(db_settings: DatabaseSettings) -> None:
 
 
 def test_doctor_missing_schema_has_a_fix(db_settings: DatabaseSettings) -> None:
-    import psycopg
-
-    with psycopg.connect(
-        host=db_settings.host,
-        port=db_settings.port,
-        user=db_settings.user,
-        password=db_settings.secret(),
-        dbname=db_settings.name,
-        autocommit=True,
-    ) as conn:
+    with connect(db_settings) as conn:
         conn.execute("DROP SCHEMA app")
     result = run("doctor", env=as_env(db_settings))
     assert result.returncode == 1

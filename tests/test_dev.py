@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from _connect import connect
 from psycopg import errors
 from sqlalchemy import text
 
@@ -114,16 +115,12 @@ def test_dev_lifecycle(
         conn.execute("CREATE TABLE packs (id int)")
         conn.execute("CREATE TABLE lab_audit.audit_logs (id int)")
     lab, sim = settings["lab"], settings["sim"]
-    with psycopg.connect(
-        host=lab.host, port=lab.port, dbname=lab.name, user=lab.user, password=lab.secret()
-    ) as conn:
+    with connect(lab, autocommit=False) as conn:
         conn.execute("INSERT INTO packs VALUES (1)")
         conn.execute("INSERT INTO lab_audit.audit_logs VALUES (1)")
         conn.commit()
     with (
-        psycopg.connect(
-            host=sim.host, port=sim.port, dbname=sim.name, user=sim.user, password=sim.secret()
-        ) as conn,
+        connect(sim, autocommit=False) as conn,
         pytest.raises(errors.InsufficientPrivilege),
     ):
         conn.execute("SELECT * FROM lab.packs")
@@ -134,9 +131,7 @@ def test_dev_lifecycle(
     assert "dev database: stopped" in out
     code, out, _ = _cli(capsys, *where, "up")  # restart: data and passwords survive
     assert "already provisioned" in out
-    with psycopg.connect(
-        host=lab.host, port=lab.port, dbname=lab.name, user=lab.user, password=lab.secret()
-    ) as conn:
+    with connect(lab, autocommit=False) as conn:
         assert conn.execute("SELECT count(*) FROM packs").fetchone() == (1,)
 
     code, out, err = _cli(capsys, *where, "reset", "--yes")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from _connect import connect as connect_as
 
 from sigma_db.scaffold import new_product
 from sigma_db.testing import TestServer
@@ -50,15 +51,7 @@ def keeper(sigma_postgresql: TestServer, template: ProductTemplate) -> Iterator[
 
 def connect(template: ProductTemplate, database: str) -> psycopg.Connection[tuple[object, ...]]:
     settings = template.settings(database, "rw")
-    return psycopg.connect(
-        host=settings.host,
-        port=settings.port,
-        user=settings.user,
-        password=settings.secret(),
-        dbname=database,
-        autocommit=True,
-        options="-c search_path=app",
-    )
+    return connect_as(settings, options="-c search_path=app")
 
 
 def packs(template: ProductTemplate, database: str) -> list[tuple[object, ...]]:
@@ -91,14 +84,7 @@ def test_ddl_in_a_test_means_a_fresh_clone(
 ) -> None:
     first = keeper.acquire()
     settings = template.settings(first, "migrator")
-    with psycopg.connect(
-        host=settings.host,
-        port=settings.port,
-        user=settings.user,
-        password=settings.secret(),
-        dbname=first,
-        autocommit=True,
-    ) as conn:
+    with connect_as(settings) as conn:
         conn.execute("ALTER TABLE app.packs ADD COLUMN note text")
     keeper.release()
     second = keeper.acquire()
@@ -142,14 +128,7 @@ def test_clones_keep_the_logins_database_settings(
 ) -> None:
     database = keeper.acquire()
     migrator = template.settings(database, "migrator")
-    with psycopg.connect(
-        host=migrator.host,
-        port=migrator.port,
-        user=migrator.user,
-        password=migrator.secret(),
-        dbname=database,
-        autocommit=True,
-    ) as conn:
+    with connect_as(migrator) as conn:
         # No schema and no SET: the login's per-database settings must supply both.
         conn.execute("CREATE TABLE made_in_a_test (id int)")
     with connect(template, database) as conn:  # _rw, through the default privileges

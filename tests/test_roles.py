@@ -8,6 +8,7 @@ import uuid
 
 import psycopg
 import pytest
+from _connect import connect
 from _provision import Provisioned, provision, unique_key
 from psycopg import errors, sql
 from pydantic import SecretStr
@@ -273,14 +274,7 @@ def test_group_role_name_taken_by_privileged_login_is_one_clear_error(
     key = unique_key()
     taken = f"edge_{key}_rw"
     admin = sigma_postgresql.settings(sigma_database, product=key)
-    with psycopg.connect(
-        host=admin.host,
-        port=admin.port,
-        user=admin.user,
-        password=admin.secret(),
-        dbname=admin.name,
-        autocommit=True,
-    ) as conn:
+    with connect(admin) as conn:
         conn.execute(f"CREATE ROLE {taken} LOGIN SUPERUSER CREATEROLE")
     try:
         with pytest.raises(ConfigurationError) as info:
@@ -290,14 +284,7 @@ def test_group_role_name_taken_by_privileged_login_is_one_clear_error(
         assert f"Role {taken} already exists as a LOGIN role with SUPERUSER, CREATEROLE" in message
         assert f"ALTER ROLE {taken} RENAME TO" in message
     finally:
-        with psycopg.connect(
-            host=admin.host,
-            port=admin.port,
-            user=admin.user,
-            password=admin.secret(),
-            dbname=admin.name,
-            autocommit=True,
-        ) as conn:
+        with connect(admin) as conn:
             conn.execute(f"DROP ROLE {taken}")
 
 

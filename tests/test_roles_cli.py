@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from _connect import connect
 from _provision import Provisioned, unique_key
 
 from sigma_db import DatabaseSettings
@@ -151,14 +152,7 @@ def test_conflicting_login_is_one_line(
 ) -> None:
     key = unique_key()
     admin = sigma_postgresql.settings(sigma_database, product=key)
-    with psycopg.connect(
-        host=admin.host,
-        port=admin.port,
-        dbname=admin.name,
-        user=admin.user,
-        password=admin.secret(),
-        autocommit=True,
-    ) as conn:
+    with connect(admin) as conn:
         conn.execute(f"CREATE ROLE edge_{key}_ro LOGIN SUPERUSER")
         try:
             code, _, err = run(admin, "roles", "apply")

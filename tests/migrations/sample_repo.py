@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from _connect import connect
 from alembic import command
 from alembic.config import Config
 
@@ -119,15 +119,7 @@ class ProductRepo:
         """Run ``sql`` (autocommit); ``in_schema``: unqualified names resolve in the product's."""
         s = settings or self.settings
         options = f"-csearch_path={s.topology.schema}" if in_schema else None
-        with psycopg.connect(
-            options=options,
-            host=s.host,
-            port=s.port,
-            dbname=s.name,
-            user=s.user,
-            password=s.secret(),
-            autocommit=True,
-        ) as conn:
+        with connect(s, options=options) as conn:
             cur = conn.execute(sql)
             return cur.fetchall() if cur.description else []
 

@@ -8,8 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import pytest
+from _connect import connect
 from alembic import command
 from pglast import parser
 from pydantic import SecretStr
@@ -385,9 +385,7 @@ def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
     # A DBA pipes it into psql as a login whose search_path is the default, schema absent.
     repo.query("DROP SCHEMA app CASCADE")
     s = repo.settings
-    with psycopg.connect(
-        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
-    ) as conn:
+    with connect(s) as conn:
         for statement in statements:
             conn.execute(statement)
     assert repo.query("SELECT name FROM app.signals") == [("x",)]
@@ -405,9 +403,7 @@ def test_a_waiting_runner_does_not_deadlock_create_index_concurrently(repo: Prod
     repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
     s = repo.settings
     key = advisory_lock_key(s.topology)
-    with psycopg.connect(
-        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
-    ) as holder:
+    with connect(s) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(repo.upgrade)
@@ -432,9 +428,7 @@ def test_a_runner_that_waited_sees_the_ledger_the_holder_created(repo: ProductRe
     repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
     s = repo.settings
     ledger_ddl = str(CreateTable(ledger_table("app")).compile(dialect=postgresql.dialect()))
-    with psycopg.connect(
-        host=s.host, port=s.port, dbname=s.name, user=s.user, password=s.secret(), autocommit=True
-    ) as holder:
+    with connect(s) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key(s.topology),))
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(repo.upgrade)
