@@ -414,7 +414,8 @@ class _Run:
         looked up again in a new transaction: the run that held the lock may have created the
         schema or the ledger, and the first transaction would still see its cached catalog.
         """
-        names = {"schema": quote(self.schema), "ledger": f"{quote(self.schema)}.{LEDGER_TABLE}"}
+        schema = quote(self.schema)
+        names = {"schema": schema, "ledger": f"{schema}.{quote(LEDGER_TABLE)}"}
         lookups = "to_regnamespace(:schema) IS NOT NULL, to_regclass(:ledger) IS NOT NULL"
         locked, has_schema, self.ledger_ready = connection.execute(
             text(f"SELECT pg_try_advisory_lock(:key), {lookups}"), {"key": key, **names}
