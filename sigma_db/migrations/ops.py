@@ -83,13 +83,7 @@ def create_index_concurrently(
         if not context.is_offline_mode():
             invalid = op.get_bind().execute(_INVALID_INDEX, {"name": index_name, "schema": schema})
             if invalid.scalar() is True:
-                op.drop_index(
-                    index_name,
-                    table_name=table_name,
-                    schema=schema,
-                    postgresql_concurrently=True,
-                    if_exists=True,
-                )
+                _drop_concurrently(index_name, table_name, schema)
         op.create_index(
             index_name,
             table_name,
@@ -105,13 +99,17 @@ def create_index_concurrently(
 def drop_index_concurrently(index_name: str, table_name: str, *, schema: str | None = None) -> None:
     """``DROP INDEX CONCURRENTLY IF EXISTS``, outside the transaction (a contract step)."""
     with op.get_context().autocommit_block():
-        op.drop_index(
-            index_name,
-            table_name=table_name,
-            schema=schema,
-            postgresql_concurrently=True,
-            if_exists=True,
-        )
+        _drop_concurrently(index_name, table_name, schema)
+
+
+def _drop_concurrently(index_name: str, table_name: str, schema: str | None) -> None:
+    op.drop_index(
+        index_name,
+        table_name=table_name,
+        schema=schema,
+        postgresql_concurrently=True,
+        if_exists=True,
+    )
 
 
 def run_in_batches(statement: str | TextClause, *, batch_size: int = 1000) -> int:

@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 from _connect import connect
 from alembic import command
@@ -445,3 +446,20 @@ def test_a_runner_that_waited_sees_the_ledger_the_holder_created(repo: ProductRe
             holder.execute("SELECT pg_advisory_unlock(%s)", (advisory_lock_key(s.topology),))
             with pytest.raises(MigrationError, match=r"0001.*edited"):
                 waiting.result(timeout=60)
+
+
+def test_create_index_concurrently_replaces_an_invalid_index_left_by_a_failed_run(
+    repo: ProductRepo,
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    with connect(repo.settings) as conn:
+        conn.execute("INSERT INTO app.signals (name) VALUES ('x'), ('x')")
+        # A failed CREATE INDEX CONCURRENTLY leaves the index behind, marked invalid.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_signals_name ON app.signals (name)")
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'app.ix_signals_name'::regclass"
+    assert repo.query(valid) == [(False,)]
+    repo.add("index name", 'ops.create_index_concurrently("ix_signals_name", "signals", ["name"])')
+    assert repo.upgrade() == ["upgrade 0002"]
+    assert repo.query(valid) == [(True,)]
