@@ -22,7 +22,8 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,7 +380,8 @@ class _Run:
             with engine.connect() as connection:
                 key = advisory_lock_key(self.topology)
                 try:
-                    self._lock_and_prepare(connection, key)
+                    with _autocommit(connection):
+                        self._lock_and_prepare(connection, key)
                     found: list[AutogenerateScope] = []
 
                     def scope() -> AutogenerateScope:
@@ -410,9 +412,9 @@ class _Run:
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
         """Take the advisory lock, create the schema if missing, note whether the ledger exists.
 
-        Uncontended, the lock and both lookups share one round trip. After a wait they are
-        looked up again in a new transaction: the run that held the lock may have created the
-        schema or the ledger, and the first transaction would still see its cached catalog.
+        Runs in autocommit (see :func:`_autocommit`): uncontended, the lock and both lookups are
+        one round trip. After a wait they are looked up again, in a statement of their own: the
+        run that held the lock may have created the schema or the ledger meanwhile.
         """
         schema = quote(self.schema)
         names = {"schema": schema, "ledger": f"{schema}.{quote(LEDGER_TABLE)}"}
@@ -421,7 +423,6 @@ class _Run:
             text(f"SELECT pg_try_advisory_lock(:key), {lookups}"), {"key": key, **names}
         ).one()
         if not locked:
-            connection.commit()
             log.info(
                 "Waiting for another migration run on %s schema %s to finish",
                 self.topology.database,
@@ -434,7 +435,6 @@ class _Run:
         if not has_schema:
             log.info("Creating schema %s", self.schema)
             connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {names['schema']}"))
-        connection.commit()
 
     def _wrap_plan(self, planned: Callable[..., Iterable[Any]]) -> Callable[..., list[Any]]:
         def plan(heads: Any, migration: MigrationContext) -> list[Any]:
@@ -482,6 +482,7 @@ class _Run:
         placeholders: dict[str, Any] = {name: bindparam(f"sigma_{name}") for name in _LEDGER_VALUES}
         ledger_sql = self._ledger_insert(placeholders).compile(dialect=dialect)
         prefix = f"WITH sigma_db_ledger AS ({ledger_sql}) "
+        quoted: Callable[[Any], str] | None = None
 
         def exec_with_ledger(construct: Any, *args: Any, **kw: Any) -> Any:
             row = self.pending
@@ -507,11 +508,14 @@ class _Run:
             # Values quoted by psycopg (sql.Literal), and the statement sent without parameters,
             # so psycopg does not parse it for placeholders: it differs per revision, so that
             # parse would never be cached, and it cost more than the values' quoting.
-            driver = connection.connection.driver_connection
-            literals = {
-                f"sigma_{name}": psycopg.sql.Literal(value).as_string(driver)
-                for name, value in values.items()
-            }
+            nonlocal quoted
+            if quoted is None:
+                driver = connection.connection.driver_connection
+                # Most values (operation, client, success, phase) repeat: quote each once.
+                quoted = functools.lru_cache(maxsize=256, typed=True)(
+                    lambda value: psycopg.sql.Literal(value).as_string(driver)
+                )
+            literals = {f"sigma_{name}": quoted(value) for name, value in values.items()}
             return connection.exec_driver_sql(
                 (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
             )
@@ -667,11 +671,28 @@ def _process_revision_directives(
     drop_sdk_info(directives)
 
 
+@contextmanager
+def _autocommit(connection: Connection) -> Iterator[None]:
+    """Run the block's statements in autocommit: one round trip each, no BEGIN or COMMIT.
+
+    For the lock's bookkeeping around the revisions (their own transactions are untouched):
+    it saves four round trips per run, and a statement in autocommit never holds a snapshot
+    after it returns, which the lock wait relies on (see :func:`acquire_advisory_lock`).
+    """
+    default = connection.default_isolation_level
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield
+    finally:
+        connection.commit()  # ends SQLAlchemy's own transaction; nothing is sent
+        connection.execution_options(isolation_level=default)
+
+
 def _unlock(connection: Connection, key: int) -> None:
     try:
         connection.rollback()
-        connection.execute(select(func.pg_advisory_unlock(key)))
-        connection.commit()
+        with _autocommit(connection):
+            connection.execute(select(func.pg_advisory_unlock(key)))
     except SQLAlchemyError:  # the connection is gone, and with it the session lock
         log.debug("advisory unlock skipped: connection closed", exc_info=True)
 
