@@ -172,7 +172,14 @@ def database_failure(
     reason = " ".join(str(orig if orig is not None else exc).split())
     migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
     where = f"{settings.display_dsn} schema {settings.topology.schema}"
-    if getattr(orig, "sqlstate", None) == "42501":  # insufficient_privilege
+    sqlstate = str(getattr(orig, "sqlstate", None) or "")
+    if getattr(exc, "connection_invalidated", False) or sqlstate.startswith(("08", "57P")):
+        # connection_exception, admin_shutdown, crash_shutdown, cannot_connect_now
+        return (
+            f"cannot {doing} {where}: {reason}; the connection to the server was lost (a "
+            "restart or failover?): what was committed before stays, run the command again"
+        )
+    if sqlstate == "42501":  # insufficient_privilege
         return (
             f"cannot {doing} {where}: {reason}; DB_USER ({settings.user}) must be a member of "
             f"{migrator} (the role that owns the product's schemas): use the migrator's "
@@ -684,8 +691,11 @@ def _autocommit(connection: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        connection.commit()  # ends SQLAlchemy's own transaction; nothing is sent
-        connection.execution_options(isolation_level=default)
+        # A lost connection keeps its own error: committing or resetting it would replace
+        # that with SQLAlchemy's "invalid transaction"; the pool discards it anyway.
+        if not connection.invalidated:
+            connection.commit()  # ends SQLAlchemy's own transaction; nothing is sent
+            connection.execution_options(isolation_level=default)
 
 
 def _unlock(connection: Connection, key: int) -> None:

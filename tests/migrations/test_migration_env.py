@@ -416,6 +416,34 @@ def test_a_waiting_runner_does_not_deadlock_create_index_concurrently(repo: Prod
     assert repo.query("SELECT to_regclass('app.ix_signals_name') IS NOT NULL") == [(True,)]
 
 
+def test_a_connection_lost_while_waiting_for_the_lock_is_reported_as_such(
+    repo: ProductRepo,
+) -> None:
+    # A failover or restart while a runner waits: the error names what happened, not a
+    # follow-up error from cleaning up the dead connection.
+    from sigma_db.migrations.environment import advisory_lock_key
+
+    repo.add("init", SIGNALS)
+    s = repo.settings
+    with connect(s) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key(s.topology),))
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(repo.upgrade)
+            time.sleep(0.5)  # the runner polls for the lock now
+            holder.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND query LIKE '%%pg_try_advisory_lock%%'"
+            )
+            with pytest.raises(MigrationError) as failure:
+                waiting.result(timeout=60)
+    message = str(failure.value)
+    assert "invalid transaction" not in message
+    assert re.search(r"terminat|closed", message), message
+    assert "connection to the server was lost" in message
+    assert "\n" not in message
+
+
 def test_a_runner_that_waited_sees_the_ledger_the_holder_created(repo: ProductRepo) -> None:
     # On a fresh database the waiting runner first finds no schema and no ledger; the run that
     # held the lock creates both. The waiter must look again, or it would skip the history check.
