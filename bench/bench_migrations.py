@@ -278,6 +278,8 @@ def main() -> None:
     if not args.no_pin and len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[-1]})  # inherited by the server and each alembic
     revisions = args.upgrade_revisions
+    # Autovacuum off: the bench creates databases in a loop, and visits to them would land in
+    # random timed runs.
     with (
         start_test_server("-c autovacuum=off", parent=args.data_parent) as server,
         tempfile.TemporaryDirectory() as tmp_name,
