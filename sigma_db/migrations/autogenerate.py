@@ -4,7 +4,10 @@ Three rules, from Alembic's known traps:
 
 * Only the product's own physical schemas are reflected (``include_schemas=True`` alone drags in
   every other product's schema in the consolidated dev database, alembic #710/#733); the default
-  schema is compared as ``schema=None``, the way models name it (alembic #569).
+  schema is compared as ``schema=None``, the way models name it (alembic #569). SQLAlchemy lists
+  under ``schema=None`` every table the ``search_path`` can see, ``public``'s included (where
+  extensions such as pg_partman put their tables): only names that exist in the default schema
+  itself are reflected there (:func:`default_schema_relations`).
 * Partitions (``pg_class.relispartition``) and extension-owned relations are never compared, so
   autogenerate never proposes to drop them or their indexes (alembic #539). They are not even
   reflected (``include_name``), which is what keeps ``alembic check`` from tripping over foreign
@@ -39,6 +42,7 @@ from sigma_db.topology import Topology
 __all__ = [
     "SDK_INFO_PREFIX",
     "AutogenerateScope",
+    "default_schema_relations",
     "drop_sdk_info",
     "physical_metadata",
     "unmanaged_relations",
@@ -80,6 +84,20 @@ def unmanaged_relations(
     return frozenset((str(schema), str(name)) for schema, name in rows)
 
 
+_IN_SCHEMA = text(
+    """
+    SELECT c.relname FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = :schema
+    """
+)
+
+
+def default_schema_relations(connection: Connection, schema: str) -> frozenset[str]:
+    """Names of the relations in ``schema`` itself, whatever else the search_path shows."""
+    return frozenset(str(name) for (name,) in connection.execute(_IN_SCHEMA, {"schema": schema}))
+
+
 @dataclass(frozen=True)
 class AutogenerateScope:
     """``include_name`` / ``include_object`` hooks limiting autogenerate to one product."""
@@ -89,6 +107,8 @@ class AutogenerateScope:
     """Physical schemas the product owns (default schema included)."""
     unmanaged: frozenset[tuple[str, str]] = frozenset()
     """Relations never compared: partitions, extension members, the ledger."""
+    in_default_schema: frozenset[str] | None = None
+    """Relation names in the default schema itself (``None`` offline: nothing is reflected)."""
 
     def _table_key(self, schema: str | None, name: str) -> tuple[str, str]:
         return (schema or self.default_schema, name)
@@ -105,6 +125,13 @@ class AutogenerateScope:
             schema = parent_names.get("schema_name")
         if table is None:
             return True
+        seen_through_search_path = (
+            schema is None
+            and self.in_default_schema is not None
+            and str(table) not in self.in_default_schema
+        )
+        if seen_through_search_path:
+            return False
         return self._table_key(schema, str(table)) not in self.unmanaged
 
     def include_object(

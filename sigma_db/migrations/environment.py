@@ -44,6 +44,7 @@ from sigma_db.errors import ConfigurationError, SigmaDBError
 from sigma_db.identifiers import quote
 from sigma_db.migrations.autogenerate import (
     AutogenerateScope,
+    default_schema_relations,
     drop_sdk_info,
     physical_metadata,
     unmanaged_relations,
@@ -403,7 +404,10 @@ class _Run:
                             }
                             found.append(
                                 AutogenerateScope(
-                                    self.schema, self._owned(), unmanaged | bookkeeping
+                                    self.schema,
+                                    self._owned(),
+                                    unmanaged | bookkeeping,
+                                    default_schema_relations(connection, self.schema),
                                 )
                             )
                         return found[0]

@@ -100,6 +100,26 @@ def test_autogenerate_sees_only_the_product_and_no_partitions(repo: ProductRepo)
     command.check(repo.config())  # no differences: not the partition, ledger or version table
 
 
+def test_autogenerate_ignores_what_the_search_path_shows_from_public(repo: ProductRepo) -> None:
+    # Models without a schema are the default schema's; SQLAlchemy would also list public's
+    # tables there (pg_partman's part_config, say) and compare them.
+    (repo.root / f"{repo.models}.py").write_text(
+        (repo.root / f"{repo.models}.py").read_text() + MODEL
+    )
+    repo.query(
+        "CREATE TABLE public.part_config (parent_table text);"
+        "CREATE TABLE public.signals (id int)"  # not the product's, despite the name
+    )
+    script = command.revision(repo.config(), "add signals", autogenerate=True)
+    assert script is not None
+    text = Path(script.path).read_text()  # type: ignore[union-attr]
+    assert "op.create_table('signals'" in text
+    assert "part_config" not in text
+    repo.upgrade()
+    command.check(repo.config())
+    assert repo.query("SELECT count(*) FROM public.part_config") == [(0,)]
+
+
 def test_revision_needs_no_db_settings(
     offline_repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
