@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.elements import TextClause
 
 from sigma_db.errors import ConfigurationError, SigmaDBError
 from sigma_db.identifiers import quote
@@ -301,8 +302,9 @@ class _Run:
         """Checksums the history check computed, reused for the ledger rows."""
         self.written: set[str] = set()
         """Revisions of the current step whose ledger row rode on the version-table statement."""
-        self.session: dict[str, str] = {}
-        """Timeouts already SET on the migration connection."""
+        self.session: dict[str, str | None] | None = dict.fromkeys(_TIMEOUTS)
+        """The timeouts the migration connection has (``None``: the server's); ``None`` once a
+        revision ran SQL of its own, which may have SET them."""
         self.client = client_name()
         problems = revision_tree_problems(env.script)
         if problems:
@@ -496,6 +498,8 @@ class _Run:
         quoted: Callable[[Any], str] | None = None
 
         def exec_with_ledger(construct: Any, *args: Any, **kw: Any) -> Any:
+            if isinstance(construct, str | TextClause):
+                self.session = None  # the revision's own SQL may SET the timeouts: state them again
             row = self.pending
             if row is None or args or kw or not _moves_version_table(construct, migration):
                 return send(construct, *args, **kw)
@@ -565,20 +569,21 @@ class _Run:
             self._ensure_ledger(migration)
             if migration.as_sql:
                 migration.impl.static_output(f"{REVISION_MARK}{script.revision}")
-            settings = []
-            for name in _TIMEOUTS:
-                value = timeout_setting(script.module, name, self.timeouts[name])
-                # Online the session keeps its SETs across revisions: send only changes (one
-                # round trip saved per revision). Offline every revision states its own.
-                if value is None:
-                    # The server's value: undo an earlier revision's SET on this session.
-                    if migration.as_sql or self.session.pop(name, None) is not None:
-                        settings.append(f"RESET {name}")
-                elif migration.as_sql or self.session.get(name) != value:
-                    settings.append(f"SET {name} = '{value}'")
-                    self.session[name] = value
+            wanted = {
+                name: timeout_setting(script.module, name, self.timeouts[name])
+                for name in _TIMEOUTS
+            }
+            # Online the session keeps its SETs across revisions: send only changes (one round
+            # trip saved per revision). Offline every revision states its own. None is the
+            # server's value: RESET undoes an earlier SET.
+            settings = [
+                f"RESET {name}" if value is None else f"SET {name} = '{value}'"
+                for name, value in wanted.items()
+                if migration.as_sql or self.session is None or self.session[name] != value
+            ]
             if settings:
                 migration.execute(text("; ".join(settings)))
+            self.session = wanted
             self.started[script.revision] = time.perf_counter()
             if self.bookkeeping:
                 self.pending = _LedgerRow(script, operation)

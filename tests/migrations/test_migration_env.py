@@ -137,6 +137,29 @@ def test_timeouts_are_set_per_revision_and_overridable(repo: ProductRepo) -> Non
     ]
 
 
+def test_a_revisions_own_set_does_not_carry_into_the_next(repo: ProductRepo) -> None:
+    # Online the env sends a timeout only when it changes; a revision's own SET must not
+    # leave later revisions running with it (offline, each revision states its own).
+    probe = """
+    op.execute(
+        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
+        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
+        "current_setting('statement_timeout')"
+    )
+    """
+    repo.add("init", probe.format(rev="0001"))
+    repo.add("own set", "op.execute(\"SET lock_timeout = '1h'; SET statement_timeout = 0\")")
+    repo.add("after", probe.format(rev="0003"), extra="lock_timeout = None")
+    repo.add("default again", probe.format(rev="0004"))
+    repo.upgrade()
+    server_default = repo.query("SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'")
+    assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
+        ("0001", "5s", "15min"),
+        ("0003", server_default[0][0], "15min"),
+        ("0004", "5s", "15min"),
+    ]
+
+
 def test_bad_timeout_value_is_one_clear_error(repo: ProductRepo) -> None:
     repo.add("init", "pass", extra='lock_timeout = "5 s\'; DROP TABLE x; --"')
     with pytest.raises(MigrationError, match=r"0001_init.py: lock_timeout = .* is not a duration"):
