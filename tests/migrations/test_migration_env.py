@@ -30,6 +30,13 @@ op.create_table(
 )
 """
 LEDGER = "SELECT revision, operation FROM app.migration_runs ORDER BY id"
+TIMEOUTS_PROBE = """
+op.execute(
+    "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
+    "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
+    "current_setting('statement_timeout')"
+)
+"""
 
 
 def test_upgrade_applies_and_records_ledger(repo: ProductRepo) -> None:
@@ -119,17 +126,9 @@ def test_failing_revision_leaves_version_table_and_ledger_as_before(repo: Produc
 
 
 def test_timeouts_are_set_per_revision_and_overridable(repo: ProductRepo) -> None:
-    probe = """
-    op.execute(
-        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
-        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
-        "current_setting('statement_timeout')"
-    )
-    """
-    repo.add("init", probe.format(rev="0001"))
-    repo.add(
-        "slow", probe.format(rev="0002"), extra='lock_timeout = "1min"\nstatement_timeout = "0"'
-    )
+    repo.add("init", TIMEOUTS_PROBE.format(rev="0001"))
+    overrides = 'lock_timeout = "1min"\nstatement_timeout = "0"'
+    repo.add("slow", TIMEOUTS_PROBE.format(rev="0002"), extra=overrides)
     repo.upgrade()
     assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
         ("0001", "5s", "15min"),
@@ -140,17 +139,10 @@ def test_timeouts_are_set_per_revision_and_overridable(repo: ProductRepo) -> Non
 def test_a_revisions_own_set_does_not_carry_into_the_next(repo: ProductRepo) -> None:
     # Online the env sends a timeout only when it changes; a revision's own SET must not
     # leave later revisions running with it (offline, each revision states its own).
-    probe = """
-    op.execute(
-        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
-        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
-        "current_setting('statement_timeout')"
-    )
-    """
-    repo.add("init", probe.format(rev="0001"))
+    repo.add("init", TIMEOUTS_PROBE.format(rev="0001"))
     repo.add("own set", "op.execute(\"SET lock_timeout = '1h'; SET statement_timeout = 0\")")
-    repo.add("after", probe.format(rev="0003"), extra="lock_timeout = None")
-    repo.add("default again", probe.format(rev="0004"))
+    repo.add("after", TIMEOUTS_PROBE.format(rev="0003"), extra="lock_timeout = None")
+    repo.add("default again", TIMEOUTS_PROBE.format(rev="0004"))
     repo.upgrade()
     server_default = repo.query("SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'")
     assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
@@ -356,16 +348,9 @@ def test_an_alembic_outside_the_tested_range_is_refused(
 
 
 def test_a_timeout_of_none_means_the_servers_value(repo: ProductRepo) -> None:
-    probe = """
-    op.execute(
-        "CREATE TABLE IF NOT EXISTS seen (rev text, lock text, stmt text);"
-        "INSERT INTO seen SELECT '{rev}', current_setting('lock_timeout'), "
-        "current_setting('statement_timeout')"
-    )
-    """
-    repo.add("init", probe.format(rev="0001"), extra='lock_timeout = "1min"')
-    repo.add("unset", probe.format(rev="0002"), extra="lock_timeout = None")
-    repo.add("again", probe.format(rev="0003"), extra="statement_timeout = None")
+    repo.add("init", TIMEOUTS_PROBE.format(rev="0001"), extra='lock_timeout = "1min"')
+    repo.add("unset", TIMEOUTS_PROBE.format(rev="0002"), extra="lock_timeout = None")
+    repo.add("again", TIMEOUTS_PROBE.format(rev="0003"), extra="statement_timeout = None")
     repo.upgrade()
     server = repo.query("SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'")[0][0]
     assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
