@@ -13,6 +13,7 @@ with the cause chained and the password scrubbed.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
@@ -110,14 +111,26 @@ def _instrument(engine: Engine, settings: DatabaseSettings) -> None:
 
 def _unavailable(settings: DatabaseSettings, cause: BaseException) -> DatabaseUnavailableError:
     reason = " ".join(str(cause).split()).rstrip(" .?")
-    secret = settings.secret()
-    if secret:
-        reason = reason.replace(secret, "********")
+    remedy = _remedy(settings, reason)  # from libpq's own words, before any masking
     error = DatabaseUnavailableError(
-        f"Cannot connect to {settings.display_dsn}: {reason}. {_remedy(settings, reason)}"
+        f"Cannot connect to {settings.display_dsn}: {_masked(reason, settings.secret())}. {remedy}"
     )
     error.__cause__ = cause
     return error
+
+
+def _masked(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` (the password) replaced by ``********``.
+
+    An end of the password that is a letter or digit must not run into another one: a short
+    password ("a", "pg") then masks where it stands alone or next to punctuation (``:a@``,
+    ``"a"``) but not the middle of libpq's words ("password", "pg_hba.conf").
+    """
+    if not secret:
+        return text
+    left = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    right = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return re.sub(left + re.escape(secret) + right, "********", text)
 
 
 def _remedy(settings: DatabaseSettings, reason: str) -> str:

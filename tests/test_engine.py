@@ -177,6 +177,28 @@ def test_wrong_password_names_the_fix_not_the_password(db_settings: DatabaseSett
     assert wrong not in message and db_settings.secret() not in message
 
 
+def test_a_short_password_is_masked_without_mangling_the_message() -> None:
+    from sigma_db.engine import _masked
+
+    reason = 'password authentication failed for user "app" (password: a; "pg")'
+    assert _masked(reason, "a") == (
+        'password authentication failed for user "app" (password: ********; "pg")'
+    )
+    assert _masked(reason, "pg") == (
+        'password authentication failed for user "app" (password: a; "********")'
+    )
+    assert _masked("postgresql://u:p@ss@h", "p@ss") == "postgresql://u:********@h"
+    assert _masked("x@ss!y", "@ss!") == "x********y"  # punctuation edges need no boundary
+
+
+def test_wrong_short_password_still_gets_the_password_fix(db_settings: DatabaseSettings) -> None:
+    # Masking "failed" out of libpq's message must not change which fix the error names.
+    engine = create_engine(db_settings.model_copy(update={"password": SecretStr("failed")}))
+    with pytest.raises(DatabaseUnavailableError) as exc:
+        engine.connect()
+    assert "Check DB_USER and DB_PASSWORD" in str(exc.value)
+
+
 def test_sslmode_is_passed_to_libpq(db_settings: DatabaseSettings) -> None:
     engine = create_engine(db_settings.model_copy(update={"sslmode": "require"}))
     with pytest.raises(DatabaseUnavailableError, match="DB_SSLMODE"):
