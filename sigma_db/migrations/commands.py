@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,7 +36,7 @@ from sigma_db.migrations.ledger import (
     ledger_table,
     read_ledger,
 )
-from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_revision, update_lock
+from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_revision, read_lock, update_lock
 from sigma_db.migrations.revisions import load_revisions, revision_files
 from sigma_db.settings import DatabaseSettings
 
@@ -61,12 +62,16 @@ def migrate(config: Config, settings: DatabaseSettings, target: str = "head") ->
     config.attributes[SETTINGS_KEY] = settings
     applied: list[str] = []
     config.attributes[APPLIED_KEY] = applied
+    if not target.strip():
+        raise ConfigurationError(
+            "--to is empty: name a revision number or head (is the variable behind it unset?)"
+        )
     try:
         command.upgrade(config, target)
     except MigrationError:
         raise
     except CommandError as exc:
-        raise MigrationError(_explain(str(exc))) from exc
+        raise MigrationError(_explain(str(exc), target)) from exc
     return applied
 
 
@@ -90,6 +95,8 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
             f"No revision file declares {revision}; restore it first (repair accepts an edited "
             "file, not a missing one)."
         )
+    lock_path = Path(script.dir) / LOCK_FILE_NAME
+    read_lock(lock_path)  # a corrupt lock file stops the repair before the ledger is written
     schema = settings.topology.schema
     table = ledger_table(schema)
     key = advisory_lock_key(settings.topology)
@@ -112,7 +119,7 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                     )
                 current = applied.get(revision)
                 if current is not None and current.checksum == file.checksum:
-                    lock_revision(Path(script.dir) / LOCK_FILE_NAME, file)
+                    lock_revision(lock_path, file)
                     return f"{revision} already matches the ledger; lock file updated"
                 table.create(connection, checkfirst=True)
                 connection.execute(
@@ -137,24 +144,29 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
         raise MigrationError(database_failure(settings, exc, "repair the ledger of")) from exc
     finally:
         engine.dispose()
-    lock_revision(Path(script.dir) / LOCK_FILE_NAME, file)
+    lock_revision(lock_path, file)
     return f"repaired {revision} ({file.name}): sha256 {file.checksum[:12]} accepted ({reason})"
 
 
 def _lineage(script: ScriptDirectory, head: str) -> list[Script]:
     try:
         return [rev for rev in script.iterate_revisions(head, "base") if isinstance(rev, Script)]
-    except CommandError:
-        return []
+    except (CommandError, RevisionError) as exc:
+        raise MigrationError(_unknown_database_revision(head)) from exc
 
 
-def _explain(message: str) -> str:
+def _explain(message: str, target: str) -> str:
     missing = re.search(r"Can't locate revision identified by '([^']+)'", message)
+    if missing and missing.group(1) == target:
+        return f"--to {target}: no revision file declares it; name a revision number or head"
     if missing:
-        rev = missing.group(1)
-        return (
-            f"the database is at revision {rev}, which no revision file declares; restore the "
-            f"file from version control (git checkout -- 'migrations/versions/{rev}_*.py'), or "
-            "check that DB_* points at the right database"
-        )
+        return _unknown_database_revision(missing.group(1))
     return message
+
+
+def _unknown_database_revision(revision: str) -> str:
+    return (
+        f"the database is at revision {revision}, which no revision file declares; restore the "
+        f"file from version control (git checkout -- 'migrations/versions/{revision}_*.py'), or "
+        "check that DB_* points at the right database"
+    )

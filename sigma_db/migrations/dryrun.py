@@ -34,7 +34,12 @@ from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.findings import Finding
 from sigma_db.migrations.ledger import LedgerRow, history_findings, read_ledger
 from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_findings, read_lock
-from sigma_db.migrations.revisions import RevisionFile, revision_files, revision_tree_problems
+from sigma_db.migrations.revisions import (
+    RevisionFile,
+    revision_files,
+    revision_tree_problems,
+    script_directory,
+)
 from sigma_db.settings import DatabaseSettings
 
 __all__ = ["DatabaseState", "DryRunReport", "dry_run", "render_sql"]
@@ -91,7 +96,7 @@ def dry_run(
         database=DatabaseState(False, asked=False, reason="the revision files have problems"),
     )
     check_alembic_version()
-    script = ScriptDirectory.from_config(config)
+    script = script_directory(config)
     problems = revision_tree_problems(script)
     if problems:
         report.findings.extend(Finding("revision-tree", problem) for problem in problems)
@@ -237,6 +242,10 @@ def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
 
 def _resolve(script: ScriptDirectory, target: str) -> str | None:
     """The revision id ``--to`` names (``None`` for base), or a one-line error."""
+    if not target.strip():
+        raise MigrationError(
+            "--to is empty: name a revision number or head (is the variable behind it unset?)"
+        )
     try:
         found = script.get_revision(target)
     except CommandError as exc:

@@ -13,6 +13,7 @@ Each revision declares its phase as a module-level ``phase = "expand"`` (or ``"b
 
 from __future__ import annotations
 
+import configparser
 import enum
 import os
 import re
@@ -41,6 +42,7 @@ __all__ = [
     "number_revisions",
     "revision_files",
     "revision_phase",
+    "script_directory",
     "timeout_setting",
 ]
 
@@ -133,16 +135,27 @@ def timeout_setting(module: Any, name: str, default: str | None) -> str | None:
     return text
 
 
+def script_directory(config: Config) -> ScriptDirectory:
+    """The product's Alembic script directory, or one line saying what is wrong with the config."""
+    try:
+        return ScriptDirectory.from_config(config)
+    except CommandError as exc:
+        raise MigrationError(f"{exc}; check script_location in {config.config_file_name}.") from exc
+    except configparser.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise MigrationError(
+            f"{config.config_file_name} is not a valid Alembic config ({reason}); fix the file "
+            "(sigma-db new-product writes a fresh one to compare with)"
+        ) from exc
+
+
 def load_revisions(config: Config) -> ScriptDirectory:
     """Load the script directory and insist on one numbered line of revisions.
 
     Raises :class:`MigrationError` naming the files for: two heads, a duplicate id, a broken
     ``down_revision`` (usually a deleted file), or a file outside the chain.
     """
-    try:
-        script = ScriptDirectory.from_config(config)
-    except CommandError as exc:
-        raise MigrationError(f"{exc}; check script_location in {config.config_file_name}.") from exc
+    script = script_directory(config)
     problems = revision_tree_problems(script)
     if problems:
         raise MigrationError("; ".join(problems))

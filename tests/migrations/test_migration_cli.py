@@ -173,6 +173,77 @@ def test_corrupt_lock_file_is_one_line(
     assert "lock-corrupt" in err
 
 
+def test_a_malformed_alembic_ini_is_one_line_for_every_verb(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    ini = in_repo.root / "alembic.ini"
+    ini.write_text("garbage\n" + ini.read_text())
+    for argv in (
+        ["migrations", "lock"],
+        ["migrate"],
+        ["migrate", "--dry-run"],
+        ["migrations", "repair", "0001", "--reason", "a good reason"],
+    ):
+        code, _, err = run(argv, capsys)
+        assert code == 1, argv
+        assert "alembic.ini is not a valid Alembic config" in error_line(err), argv
+
+
+def test_dry_run_without_script_location_is_one_line(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = in_repo.root / "alembic.ini"
+    ini.write_text(
+        "\n".join(line for line in ini.read_text().splitlines() if "script_location" not in line)
+    )
+    code, _, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "check script_location" in error_line(err)
+
+
+def test_to_blames_the_typo_not_the_database(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    run(["migrate"], capsys)
+    code, _, err = run(["migrate", "--to", "9999"], capsys)
+    assert code == 1
+    assert error_line(err) == (
+        "sigma-db: error: --to 9999: no revision file declares it; name a revision number or head"
+    )
+    for argv in (["migrate", "--to", ""], ["migrate", "--dry-run", "--to", " "]):
+        code, _, err = run(argv, capsys)
+        assert code == 1, argv
+        assert "--to is empty" in error_line(err), argv
+
+
+def test_repair_when_the_database_is_at_an_unknown_revision(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    run(["migrate"], capsys)
+    in_repo.query("UPDATE app.alembic_version SET version_num = '0099'")
+    code, _, err = run(["migrations", "repair", "0001", "--reason", "a good reason"], capsys)
+    assert code == 1
+    assert "the database is at revision 0099, which no revision file declares" in error_line(err)
+
+
+def test_repair_reads_the_lock_file_before_writing_the_ledger(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    run(["migrate"], capsys)
+    path.write_text(path.read_text().replace('"name"', '"title"'))
+    lock = in_repo.root / "migrations" / "checksums.lock"
+    lock.write_text(lock.read_text() + "garbage\n")
+    code, _, err = run(["migrations", "repair", "0001", "--reason", "a good reason"], capsys)
+    assert code == 1
+    assert "checksums.lock is corrupt" in error_line(err)
+    assert in_repo.query("SELECT operation FROM app.migration_runs ORDER BY id") == [("upgrade",)]
+
+
 def test_lock_refuses_silent_edits(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
