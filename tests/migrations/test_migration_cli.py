@@ -62,6 +62,13 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
+def each_fails_with(expected: str, capsys: pytest.CaptureFixture[str], *argvs: list[str]) -> None:
+    for argv in argvs:
+        code, _, err = run(argv, capsys)
+        assert code == 1, argv
+        assert expected in error_line(err), argv
+
+
 def test_migrate_then_dry_run_is_clean(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -179,15 +186,14 @@ def test_a_malformed_alembic_ini_is_one_line_for_every_verb(
     in_repo.add("init", SIGNALS)
     ini = in_repo.root / "alembic.ini"
     ini.write_text("garbage\n" + ini.read_text())
-    for argv in (
+    each_fails_with(
+        "alembic.ini is not a valid Alembic config",
+        capsys,
         ["migrations", "lock"],
         ["migrate"],
         ["migrate", "--dry-run"],
         ["migrations", "repair", "0001", "--reason", "a good reason"],
-    ):
-        code, _, err = run(argv, capsys)
-        assert code == 1, argv
-        assert "alembic.ini is not a valid Alembic config" in error_line(err), argv
+    )
 
 
 def test_dry_run_without_script_location_is_one_line(
@@ -212,10 +218,9 @@ def test_to_blames_the_typo_not_the_database(
     assert error_line(err) == (
         "sigma-db: error: --to 9999: no revision file declares it; name a revision number or head"
     )
-    for argv in (["migrate", "--to", ""], ["migrate", "--dry-run", "--to", " "]):
-        code, _, err = run(argv, capsys)
-        assert code == 1, argv
-        assert "--to is empty" in error_line(err), argv
+    each_fails_with(
+        "--to is empty", capsys, ["migrate", "--to", ""], ["migrate", "--dry-run", "--to", " "]
+    )
 
 
 def test_repair_when_the_database_is_at_an_unknown_revision(
