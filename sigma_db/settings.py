@@ -108,6 +108,13 @@ class DatabaseSettings(BaseSettings):
         except ValidationError as exc:
             # Chaining would print pydantic's own rendering; ours already names every variable.
             raise _configuration_error(exc) from None
+        except (UnicodeDecodeError, OSError) as exc:  # reading .env
+            env_file = values.get("_env_file", self.model_config.get("env_file"))
+            raise ConfigurationError(
+                f"Cannot read {env_file} ({exc.__class__.__name__}: "
+                f"{' '.join(str(exc).split())}); save it as UTF-8 text, or remove it and set "
+                "DB_* in the environment."
+            ) from None
 
     @field_validator("host")
     @classmethod

@@ -171,6 +171,14 @@ def test_dotenv_file_is_read_and_environment_wins(env: pytest.MonkeyPatch, tmp_p
     assert settings.host == "db.internal"
 
 
+def test_a_dotenv_file_that_is_not_utf8_is_one_clear_error(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_bytes(b"DB_APPLICATION_NAME=caf\xe9\n")
+    with pytest.raises(ConfigurationError, match=r"Cannot read \.env .*save it as UTF-8"):
+        load()
+
+
 def test_keyword_arguments_override_environment(env: pytest.MonkeyPatch) -> None:
     assert DatabaseSettings(port=6543).port == 6543
 
