@@ -143,6 +143,18 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("must be 1 to 63 bytes of printable characters")
         return value
 
+    @field_validator("user")
+    @classmethod
+    def _user_is_not_a_dsn(cls, value: str) -> str:
+        # "user@server" is a valid login (Azure); "user:secret" or a URL is a pasted DSN, and
+        # the login is shown in every error message: refuse it before it is.
+        if ":" in value or "/" in value:
+            raise ValueError(
+                "looks like user:password or a URL; give only the login, and the password in "
+                "DB_PASSWORD"
+            )
+        return value
+
     @field_validator("password_file")
     @classmethod
     def _file_is_readable(cls, value: Path | None) -> Path | None:
@@ -280,8 +292,8 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
         got = ""
         if env_name not in _SECRET_FIELDS and "input" in error:
             shown = str(error["input"])
-            # A DSN pasted into the wrong variable may carry a password: never echo one.
-            looks_secret = "@" in shown or "://" in shown
+            # A DSN (or user:password) pasted into the wrong variable may carry a password.
+            looks_secret = "@" in shown or ":" in shown
             got = " (value not shown)" if looks_secret else f" (got {shown[:80]!r})"
         problems.append(f"{env_name}{got}: {message}; set {hint}.")
     return ConfigurationError(problems, heading=_heading())

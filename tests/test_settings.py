@@ -179,6 +179,18 @@ def test_a_dotenv_file_that_is_not_utf8_is_one_clear_error(
         load()
 
 
+def test_a_dsn_pasted_into_db_user_is_refused_without_echoing_it(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("DB_USER", "app:Hunter2pw")
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert "DB_USER" in str(exc.value) and "user:password" in str(exc.value)
+    assert "Hunter2pw" not in str(exc.value)
+    env.setenv("DB_USER", "app@myserver")  # Azure's login form stays valid
+    assert load().user == "app@myserver"
+
+
 def test_keyword_arguments_override_environment(env: pytest.MonkeyPatch) -> None:
     assert DatabaseSettings(port=6543).port == 6543
 
