@@ -46,7 +46,9 @@ def migrate_command(
     config_path: Path, dry_run: bool, sql: bool, require_database: bool, target: str
 ) -> None:
     """Apply pending revisions (db-migrate); --dry-run lists and checks them (db-migrate-dry)."""
+    from sigma_db.errors import SigmaDBError
     from sigma_db.migrations.commands import load_config, migrate
+    from sigma_db.migrations.environment import APPLIED_KEY
     from sigma_db.settings import DatabaseSettings
 
     if require_database and not dry_run:
@@ -57,7 +59,16 @@ def migrate_command(
         _dry_run(config, settings, show_sql=sql, require_database=require_database, target=target)
         return
     click.echo(f"migrating {settings.display_dsn} schema {settings.topology.schema}")
-    applied = migrate(config, settings, target)
+    try:
+        applied = migrate(config, settings, target)
+    except SigmaDBError:
+        # Each revision commits on its own: say which ones this run did commit before failing.
+        done = config.attributes.get(APPLIED_KEY) or []
+        for line in done:
+            click.echo(f"  {line}")
+        if done:
+            click.echo(f"{len(done)} revision(s) applied and committed before the failure")
+        raise
     for line in applied:
         click.echo(f"  {line}")
     click.echo(f"ok: {len(applied)} revision(s) applied" if applied else "ok: already up to date")

@@ -223,6 +223,31 @@ def test_to_blames_the_typo_not_the_database(
     )
 
 
+def test_a_failed_migrate_says_which_revisions_it_committed_first(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("broken", 'op.execute("SELECT 1/0")')
+    code, out, err = run(["migrate"], capsys)
+    assert code == 1
+    assert "revision 0002 (0002_broken.py) failed" in error_line(err)
+    assert "  upgrade 0001\n1 revision(s) applied and committed before the failure" in out
+
+
+def test_dry_run_reports_what_migrate_would_refuse(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    monkeypatch.setenv("DB_POOLER", "transaction")
+    code, _, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "problem: pooler: Migrations need a direct connection" in err
+    code, _, err = run(["migrate"], capsys)
+    assert code == 1
+    assert "Migrations need a direct connection" in error_line(err)
+
+
 def test_repair_when_the_database_is_at_an_unknown_revision(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
