@@ -223,15 +223,20 @@ def _lint_one(chunk: RenderedRevision, squawked: list[dict[str, Any]]) -> list[F
                 "a failure cannot leave the rest half-applied",
             )
         )
-    return _apply_ignores(rev, own, number, raw)
+    return _apply_ignores(rev, chunk.statements, number, raw)
 
 
 def _apply_ignores(
     rev: RevisionFile,
-    own: list[Statement],
+    statements: Sequence[Statement],
     number: Mapping[int, int],
     raw: list[tuple[Statement | None, str, str]],
 ) -> list[Finding]:
+    """Drop the findings an ignore accepts; report every ignore that accepted none.
+
+    All statements are checked, not only the revision's own: an ignore before a ``SELECT`` that
+    triggers nothing is as unused as one before an ``ADD COLUMN``.
+    """
     used: set[tuple[int, str]] = set()
     findings: list[Finding] = []
     for statement, rule, message in raw:
@@ -248,7 +253,7 @@ def _apply_ignores(
                 sql=None if statement is None else statement.sql,
             )
         )
-    for statement in own:
+    for statement in statements:
         for rule in statement.ignores:
             if (id(statement), rule) not in used:
                 findings.append(
@@ -326,6 +331,12 @@ def _parse(pglast: Any, sql: str) -> list[_Parsed]:
 
 
 def _statements(pglast: Any, sql: str) -> tuple[list[Statement], list[str]]:
+    """The statements of one chunk, each with the ignores placed before it, and bad ignores.
+
+    An ignore belongs to the next statement that is not transaction control: the helpers that
+    run in an ``autocommit_block`` render a ``COMMIT`` between the ignore and their statement.
+    An ignore followed only by the version update has no statement of its own to match.
+    """
     parsed = _parse(pglast, sql)
     ignores: list[tuple[int, dict[str, str]]] = []
     bad: list[str] = []
@@ -341,13 +352,17 @@ def _statements(pglast: Any, sql: str) -> tuple[list[Statement], list[str]]:
             continue
         ignores.append((token.end, {rule.strip(): reason.strip() for rule in rules.split(",")}))
     statements: list[Statement] = []
+    pending: dict[str, str] = {}
     for item in parsed:
         kind, concurrent = _classify(pglast, item.node)
-        pending = {}
-        for position, mapping in list(ignores):
-            if position < item.start:
-                pending.update(mapping)
-                ignores.remove((position, mapping))
+        while ignores and ignores[0][0] < item.start:
+            pending.update(ignores.pop(0)[1])
+        mine: dict[str, str] = {}
+        if kind == "bookkeeping":
+            bad.extend(_trailing(rule) for rule in pending)
+            pending = {}
+        elif type(item.node).__name__ != "TransactionStmt":
+            mine, pending = pending, {}
         statements.append(
             Statement(
                 item.start,
@@ -356,10 +371,17 @@ def _statements(pglast: Any, sql: str) -> tuple[list[Statement], list[str]]:
                 kind,
                 item.what,
                 concurrent,
-                pending,
+                mine,
             )
         )
+    for _, mapping in ignores:
+        pending.update(mapping)
+    bad.extend(_trailing(rule) for rule in pending)
     return statements, bad
+
+
+def _trailing(rule: str) -> str:
+    return f"lint_ignore({rule!r}) has no statement of the revision after it; remove it"
 
 
 _ADDING_ALTERS = frozenset(
@@ -403,6 +425,21 @@ _DATA_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", 
 _NEUTRAL_NODES = frozenset({"VariableSetStmt", "TransactionStmt", "SelectStmt", "VariableShowStmt"})
 
 
+def _data_cte(node: Any) -> Any | None:
+    """The first INSERT/UPDATE/DELETE/MERGE in a ``SELECT``'s WITH clause, if any.
+
+    ``WITH d AS (DELETE ... RETURNING id) SELECT ...`` changes data although it is a ``SELECT``;
+    PostgreSQL allows such a WITH only at the top level, so the statement's own clause is enough.
+    """
+    with_clause = getattr(node, "withClause", None)
+    if with_clause is None:
+        return None
+    for cte in with_clause.ctes or ():
+        if type(cte.ctequery).__name__ in _DATA_NODES:
+            return cte.ctequery
+    return None
+
+
 def _classify(pglast: Any, node: Any) -> tuple[Kind, bool]:
     name = type(node).__name__
     relation = getattr(node, "relation", None)
@@ -411,6 +448,8 @@ def _classify(pglast: Any, node: Any) -> tuple[Kind, bool]:
         LEDGER_TABLE,
     ):
         return "bookkeeping", False
+    if name == "SelectStmt" and _data_cte(node) is not None:
+        return "data", False
     if name in _NEUTRAL_NODES:
         return "neutral", False
     if name in _DATA_NODES:
@@ -442,6 +481,8 @@ def _describe(pglast: Any, node: Any) -> str:
     name = type(node).__name__
     if name == "TransactionStmt":
         return str(node.kind.name).removeprefix("TRANS_STMT_")
+    if name == "SelectStmt" and (cte := _data_cte(node)) is not None:
+        return f"SELECT with {_describe(pglast, cte)} in WITH"
     if name == "AlterTableStmt":
         subtypes = [cmd.subtype.name.removeprefix("AT_") for cmd in node.cmds or ()]
         return "ALTER TABLE " + ", ".join(_words(s) for s in subtypes)

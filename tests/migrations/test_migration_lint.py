@@ -162,6 +162,68 @@ def test_lint_ignore_needs_a_reason_and_a_match(offline_repo: ProductRepo) -> No
     assert rules(offline_repo) == [("0002", "unused-ignore")]
 
 
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        """
+        ops.lint_ignore("expand-adds-only", reason="signals is tiny")
+        ops.run_in_batches("UPDATE signals SET name = upper(name) WHERE id IN (SELECT id FROM "
+                           "signals WHERE name <> upper(name) LIMIT :batch_size)")
+        """,
+        """
+        op.add_column("signals", sa.Column("score", sa.BigInteger))
+        ops.lint_ignore("concurrent-index-alone", reason="a failed index build is retried")
+        ops.create_index_concurrently("ix_signals_score", "signals", ["score"])
+        """,
+    ],
+)
+def test_lint_ignore_applies_to_a_helper_after_its_commit(
+    offline_repo: ProductRepo, upgrade: str
+) -> None:
+    offline_repo.add("init", SIGNALS)
+    offline_repo.add("helper", upgrade)
+    assert rules(offline_repo) == []
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        """
+        op.add_column("signals", sa.Column("score", sa.BigInteger))
+        ops.lint_ignore("ban-drop-column", reason="trailing")
+        """,
+        """
+        ops.lint_ignore("ban-drop-column", reason="nothing to drop here")
+        op.execute("SELECT 1")
+        """,
+    ],
+)
+def test_lint_ignore_with_no_revision_statement_after_it_is_reported(
+    offline_repo: ProductRepo, upgrade: str
+) -> None:
+    offline_repo.add("init", SIGNALS)
+    offline_repo.add("stray ignore", upgrade)
+    assert rules(offline_repo) == [("0002", "unused-ignore")]
+
+
+def test_data_changing_cte_in_a_select_is_a_data_change(offline_repo: ProductRepo) -> None:
+    offline_repo.add("init", SIGNALS)
+    offline_repo.add(
+        "hidden delete",
+        'op.execute("WITH d AS (DELETE FROM signals RETURNING id) SELECT count(*) FROM d")',
+    )
+    offline_repo.add(
+        "hidden insert",
+        "op.execute(\"WITH d AS (INSERT INTO signals (name) VALUES ('x') RETURNING id) "
+        'SELECT id FROM d")',
+        phase="backfill",
+    )
+    found = findings(offline_repo)
+    assert [(f.revision, f.rule) for f in found] == [("0002", "expand-adds-only")]
+    assert "DELETE" in found[0].message
+    assert "backfill revision" in found[0].message
+
+
 def test_lint_ignore_without_reason_is_refused(offline_repo: ProductRepo) -> None:
     from sigma_db.migrations import MigrationError
 
