@@ -427,7 +427,7 @@ class _Run:
             engine.dispose()
 
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
-        """Take the advisory lock, create the schema if missing, note whether the ledger exists.
+        """Take the advisory lock, create a missing schema (not for ``current``), find the ledger.
 
         Runs in autocommit (see :func:`_autocommit`): uncontended, the lock and both lookups are
         one round trip. After a wait they are looked up again, in a statement of their own: the
@@ -449,9 +449,17 @@ class _Run:
             has_schema, self.ledger_ready = connection.execute(
                 text(f"SELECT {lookups}"), names
             ).one()
-        if not has_schema:
+        if not has_schema and self._may_write():
             log.info("Creating schema %s", self.schema)
             connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {names['schema']}"))
+
+    def _may_write(self) -> bool:
+        """Whether Alembic may create its version table in this command: all but ``current``.
+
+        ``alembic current`` is the one command Alembic runs with ``dont_mutate``; it must work
+        with a read-only login on a fresh database, so it does not create the schema either.
+        """
+        return not self.env.context_opts.get("dont_mutate", False)
 
     def _wrap_plan(self, planned: Callable[..., Iterable[Any]]) -> Callable[..., list[Any]]:
         def plan(heads: Any, migration: MigrationContext) -> list[Any]:

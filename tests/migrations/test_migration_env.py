@@ -158,12 +158,14 @@ def test_bad_timeout_value_is_one_clear_error(repo: ProductRepo) -> None:
         repo.upgrade()
 
 
-def test_schema_is_created_and_version_table_lives_there(
+def test_schema_is_created_but_not_by_current_and_version_table_lives_there(
     sigma_postgresql: TestServer, sigma_database: str, tmp_path: Path
 ) -> None:
     settings = sigma_postgresql.settings(sigma_database, schema_name="app")
     repo = make_repo(tmp_path / "lab", settings)
     repo.add("init", SIGNALS)
+    command.current(repo.config())  # read-only: leaves a fresh database as it is
+    assert repo.query("SELECT to_regnamespace('app') IS NULL") == [(True,)]
     repo.upgrade()
     assert repo.query(
         "SELECT table_schema, table_name FROM information_schema.tables "
