@@ -256,14 +256,31 @@ def _load_error(script: ScriptDirectory, exc: Exception) -> str:
             for frame in traceback.extract_tb(exc.__traceback__)
             if Path(frame.filename).resolve().parent == versions
         ]
-        name = Path(frames[-1].filename).name if frames else _relative(script)
-        line = frames[-1].lineno if frames else None
         message = str(exc)
+        name = Path(frames[-1].filename).name if frames else _module_file(script, message)
+        line = frames[-1].lineno if frames else None
     where = f"{name}:{line}" if line else name
     return f"{where}: {type(exc).__name__}: {' '.join(message.split())}; fix the revision file"
 
 
+def _module_file(script: ScriptDirectory, message: str) -> str:
+    """The revision file an error names by Alembic's module name (``0002_x_py``), if any."""
+    named = re.search(r"module '([^']+)'", message)
+    if named:
+        for path in _version_files(script):
+            if path.name.replace(".", "_") == named.group(1):
+                return path.name
+    return _relative(script)
+
+
 def _broken_chain(script: ScriptDirectory, message: str) -> str:
+    not_revision = re.search(r"Could not determine revision id from filename (\S+?)\.? Be", message)
+    if not_revision:
+        return (
+            f"{not_revision.group(1)} in {_relative(script)} is not a revision (it declares no "
+            "revision = ...); keep only revisions there and move helper code into the product's "
+            "package"
+        )
     match = re.search(r"Revision (\w+) referenced from (?:\w+ -> )?(\w+)", message)
     if match:
         missing, child = match.groups()

@@ -75,6 +75,23 @@ def test_deleted_revision_file_is_one_clear_error(offline_repo: ProductRepo) -> 
     assert "git checkout" in str(caught.value)
 
 
+def test_a_helper_module_in_versions_is_named_as_such(offline_repo: ProductRepo) -> None:
+    offline_repo.add("init")
+    (offline_repo.versions / "helpers.py").write_text("def helper():\n    return 1\n")
+    with pytest.raises(MigrationError) as caught:
+        offline_repo.sql()
+    assert str(caught.value).startswith(
+        "helpers.py in migrations/versions is not a revision (it declares no revision = ...)"
+    )
+
+
+def test_a_revision_without_down_revision_names_its_file(offline_repo: ProductRepo) -> None:
+    offline_repo.add("init")
+    (offline_repo.versions / "0002_x.py").write_text('"""x"""\nrevision = "0002"\n')
+    with pytest.raises(MigrationError, match=r"^0002_x\.py: AttributeError: .*down_revision"):
+        offline_repo.sql()
+
+
 def test_autogenerate_sees_only_the_product_and_no_partitions(repo: ProductRepo) -> None:
     (repo.root / f"{repo.models}.py").write_text(
         (repo.root / f"{repo.models}.py").read_text() + MODEL
