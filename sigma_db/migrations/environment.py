@@ -543,9 +543,12 @@ class _Run:
                     lambda value: psycopg.sql.Literal(value).as_string(driver)
                 )
             literals = {f"sigma_{name}": quoted(value) for name, value in values.items()}
-            return connection.exec_driver_sql(
-                (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
-            )
+            try:
+                return connection.exec_driver_sql(
+                    (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
+                )
+            except DBAPIError as exc:  # e.g. a trigger or a privilege on the ledger
+                raise MigrationError(_failure(row.script, exc)) from exc
 
         setattr(impl, "_exec", exec_with_ledger)  # noqa: B010 - mypy: assigning to a method
 

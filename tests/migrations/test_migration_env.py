@@ -125,6 +125,27 @@ def test_failing_revision_leaves_version_table_and_ledger_as_before(repo: Produc
     assert repo.query("SELECT count(*) FROM app.signals") == [(0,)]
 
 
+def test_a_failing_ledger_row_names_its_revision_and_undoes_it(repo: ProductRepo) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query(
+        """
+        CREATE FUNCTION app.refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'ledger closed for %', NEW.revision; END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON app.migration_runs
+            FOR EACH ROW EXECUTE FUNCTION app.refuse();
+        """
+    )
+    repo.add("score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    with pytest.raises(MigrationError) as caught:
+        repo.upgrade()
+    assert "revision 0002 (0002_score.py) failed: ledger closed for 0002" in str(caught.value)
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0001",)]
+    assert repo.query(
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'score'"
+    ) == [(0,)]
+
+
 def test_timeouts_are_set_per_revision_and_overridable(repo: ProductRepo) -> None:
     repo.add("init", TIMEOUTS_PROBE.format(rev="0001"))
     overrides = 'lock_timeout = "1min"\nstatement_timeout = "0"'
