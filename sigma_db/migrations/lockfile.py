@@ -60,6 +60,13 @@ def read_lock(path: Path) -> dict[str, LockEntry] | None:
         raise MigrationError(
             f"Cannot read {path}: {exc}; restore it from version control."
         ) from exc
+    if not content.strip():
+        # Never written this way: `lock` always writes a header. Truncated (a bad merge, a full
+        # disk); treating it as "nothing locked" would let `lock` re-lock edited revisions.
+        raise MigrationError(
+            f"{path} is empty; restore it from version control, or delete it and run: "
+            "sigma-db migrations lock"
+        )
     entries: dict[str, LockEntry] = {}
     for number, raw in enumerate(content.splitlines(), start=1):
         line = raw.strip()
@@ -169,6 +176,8 @@ def update_lock(
             changes.append(f"locked {file.revision} {file.name}")
         elif entry.checksum != file.checksum:
             changes.append(f"re-locked {file.revision} {file.name} (edit accepted)")
+        elif entry.file != file.name:
+            changes.append(f"renamed {file.revision} {entry.file} -> {file.name}")
     changes.extend(
         f"unlocked {rev} (file removed, accepted)" for rev in entries if rev not in known
     )

@@ -274,6 +274,23 @@ def test_repair_reads_the_lock_file_before_writing_the_ledger(
     assert in_repo.query("SELECT operation FROM app.migration_runs ORDER BY id") == [("upgrade",)]
 
 
+def test_lock_follows_a_renamed_file_and_refuses_an_empty_lock_file(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = in_repo.add("init", SIGNALS)
+    run(["migrations", "lock"], capsys)
+    path.rename(path.with_name("0001_create_signals.py"))
+    code, out, _ = run(["migrations", "lock"], capsys)
+    assert code == 0
+    assert "renamed 0001 0001_init.py -> 0001_create_signals.py" in out
+    lock = in_repo.root / "migrations" / "checksums.lock"
+    assert lock.read_text().splitlines()[-1].endswith(" 0001_create_signals.py")
+    lock.write_text("")
+    code, _, err = run(["migrations", "lock"], capsys)
+    assert code == 1
+    assert "checksums.lock is empty; restore it from version control" in error_line(err)
+
+
 def test_lock_refuses_silent_edits(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
