@@ -10,6 +10,7 @@ answer, the report says so and renders every revision, as for a fresh database.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def dry_run(
         return report
     files = revision_files(script)
     report.revisions = files
-    goal = _resolve(script, target)
+    relative = re.fullmatch(r"\+(\d+)", target.strip())
+    steps = int(relative.group(1)) if relative else None  # "+2": after the database's revision
+    goal = None if steps is not None else _resolve(script, target)
     lock_path = _lock_path(script)
     try:
         report.findings.extend(lock_findings(files, read_lock(lock_path), lock_path))
@@ -136,6 +139,8 @@ def dry_run(
         if unknown:
             return report
         start = state.heads[0] if state.heads else None
+    if steps is not None:
+        goal = _steps_after(script, start, steps, target)
     if goal is None or goal == start or (start is not None and goal in _ancestors(script, start)):
         return report
     sql = render_sql(config, settings, start, goal)
@@ -254,6 +259,18 @@ def _resolve(script: ScriptDirectory, target: str) -> str | None:
     except CommandError as exc:
         raise MigrationError(f"--to {target}: {exc}; name a revision number or head") from exc
     return None if found is None else found.revision
+
+
+def _steps_after(script: ScriptDirectory, start: str | None, steps: int, target: str) -> str:
+    """The revision ``steps`` after ``start`` (after an empty database without one)."""
+    chain = [rev.revision for rev in reversed(list(script.iterate_revisions("heads", "base")))]
+    position = chain.index(start) + 1 if start is not None else 0
+    if steps < 1 or position + steps > len(chain):
+        raise MigrationError(
+            f"--to {target}: {len(chain) - position} revision(s) are pending; name a revision "
+            "number, head, or +N within that"
+        )
+    return chain[position + steps - 1]
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:

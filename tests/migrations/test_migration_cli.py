@@ -152,6 +152,11 @@ def test_dry_run_honours_to(in_repo: ProductRepo, capsys: pytest.CaptureFixture[
     assert (code, "at 0002; 0 pending" in out) == (0, True)
     code, _, err = run(["migrate", "--dry-run", "--to", "0009"], capsys)
     assert "--to 0009" in error_line(err)
+    code, out, err = run(["migrate", "--dry-run", "--no-sql", "--to", "+1"], capsys)
+    assert code == 0, err
+    assert "; 1 pending" in out and "pending 0003 add rank" in out  # as migrate --to +1 would
+    code, _, err = run(["migrate", "--dry-run", "--to", "+2"], capsys)
+    assert "--to +2: 1 revision(s) are pending" in error_line(err)
 
 
 def test_broken_tree_says_the_database_was_not_asked(
