@@ -99,7 +99,8 @@ FUNCTION_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
     RoleKind.RO: frozenset({"EXECUTE"}),
 }
 DATABASE_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
-    RoleKind.MIGRATOR: frozenset({"CONNECT"}),
+    # TEMPORARY: partition maintenance stages the rows it moves out of DEFAULT in one.
+    RoleKind.MIGRATOR: frozenset({"CONNECT", "TEMPORARY"}),
     # TEMPORARY: bulk upserts stage rows in a temporary table; it holds no product data.
     RoleKind.RW: frozenset({"CONNECT", "TEMPORARY"}),
     RoleKind.RO: frozenset({"CONNECT"}),

@@ -500,6 +500,35 @@ def test_public_cannot_execute_new_functions(provisioned: Provisioned) -> None:
             assert row == (provisioned.target.roles[MIGRATOR],)
 
 
+def test_partition_maintenance_as_the_migrator_moves_rows_out_of_default(
+    provisioned: Provisioned,
+) -> None:
+    # The role the partitioning guide says runs maintenance: moving rows stages them in a
+    # temporary table, so the migrator needs TEMPORARY on the database.
+    from datetime import UTC, datetime, timedelta
+
+    from sigma_db import create_engine
+    from sigma_db.partitions import PartitionManager
+    from sigma_db.partitions.examples import ExampleBase, Signal
+
+    engine = create_engine(provisioned.settings(MIGRATOR))
+    ExampleBase.metadata.create_all(engine, tables=[Signal.__table__])
+    engine.dispose()
+    now = datetime.now(UTC)
+    with provisioned.connect(RW) as conn:  # beyond the premade window: lands in DEFAULT
+        conn.execute(
+            "INSERT INTO signals (observed_at, symbol, value) VALUES (%s, 'A', 1)",
+            (now + timedelta(days=10),),
+        )
+    report = PartitionManager(provisioned.settings(MIGRATOR), Signal).maintain(
+        now + timedelta(days=5)
+    )
+    assert report.problem_lines() == []
+    with provisioned.connect(RO) as conn:
+        assert conn.execute("SELECT count(*) FROM signals_default").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM signals").fetchone() == (1,)
+
+
 def test_rw_may_create_temporary_tables_ro_may_not(provisioned: Provisioned) -> None:
     with provisioned.connect(RW) as conn:
         conn.execute("CREATE TEMP TABLE staging (id int)")
