@@ -12,6 +12,7 @@ from sqlalchemy import TIMESTAMP, Engine, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sigma_db import (
+    ConfigurationError,
     DatabaseSettings,
     DatePartitioned,
     DatePartitioning,
@@ -85,6 +86,13 @@ def test_create_all_gives_default_and_premade_partitions(tables: Engine) -> None
     assert where(tables, "signals") == {
         partition_name("signals", window_containing(Interval.DAY, NOW)): 1
     }
+
+
+def test_a_transaction_pooler_is_refused(db_settings: DatabaseSettings) -> None:
+    # Through PgBouncer's transaction mode the maintenance lock would stay on a pooled server
+    # connection, and every later run would skip, believing another one is running.
+    with pytest.raises(ConfigurationError, match="needs a direct connection"):
+        PartitionManager(db_settings.model_copy(update={"pooler": "transaction"}), Signal)
 
 
 def test_model_indexes_exist_on_every_partition(manager: PartitionManager, tables: Engine) -> None:
