@@ -150,6 +150,56 @@ def test_bad_now_is_one_line(
     assert "is not an ISO-8601 instant with a zone" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--wait", "inf"), "--wait"),
+        (("--wait", "nan"), "is not a number of seconds"),
+        (("--lock-timeout", "nan"), "is not a number of seconds"),
+        (("--now", "9999-12-31T23:00:00+00:00"), "is out of range"),
+        (("--now", "0001-01-03T00:00:00+00:00"), "is out of range"),
+    ],
+)
+def test_bad_option_values_are_errors_not_tracebacks(
+    db_settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    expected: str,
+) -> None:
+    models = ("--models", "sigma_db.partitions.examples")
+    code, _, err = run_here(db_settings, monkeypatch, capsys, *models, *args)
+    assert code in (1, 2), err
+    assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "expected"),
+    [
+        (None, "", "--models '': cannot import"),
+        (None, ".relative", "--models .relative: cannot import"),
+        ("def broken(:\n", "broken_models", "importing it failed at broken_models.py:1"),
+        ("raise RuntimeError('no config')\n", "raising_models", "RuntimeError: no config"),
+    ],
+)
+def test_a_models_module_that_cannot_be_imported_is_one_line(
+    db_settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    source: str | None,
+    name: str,
+    expected: str,
+) -> None:
+    if source is not None:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.chdir(tmp_path)
+    code, _, err = run_here(db_settings, monkeypatch, capsys, "--models", name)
+    assert code == 1
+    assert err.startswith("sigma-db: error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_unreachable_database_is_one_line(db_settings: DatabaseSettings) -> None:
     unreachable = db_settings.model_copy(update={"port": 1})
     result = run(unreachable, "--models", "sigma_db.partitions.examples")

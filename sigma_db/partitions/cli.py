@@ -9,6 +9,7 @@ otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from datetime import datetime, timedelta
@@ -46,14 +47,16 @@ def partitions() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing.")
 @click.option(
     "--wait",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=86400),
+    callback=lambda _ctx, param, value: _finite(param, value),
     default=0,
     show_default=True,
-    help="Seconds to wait for another run's lock (0: skip at once).",
+    help="Seconds to wait for another run's lock (0: skip at once; at most a day).",
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.1, max=3600),
+    callback=lambda _ctx, param, value: _finite(param, value),
     default=5,
     show_default=True,
     help="Seconds any one DDL statement may wait for its table lock.",
@@ -88,6 +91,12 @@ def maintain(
         click.echo(f"problem: {line}", err=True)
     if problems:
         raise SystemExit(1)
+
+
+def _finite(param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):  # nan passes every range check
+        raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+    return value
 
 
 def _maintain(
@@ -142,10 +151,19 @@ def _import(name: str) -> ModuleType:
         sys.path.insert(0, os.getcwd())
     try:
         return import_module(name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # also '' and '.relative'
         raise ConfigurationError(
-            f"--models {name}: cannot import it ({exc}); pass the import path of the module "
-            "defining the models, e.g. --models lab.models, from the project root."
+            f"--models {name or repr(name)}: cannot import it ({exc}); pass the import path of "
+            "the module defining the models, e.g. --models lab.models, from the project root."
+        ) from exc
+    except Exception as exc:  # the module itself is broken: where, not a traceback
+        where = ""
+        if isinstance(exc, SyntaxError) and exc.filename:
+            where = f" at {os.path.basename(exc.filename)}:{exc.lineno}"
+        reason = " ".join(str(exc).split())
+        raise ConfigurationError(
+            f"--models {name}: importing it failed{where} ({type(exc).__name__}: {reason}); "
+            "fix the module"
         ) from exc
 
 
@@ -156,6 +174,9 @@ def _parse_now(text: str | None) -> datetime | None:
         value = datetime.fromisoformat(text)
     except ValueError:
         value = None
+    # The windows around it must exist too: a year or more away from datetime's ends.
+    if value is not None and not 1 < value.year < 9999:
+        raise ConfigurationError(f"--now {text!r} is out of range; use a year from 2 to 9998.")
     if value is None or value.tzinfo is None:
         raise ConfigurationError(
             f"--now {text!r} is not an ISO-8601 instant with a zone; "
