@@ -12,7 +12,7 @@ extension's, and ``ALTER EXTENSION`` manages them.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class Relation:
     acl: set[Grant]
     follows_table: bool
     """A sequence owned by a column (identity, serial): its owner moves with its table's."""
+    column_acl: dict[str, set[Grant]] = field(default_factory=dict)
+    """Column-level grants (``GRANT UPDATE (col) ...``), which the table's ACL does not show."""
 
 
 @dataclass
@@ -246,6 +248,18 @@ def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relati
             (schema, name), Relation(schema, name, kind, owner, set(), follows)
         )
         entry.acl.add((grantee, privilege))
+    for schema, name, column, grantee, privilege in conn.execute(
+        f"SELECT n.nspname, c.relname, att.attname, {_GRANTEE}, a.privilege_type "  # noqa: S608
+        "FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL aclexplode(att.attacl) a "
+        "WHERE n.nspname = ANY(%s) AND att.attacl IS NOT NULL AND att.attnum > 0 "
+        "AND NOT att.attisdropped ORDER BY 1, 2, 3",
+        [schemas],
+    ):
+        if (schema, name) in relations:
+            columns = relations[(schema, name)].column_acl
+            columns.setdefault(column, set()).add((grantee, privilege))
     return list(relations.values())
 
 

@@ -562,6 +562,27 @@ class _Planner:
                         grantee=self.grantee(role),
                         **where,
                     )
+            for column, grants in sorted(relation.column_acl.items()):
+                # Nothing is granted per column: any such grant is drift (it is how a role
+                # could write a table its table-level privileges say it may only read).
+                column_acl = self.by_grantee(
+                    grant for grant in grants if grant[0] not in (relation.owner, migrator)
+                )
+                for grantee, have in sorted(column_acl.items(), key=_grantee_order):
+                    self.emit(
+                        "REVOKE {privs} ON TABLE {schema}.{name} FROM {grantee}",
+                        f"drift: {'PUBLIC' if grantee is None else grantee} may "
+                        f"{', '.join(sorted(have))} on column "
+                        f"{relation.schema}.{relation.name}.{column}",
+                        privs=self.sql.SQL(", ").join(
+                            self.sql.SQL("{} ({})").format(
+                                self.sql.SQL(privilege), self.sql.Identifier(column)
+                            )
+                            for privilege in sorted(have)
+                        ),
+                        grantee=self.grantee(grantee),
+                        **where,
+                    )
             for grantee, have in sorted(acl.items(), key=_grantee_order):
                 self.emit(
                     "REVOKE {privs} ON "

@@ -242,6 +242,26 @@ def test_drift_is_detected_and_repaired(provisioned: Provisioned) -> None:
         assert public.fetchone() == (0,)
 
 
+def test_column_level_grants_are_drift_too(provisioned: Provisioned) -> None:
+    # A table's ACL does not show column grants: _ro could write through one unnoticed.
+    _migrate(provisioned)
+    roles = provisioned.target.roles
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT UPDATE (name), INSERT (id, name) ON app.packs TO {roles[RO]}")
+        admin.execute("GRANT SELECT (name) ON app.packs TO PUBLIC")
+    text = sync_roles(provisioned.admin, [provisioned.target], apply=False).render()
+    for expected in (
+        f'REVOKE INSERT ("name"), UPDATE ("name") ON TABLE "app"."packs" FROM "{roles[RO]}"',
+        f'REVOKE INSERT ("id") ON TABLE "app"."packs" FROM "{roles[RO]}"',
+        'REVOKE SELECT ("name") ON TABLE "app"."packs" FROM PUBLIC',
+    ):
+        assert expected in text, text
+    sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+    with provisioned.connect(RO) as conn, pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("UPDATE packs SET name = 'x'")
+
+
 def test_login_password_change_is_detected_and_never_shown(
     provisioned: Provisioned, caplog: pytest.LogCaptureFixture
 ) -> None:
