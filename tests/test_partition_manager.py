@@ -163,6 +163,43 @@ def test_retention_drops_only_partitions_wholly_past_the_cutoff(
     assert left == 0  # dropped, not left detached
 
 
+def test_partitions_from_before_an_interval_change_are_named_and_retired(
+    engine: Engine,
+) -> None:
+    # The declaration went from daily to monthly partitions: the daily ones are still
+    # sigma_db's. They block the month that overlaps them (said so), and retention retires them.
+    class DailyBase(ProductBase, DeclarativeBase):
+        pass
+
+    class MonthlyBase(ProductBase, DeclarativeBase):
+        pass
+
+    def events(base: type[DeclarativeBase], interval: str) -> type:
+        class Event(DatePartitioned, base):  # type: ignore[misc, valid-type]
+            __tablename__ = "events"
+            __partitioning__ = DatePartitioning(
+                column="at", interval=interval, premake=2, retention=timedelta(days=40)
+            )
+            at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+
+        return Event
+
+    daily, monthly = events(DailyBase, "day"), events(MonthlyBase, "month")
+    DailyBase.metadata.create_all(engine)
+    january = datetime(2026, 1, 10, tzinfo=UTC)
+    assert PartitionManager(engine, daily, environment="dev").maintain(january).ok
+    manager = PartitionManager(engine, monthly, environment="dev")
+    (line,) = manager.maintain(january).problem_lines()
+    assert "made for a day window before the table's interval became month" in line
+    june = datetime(2026, 6, 1, tzinfo=UTC)
+    manager.maintain(june)
+    left = set(partitions(engine, "events"))
+    daily_left = [n for n in left if len(n) == len("events_p20260110")]
+    # create_all premade a few days around the real date; those are not expired in June
+    assert [n for n in daily_left if n < "events_p20260422"] == [], daily_left  # June - 40 days
+    assert "events_p202606" in left
+
+
 def test_expired_detach_keeps_the_table(manager: PartitionManager, tables: Engine) -> None:
     with Session(tables) as session, session.begin():
         session.add(AuditLog(occurred_at=NOW, actor="ops", action="deploy"))

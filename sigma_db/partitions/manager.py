@@ -58,6 +58,7 @@ from sigma_db.partitions.ddl import (
 )
 from sigma_db.partitions.declaration import PartitionedTable, partitioned_table
 from sigma_db.partitions.windows import (
+    Interval,
     PartitionWindow,
     as_utc,
     default_partition_name,
@@ -399,6 +400,8 @@ class PartitionManager:
 
         managed: dict[PartitionWindow, _Existing] = {}
         foreign: list[_Existing] = []
+        # Partitions made for another interval (the declaration changed): retention applies.
+        retired_earlier: dict[PartitionWindow, _Existing] = {}
         default: _Existing | None = None
         for existing in catalog.partitions:
             if existing.detach_pending:
@@ -437,6 +440,9 @@ class PartitionManager:
             window = _managed_window(partitioned, existing)
             if window is None:
                 foreign.append(existing)
+                earlier = _earlier_interval_window(partitioned, existing)
+                if earlier is not None:
+                    retired_earlier[earlier] = existing
             else:
                 managed[window] = existing
 
@@ -472,10 +478,18 @@ class PartitionManager:
                 continue
             other = blocked(window)
             if other is not None:
+                made_for = next(
+                    (w.interval for w, e in retired_earlier.items() if e is other), None
+                )
+                why = (
+                    f"made for a {made_for} window before the table's interval became {interval}"
+                    if made_for is not None
+                    else "which sigma_db did not create (its bounds are not one window)"
+                )
                 plan.problems.append(
-                    f"window {window.suffix} overlaps partition {other.name}, which sigma_db did "
-                    "not create (its bounds are not one window); left alone: detach it, or move "
-                    "its rows and drop it, so maintenance can create the window's partition"
+                    f"window {window.suffix} overlaps partition {other.name}, {why}; left alone: "
+                    "detach it, or move its rows and drop it, so maintenance can create the "
+                    "window's partition"
                 )
                 continue
             plan.actions.append(
@@ -497,7 +511,8 @@ class PartitionManager:
         # 4. expired partitions: only those whose whole range ends at or before the cutoff
         if cutoff is not None:
             concurrently = default is None and not declaration.default_partition
-            for window, existing in sorted(managed.items()):
+            expiring = sorted(managed.items()) + sorted(retired_earlier.items())
+            for window, existing in expiring:
                 if window.end > cutoff:
                     continue
                 statements = [
@@ -890,6 +905,27 @@ def _managed_window(partitioned: PartitionedTable, existing: _Existing) -> Parti
     window = window_containing(partitioned.interval, existing.lower)
     if window.start == existing.lower and window.end == existing.upper:
         return window
+    return None
+
+
+def _earlier_interval_window(
+    partitioned: PartitionedTable, existing: _Existing
+) -> PartitionWindow | None:
+    """The window of another interval ``existing`` was made for, by its bounds and its name.
+
+    A table whose declared interval changed (day → month) keeps the partitions made before;
+    they are sigma_db's, so retention still retires them once wholly past the cutoff.
+    """
+    if existing.lower is None or existing.upper is None:
+        return None
+    for interval in Interval:
+        if interval == partitioned.interval:
+            continue
+        window = window_containing(interval, existing.lower)
+        if (window.start, window.end) == (existing.lower, existing.upper) and (
+            existing.name == partition_name(partitioned.name, window)
+        ):
+            return window
     return None
 
 
