@@ -164,6 +164,13 @@ def run_migrations(
     except SigmaDBError as exc:
         raise MigrationError(str(exc)) from exc
     except SQLAlchemyError as exc:
+        if run is not None and run.uncommitted:  # the revision ran; its COMMIT failed
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise MigrationError(
+                f"{', '.join(run.uncommitted)} failed at COMMIT: {reason}; its transaction was "
+                "rolled back: the version table and the ledger are unchanged. Fix the revision "
+                "(a deferred constraint, say) and run the migration again."
+            ) from exc
         # Outside any revision (those raise MigrationError): the lock, the schema, the version
         # table or the ledger. Usually the login lacks the migrator's privileges.
         if run is None or run.settings is None:
@@ -182,7 +189,8 @@ def database_failure(
     migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
     where = f"{settings.display_dsn} schema {settings.topology.schema}"
     sqlstate = str(getattr(orig, "sqlstate", None) or "")
-    if getattr(exc, "connection_invalidated", False) or sqlstate.startswith(("08", "57P")):
+    lost = sqlstate.startswith(("08", "57P")) and sqlstate != "08P01"  # not protocol_violation
+    if getattr(exc, "connection_invalidated", False) or lost:
         # connection_exception, admin_shutdown, crash_shutdown, cannot_connect_now
         return (
             f"cannot {doing} {where}: {reason}; the connection to the server was lost (a "
@@ -300,6 +308,8 @@ class _Run:
         self.timeouts = timeouts
         self.bookkeeping = bool(attributes.get(BOOKKEEPING_KEY, True))
         self.applied: list[str] = attributes.setdefault(APPLIED_KEY, [])
+        self.uncommitted: list[str] = []
+        """Steps recorded in the transaction still open; ``applied`` once it committed."""
         self.ledger = ledger_table(self.schema)
         self.ledger_ready = False
         self.started: dict[str, float] = {}
@@ -333,6 +343,7 @@ class _Run:
                 )
             with self.env.begin_transaction():
                 self.env.run_migrations()
+            self._committed()
             if standalone:
                 self._static(f"SELECT pg_advisory_unlock({key});")
             return
@@ -421,6 +432,7 @@ class _Run:
                     self._configure(metadata, scope, offline=False, connection=connection)
                     with self.env.begin_transaction():
                         self.env.run_migrations()
+                    self._committed()
                 finally:
                     _unlock(connection, key)
         finally:
@@ -580,6 +592,7 @@ class _Run:
 
         @functools.wraps(migrate)
         def run_revision(**kw: Any) -> None:
+            self._committed()  # the previous revision's transaction ended before this one began
             self.pending = None
             self._ensure_ledger(migration)
             if migration.as_sql:
@@ -612,6 +625,10 @@ class _Run:
                 raise MigrationError(_failure(script, exc)) from exc
 
         return run_revision
+
+    def _committed(self) -> None:
+        self.applied.extend(self.uncommitted)
+        self.uncommitted.clear()
 
     def _ensure_ledger(self, migration: MigrationContext) -> None:
         # Also reached without any revision running (`alembic stamp`): create it here too.
@@ -665,7 +682,7 @@ class _Run:
                     self._ledger_insert(self._ledger_values(_LedgerRow(script, operation), ctx))
                 )
             self.started.pop(revision, None)
-            self.applied.append(f"{operation} {revision}")
+            self.uncommitted.append(f"{operation} {revision}")
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,27 @@ def test_a_failed_migrate_says_which_revisions_it_committed_first(
     assert "  upgrade 0001\n1 revision(s) applied and committed before the failure" in out
 
 
+def test_a_revision_whose_commit_fails_is_not_listed_as_committed(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add(
+        "deferred",
+        """
+        op.execute(
+            "CREATE TABLE parents (id int PRIMARY KEY);"
+            "CREATE TABLE children (parent int REFERENCES parents DEFERRABLE INITIALLY DEFERRED);"
+            "INSERT INTO children VALUES (1)"
+        )
+        """,
+    )
+    code, out, err = run(["migrate"], capsys)
+    assert code == 1
+    assert "upgrade 0002 failed at COMMIT: " in error_line(err)
+    assert "  upgrade 0001\n1 revision(s) applied and committed before the failure" in out
+    assert in_repo.query("SELECT version_num FROM app.alembic_version") == [("0001",)]
+
+
 def test_dry_run_reports_what_migrate_would_refuse(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
