@@ -191,8 +191,16 @@ def test_partitions_from_before_an_interval_change_are_named_and_retired(
     manager = PartitionManager(engine, monthly, environment="dev")
     (line,) = manager.maintain(january).problem_lines()
     assert "made for a day window before the table's interval became month" in line
+    with engine.connect() as conn:  # one daily retirement was interrupted mid-detach
+        conn.exec_driver_sql(
+            "UPDATE pg_inherits SET inhdetachpending = true "
+            "WHERE inhrelid = 'app.events_p20260105'::regclass"
+        )
+        conn.commit()
     june = datetime(2026, 6, 1, tzinfo=UTC)
     manager.maintain(june)
+    with engine.connect() as conn:  # finished and dropped, as expired="drop" says
+        assert conn.scalar(text("SELECT to_regclass('app.events_p20260105')")) is None
     left = set(partitions(engine, "events"))
     daily_left = [n for n in left if len(n) == len("events_p20260110")]
     # create_all premade a few days around the real date; those are not expired in June

@@ -408,9 +408,9 @@ class PartitionManager:
                 # A run of ours starts a concurrent detach only of an expired partition, but a
                 # person may have started one too: drop only what is wholly past the cutoff.
                 pending = _managed_window(partitioned, existing)
-                expired_window = (
-                    pending is not None and cutoff is not None and pending.end <= cutoff
-                )
+                # One made for an earlier interval, whose retirement was interrupted, too.
+                ours = pending or _earlier_interval_window(partitioned, existing)
+                expired_window = ours is not None and cutoff is not None and ours.end <= cutoff
                 statements = [
                     detach_sql(
                         partitioned.name, existing.name, schema, concurrently=False, finalize=True
@@ -423,7 +423,7 @@ class PartitionManager:
                         0, detached_comment_sql(partitioned.name, existing.name, schema)
                     )
                 plan.actions.append(
-                    PartitionAction("finalize", existing.name, tuple(statements), pending)
+                    PartitionAction("finalize", existing.name, tuple(statements), ours)
                 )
                 if pending is not None and not expired_window:
                     # Its name is the one the window's partition would take: not recreated.
