@@ -180,6 +180,12 @@ def test_bad_option_values_are_errors_not_tracebacks(
         (None, ".relative", "--models .relative: cannot import"),
         ("def broken(:\n", "broken_models", "importing it failed at broken_models.py:1"),
         ("raise RuntimeError('no config')\n", "raising_models", "RuntimeError: no config"),
+        (  # the models' own one-line error, not "cannot import"
+            "from sigma_db.errors import ConfigurationError\n"
+            "raise ConfigurationError('Model Bad: column fooBar is not snake_case')\n",
+            "misnamed_models",
+            "sigma-db: error: Model Bad: column fooBar is not snake_case",
+        ),
     ],
 )
 def test_a_models_module_that_cannot_be_imported_is_one_line(

@@ -149,12 +149,19 @@ def _import(name: str) -> ModuleType:
     # Console scripts do not put the working directory on sys.path; products run from their root.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if not name.strip() or name.startswith("."):
+        raise ConfigurationError(
+            f"--models {name or repr(name)}: cannot import it (not an absolute module path); "
+            "pass the import path of the module defining the models, e.g. --models lab.models."
+        )
     try:
         return import_module(name)
-    except (ImportError, ValueError, TypeError) as exc:  # also '' and '.relative'
+    except SigmaDBError:
+        raise  # the models' own error (a naming rule, say) already says what to fix
+    except ImportError as exc:
         raise ConfigurationError(
-            f"--models {name or repr(name)}: cannot import it ({exc}); pass the import path of "
-            "the module defining the models, e.g. --models lab.models, from the project root."
+            f"--models {name}: cannot import it ({exc}); pass the import path of the module "
+            "defining the models, e.g. --models lab.models, from the project root."
         ) from exc
     except Exception as exc:  # the module itself is broken: where, not a traceback
         where = ""
