@@ -110,11 +110,11 @@ def _instrument(engine: Engine, settings: DatabaseSettings) -> None:
 
 
 def _unavailable(settings: DatabaseSettings, cause: BaseException) -> DatabaseUnavailableError:
-    reason = " ".join(str(cause).split()).rstrip(" .?")
-    remedy = _remedy(settings, reason)  # from libpq's own words, before any masking
-    error = DatabaseUnavailableError(
-        f"Cannot connect to {settings.display_dsn}: {_masked(reason, settings.secret())}. {remedy}"
-    )
+    remedy = _remedy(settings, " ".join(str(cause).split()))  # libpq's words, before masking
+    # Masked before whitespace is collapsed: a password with two spaces must match as it is.
+    reason = " ".join(_masked(str(cause), settings.secret()).split()).rstrip(" .?")
+    where = settings.display_dsn
+    error = DatabaseUnavailableError(f"Cannot connect to {where}: {reason}. {remedy}")
     error.__cause__ = cause
     return error
 

@@ -191,6 +191,16 @@ def test_a_short_password_is_masked_without_mangling_the_message() -> None:
     assert _masked("x@ss!y", "@ss!") == "x********y"  # punctuation edges need no boundary
 
 
+def test_a_password_with_runs_of_spaces_is_masked_in_connection_errors() -> None:
+    from sigma_db.engine import _unavailable
+
+    settings = DatabaseSettings(
+        host="db", port=5432, name="edge_lab", user="app", password="two  spaces", _env_file=None
+    )
+    error = _unavailable(settings, RuntimeError('bad conninfo password="two  spaces"'))
+    assert "two" not in str(error) and "********" in str(error)
+
+
 def test_wrong_short_password_still_gets_the_password_fix(db_settings: DatabaseSettings) -> None:
     # Masking "failed" out of libpq's message must not change which fix the error names.
     engine = create_engine(db_settings.model_copy(update={"password": SecretStr("failed")}))
