@@ -34,6 +34,7 @@ from alembic.operations.ops import MigrationScript
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
+from alembic.script.revision import RevisionError
 from sqlalchemy import MetaData, bindparam, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -56,6 +57,7 @@ from sigma_db.migrations.ledger import (
     APPLIED_BY,
     LEDGER_TABLE,
     Operation,
+    applied_revisions,
     client_name,
     history_findings,
     ledger_table,
@@ -683,6 +685,29 @@ class _Run:
                 )
             self.started.pop(revision, None)
             self.uncommitted.append(f"{operation} {revision}")
+        if step.is_stamp and ctx.opts.get("purge") and not ctx.as_sql:
+            self._record_purged(ctx, step)
+
+    def _record_purged(self, ctx: MigrationContext, step: MigrationInfo) -> None:
+        """``stamp --purge``: revisions the ledger has applied beyond the new heads are not.
+
+        Alembic empties the version table and stamps the new heads from base; without these
+        rows the ledger would still call the revisions above them applied.
+        """
+        assert ctx.connection is not None
+        kept = {
+            rev.revision
+            for rev in step.revision_map.iterate_revisions(step.up_revision_ids, "base")
+            if rev is not None
+        }
+        applied = applied_revisions(read_ledger(ctx.connection, self.schema, exists=True))
+        for revision in sorted(set(applied) - kept, reverse=True):
+            script = step.revision_map.get_revision(revision) if _declared(step, revision) else None
+            if not isinstance(script, Script):
+                continue  # no file: the dry run reports it as missing
+            row = _LedgerRow(script, "downgrade")
+            ctx.execute(self._ledger_insert(self._ledger_values(row, ctx)))
+            self.uncommitted.append(f"downgrade {revision}")
 
 
 @dataclass(frozen=True)
@@ -691,6 +716,13 @@ class _LedgerRow:
 
     script: Script
     operation: Operation
+
+
+def _declared(step: MigrationInfo, revision: str) -> bool:
+    try:
+        return step.revision_map.get_revision(revision) is not None
+    except RevisionError:  # no file declares it
+        return False
 
 
 def _moves_version_table(construct: Any, migration: MigrationContext) -> bool:

@@ -330,6 +330,26 @@ def test_stamp_records_every_revision_it_skips(repo: ProductRepo) -> None:
     assert [f.rule for f in report.findings if f.rule == "unknown"] == []
 
 
+def test_stamp_purge_leaves_the_ledger_agreeing_with_the_version_table(
+    repo: ProductRepo,
+) -> None:
+    from sigma_db.migrations.ledger import applied_revisions, read_ledger
+
+    repo.add("init", SIGNALS)
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    repo.add("add rank", 'op.add_column("signals", sa.Column("rank", sa.BigInteger))')
+    repo.upgrade()
+    command.stamp(repo.config(), "0001", purge=True)
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0001",)]
+    assert repo.query(LEDGER)[-2:] == [("0003", "downgrade"), ("0002", "downgrade")]
+    from sigma_db.migrations.environment import migration_engine
+
+    engine = migration_engine(repo.settings)
+    with engine.connect() as conn:
+        assert set(applied_revisions(read_ledger(conn, "app"))) == {"0001"}
+    engine.dispose()
+
+
 def test_upgrade_refuses_when_alembic_skips_the_revision_wrapper(
     repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
