@@ -21,7 +21,7 @@ import shutil
 import socket
 import stat
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sigma_db.errors import SigmaDBError
@@ -264,7 +264,7 @@ class LocalServer:
     root: Path
     port: int
     superuser: str = "postgres"
-    password: str = "postgres"  # noqa: S105 - a local throwaway cluster, loopback only
+    password: str = field(default="postgres", repr=False)  # a throwaway cluster, loopback only
     binaries: ServerBinaries | None = None
     durable: bool = True
 

@@ -42,6 +42,12 @@ def test_tcp_login_needs_the_password(sigma_postgresql: TestServer) -> None:
         )
 
 
+def test_server_reprs_never_show_the_password(sigma_postgresql: TestServer) -> None:
+    assert sigma_postgresql.password not in repr(sigma_postgresql)
+    local = server.LocalServer(Path("/nonexistent"), 5432, password="dev-superuser-pw")
+    assert "dev-superuser-pw" not in repr(local)
+
+
 def test_bindir_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     real = find_binaries()
     monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(real.bindir))

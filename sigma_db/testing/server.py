@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class TestServer:
     host: str
     port: int
     superuser: str
-    password: str
+    password: str = field(repr=False)
     binaries: ServerBinaries
 
     def settings(self, database: str, **overrides: Any) -> DatabaseSettings:
