@@ -335,7 +335,9 @@ class _Run:
             self._configure(metadata, lambda: offline_scope, offline=True)
             # `--sql` output a DBA pipes into psql does what the online run does around the
             # revisions: the schema, the search_path the login would have, the advisory lock.
-            standalone = self.env.is_offline_mode() and self.bookkeeping
+            standalone = (
+                self.env.is_offline_mode() and self.bookkeeping and not self._numbering_only()
+            )
             key = advisory_lock_key(self.topology)
             if standalone:
                 self._static(

@@ -47,7 +47,10 @@ def test_revision_command_numbers_files_without_a_database(offline_repo: Product
     assert second.down_revision == "0001"  # type: ignore[union-attr]
     text = (offline_repo.versions / "0002_add_signals.py").read_text()
     assert 'phase = "expand"' in text
-    assert "revision: str = '0002'" in text
+    # Double quotes, as ruff format writes them: a new revision passes the product's lint job.
+    assert 'revision: str = "0002"\ndown_revision: str | None = "0001"\n' in text
+    first_text = (offline_repo.versions / "0001_init.py").read_text()
+    assert "down_revision: str | None = None\n" in first_text
 
 
 def test_two_heads_is_one_clear_error(offline_repo: ProductRepo) -> None:
@@ -138,7 +141,7 @@ def test_autogenerate_ignores_what_the_search_path_shows_from_public(repo: Produ
 
 
 def test_revision_needs_no_db_settings(
-    offline_repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+    offline_repo: ProductRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import os
 
@@ -150,5 +153,7 @@ def test_revision_needs_no_db_settings(
     config = Config(str(offline_repo.root / "alembic.ini"))  # no settings handed in
     command.revision(config, "init")
     assert [p.name for p in offline_repo.versions.glob("*.py")] == ["0001_init.py"]
+    out = capsys.readouterr().out  # Alembic's "Generating ... done", and no SQL
+    assert "Generating" in out and "pg_advisory_lock" not in out and "SCHEMA" not in out
     with pytest.raises(MigrationError, match="DB_HOST is not set"):
         command.upgrade(Config(str(offline_repo.root / "alembic.ini")), "head", sql=True)
