@@ -74,6 +74,13 @@ def new_product(
         from copier import run_copy
     except ModuleNotFoundError as exc:
         raise ConfigurationError(f"new-product needs copier: {_HINT}") from exc
+    other = _generated_product(destination)
+    if other is not None and other != product.key:
+        raise ConfigurationError(
+            f"--dest {destination} holds the generated repository of product {other!r}; "
+            f"--force only refreshes a product's own repository: generate {product.key!r} "
+            "into another directory."
+        )
     from sigma_db import __version__
     from sigma_db.migrations.commands import load_config, lock
     from sigma_db.migrations.layout import write_layout
@@ -82,19 +89,27 @@ def new_product(
     package = f"{product.key}_service"
     example = _EXAMPLES.get(product.key, "Item")
     requirement = sigma_db_requirement or f"sigma-db>={__version__}"
+    data = {
+        "product": product.key,
+        "title": product.title,
+        "database": product.database,
+        "package": package,
+        "example_class": example,
+        "example_table": table_name_for(example),
+        "sigma_db_requirement": requirement,
+        "sigma_db_test_requirement": _with_extra(requirement, "test"),
+    }
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--dest {destination}: cannot create it ({exc.strerror or exc}); choose a "
+            "directory you can create and write."
+        ) from exc
     run_copy(
         str(template_path()),
         str(destination),
-        data={
-            "product": product.key,
-            "title": product.title,
-            "database": product.database,
-            "package": package,
-            "example_class": example,
-            "example_table": table_name_for(example),
-            "sigma_db_requirement": requirement,
-            "sigma_db_test_requirement": _with_extra(requirement, "test"),
-        },
+        data=data,
         defaults=True,
         overwrite=force,
         quiet=True,
@@ -104,6 +119,18 @@ def new_product(
     alembic_ini = write_layout(destination, models_module=f"{package}.models")
     lock(load_config(alembic_ini))
     return GeneratedProduct(product, destination, package)
+
+
+def _generated_product(destination: Path) -> str | None:
+    """The product a previous ``new-product`` generated into ``destination``, if any."""
+    import yaml  # copier's own dependency: it writes the answers file
+
+    try:
+        answers = yaml.safe_load((destination / ".copier-answers.yml").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    product = answers.get("product") if isinstance(answers, dict) else None
+    return product if isinstance(product, str) else None
 
 
 def _with_extra(requirement: str, extra: str) -> str:

@@ -82,12 +82,14 @@ class Product:
                 f"database it would collide with the {area} schema of product "
                 f"{key.rpartition('_')[0]!r}; choose another name."
             )
-        if len(f"edge_{key}_migrator".encode()) > 63:
+        # The longest name derived from it: the test plugin's login edge_<key>_migrator_test.
+        if len(f"edge_{key}_migrator_test".encode()) > 63:
             raise ConfigurationError(
-                f"product name {key!r} is too long: its role edge_{key}_migrator would exceed "
-                "63 bytes; use at most 49 characters."
+                f"product name {key!r} is too long: its test login edge_{key}_migrator_test "
+                "would exceed PostgreSQL's 63 bytes; use at most 44 characters."
             )
-        return cls(key=key, title=f"Sigma {key.replace('_', ' ').title()}")
+        words = " ".join(part for part in key.split("_") if part)
+        return cls(key=key, title=f"Sigma {words.title()}")
 
 
 PRODUCTS: Mapping[str, Product] = MappingProxyType(

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
         ("2fa", "lowercase snake_case"),
         ("select", "reserved SQL keyword"),
         ("b" * 64, "64 bytes"),
-        ("x" * 50, "too long"),
+        ("x" * 45, "too long"),  # its test login edge_x…x_migrator_test: 64 bytes
         ("lab_audit", "collide"),
         ("pg_stats", "not with pg_"),
         ("_hidden", "start with a letter"),
@@ -52,6 +52,32 @@ def test_non_empty_destination_needs_force(tmp_path: Path) -> None:
     new_product("lab", dest, force=True)
     assert (dest / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert (dest / "alembic.ini").is_file()
+
+
+def test_the_longest_name_still_fits_every_login_made_from_it(tmp_path: Path) -> None:
+    from sigma_db.roles import RoleKind, group_role
+    from sigma_db.topology import Product
+
+    product = Product.named("x" * 44)
+    longest = f"{group_role(product, RoleKind.MIGRATOR)}_test"  # the test plugin's login
+    assert len(longest.encode()) == 63
+    assert Product.named("billing_").title == "Sigma Billing"
+
+
+def test_force_refreshes_only_the_same_products_repository(tmp_path: Path) -> None:
+    dest = tmp_path / "repo"
+    new_product("lab", dest)
+    with pytest.raises(ConfigurationError, match="holds the generated repository of product 'lab'"):
+        new_product("sim", dest, force=True)
+    assert not (dest / "sim_service").exists()
+    new_product("lab", dest, force=True)  # its own: refreshed
+
+
+def test_an_unwritable_destination_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"cannot create it \(Not a directory\)"):
+        new_product("lab", blocker / "repo")
 
 
 def test_cli_bad_name_is_one_line(tmp_path: Path) -> None:
