@@ -193,6 +193,7 @@ class DevDatabase:
         kind = RoleKind(kind)
         state = self._state()
         if product not in _product_keys(state):
+            Product.named(product)  # a name no product can have says so, not "add it"
             raise ConfigurationError(
                 f"Unknown product {product!r}; the dev database has "
                 f"{', '.join(_product_keys(state))}. Add a new one with "

@@ -188,6 +188,8 @@ def test_environment_defaults(tmp_path: Path) -> None:
         DevDatabase.from_environment(env={"SIGMA_DB_DEV_PORT": "http"})
     with pytest.raises(ConfigurationError, match="Unknown product 'nope'"):
         DevDatabase(tmp_path, 1).env("nope")
+    with pytest.raises(ConfigurationError, match="lowercase snake_case"):  # not "add it"
+        DevDatabase(tmp_path, 1).env("Bad-Name")
 
 
 def test_local_server_runs_on_the_embedded_build(
