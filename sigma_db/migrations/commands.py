@@ -16,7 +16,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sigma_db.errors import ConfigurationError
@@ -27,6 +26,7 @@ from sigma_db.migrations.environment import (
     advisory_lock_key,
     database_failure,
     migration_engine,
+    release_advisory_lock,
 )
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
@@ -137,9 +137,7 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                 )
                 connection.commit()
             finally:
-                connection.rollback()
-                connection.execute(select(func.pg_advisory_unlock(key)))
-                connection.commit()
+                release_advisory_lock(connection, key)
     except SQLAlchemyError as exc:
         raise MigrationError(database_failure(settings, exc, "repair the ledger of")) from exc
     finally:

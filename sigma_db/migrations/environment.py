@@ -89,6 +89,7 @@ __all__ = [
     "check_alembic_version",
     "database_failure",
     "migration_engine",
+    "release_advisory_lock",
     "run_migrations",
     "unsupported_alembic",
 ]
@@ -278,6 +279,16 @@ def acquire_advisory_lock(connection: Connection, key: int, *, poll: float = 0.0
     connection.commit()
 
 
+def release_advisory_lock(connection: Connection, key: int) -> None:
+    """Release the lock :func:`acquire_advisory_lock` took; a lost connection took it along."""
+    try:
+        connection.rollback()
+        with _autocommit(connection):
+            connection.execute(select(func.pg_advisory_unlock(key)))
+    except SQLAlchemyError:  # the connection is gone, and with it the session lock
+        log.debug("advisory unlock skipped: connection closed", exc_info=True)
+
+
 _NUMBERING_TOPOLOGY = Topology(
     Product("unknown", "an unconfigured product"), Environment.DEV, "", DEFAULT_SCHEMA, False
 )
@@ -438,7 +449,7 @@ class _Run:
                         self.env.run_migrations()
                     self._committed()
                 finally:
-                    _unlock(connection, key)
+                    release_advisory_lock(connection, key)
         finally:
             engine.dispose()
 
@@ -523,7 +534,6 @@ class _Run:
         placeholders: dict[str, Any] = {name: bindparam(f"sigma_{name}") for name in _LEDGER_VALUES}
         ledger_sql = self._ledger_insert(placeholders).compile(dialect=dialect)
         prefix = f"WITH sigma_db_ledger AS ({ledger_sql}) "
-        quoted: Callable[[Any], str] | None = None
 
         def exec_with_ledger(construct: Any, *args: Any, **kw: Any) -> Any:
             if isinstance(construct, str | TextClause):
@@ -551,14 +561,11 @@ class _Run:
             # Values quoted by psycopg (sql.Literal), and the statement sent without parameters,
             # so psycopg does not parse it for placeholders: it differs per revision, so that
             # parse would never be cached, and it cost more than the values' quoting.
-            nonlocal quoted
-            if quoted is None:
-                driver = connection.connection.driver_connection
-                # Most values (operation, client, success, phase) repeat: quote each once.
-                quoted = functools.lru_cache(maxsize=256, typed=True)(
-                    lambda value: psycopg.sql.Literal(value).as_string(driver)
-                )
-            literals = {f"sigma_{name}": quoted(value) for name, value in values.items()}
+            driver = connection.connection.driver_connection
+            literals = {
+                f"sigma_{name}": psycopg.sql.Literal(value).as_string(driver)
+                for name, value in values.items()
+            }
             try:
                 return connection.exec_driver_sql(
                     (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
@@ -704,8 +711,8 @@ class _Run:
         }
         applied = applied_revisions(read_ledger(ctx.connection, self.schema, exists=True))
         for revision in sorted(set(applied) - kept, reverse=True):
-            script = step.revision_map.get_revision(revision) if _declared(step, revision) else None
-            if not isinstance(script, Script):
+            script = _script_of(step, revision)
+            if script is None:
                 continue  # no file: the dry run reports it as missing
             row = _LedgerRow(script, "downgrade")
             ctx.execute(self._ledger_insert(self._ledger_values(row, ctx)))
@@ -720,11 +727,12 @@ class _LedgerRow:
     operation: Operation
 
 
-def _declared(step: MigrationInfo, revision: str) -> bool:
+def _script_of(step: MigrationInfo, revision: str) -> Script | None:
     try:
-        return step.revision_map.get_revision(revision) is not None
+        script = step.revision_map.get_revision(revision)
     except RevisionError:  # no file declares it
-        return False
+        return None
+    return script if isinstance(script, Script) else None
 
 
 def _moves_version_table(construct: Any, migration: MigrationContext) -> bool:
@@ -771,15 +779,6 @@ def _autocommit(connection: Connection) -> Iterator[None]:
         if not connection.invalidated:
             connection.commit()  # ends SQLAlchemy's own transaction; nothing is sent
             connection.execution_options(isolation_level=default)
-
-
-def _unlock(connection: Connection, key: int) -> None:
-    try:
-        connection.rollback()
-        with _autocommit(connection):
-            connection.execute(select(func.pg_advisory_unlock(key)))
-    except SQLAlchemyError:  # the connection is gone, and with it the session lock
-        log.debug("advisory unlock skipped: connection closed", exc_info=True)
 
 
 def _failure(script: Script, exc: Exception) -> str:
