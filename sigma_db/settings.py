@@ -234,6 +234,19 @@ class DatabaseSettings(BaseSettings):
         """A DSN for messages and logs: never contains the password."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
 
+    def direct_connection_problem(self, who_needs: str) -> str | None:
+        """Why work holding a session-level lock and SETs cannot run through these settings.
+
+        ``who_needs`` starts the sentence: ``"Migrations need"``, ``"Partition maintenance
+        needs"``. ``None`` when nothing stands in the way (no transaction pooler).
+        """
+        if self.pooler != "transaction":
+            return None
+        return (
+            f"{who_needs} a direct connection (a session-level advisory lock and SET): point "
+            "DB_HOST/DB_PORT at the server, not at PgBouncer, and unset DB_POOLER."
+        )
+
     def masked(self) -> dict[str, str]:
         """Every setting as ``DB_*`` name → display value, the password masked."""
         shown: dict[str, str] = {}

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sigma_db.errors import DatabaseUnavailableError, SigmaDBError
 from sigma_db.migrations.environment import (
     BOOKKEEPING_KEY,
-    NEEDS_DIRECT_CONNECTION,
+    MIGRATIONS,
     REVISION_MARK,
     SETTINGS_KEY,
     check_alembic_version,
@@ -98,8 +98,9 @@ def dry_run(
         database=DatabaseState(False, asked=False, reason="the revision files have problems"),
     )
     check_alembic_version()
-    if settings.pooler == "transaction":
-        report.findings.append(Finding("pooler", NEEDS_DIRECT_CONNECTION))
+    pooled = settings.direct_connection_problem(MIGRATIONS)
+    if pooled is not None:
+        report.findings.append(Finding("pooler", pooled))
     script = script_directory(config)
     problems = revision_tree_problems(script)
     if problems:

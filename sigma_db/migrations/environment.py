@@ -81,7 +81,6 @@ __all__ = [
     "BOOKKEEPING_KEY",
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_STATEMENT_TIMEOUT",
-    "NEEDS_DIRECT_CONNECTION",
     "REVISION_MARK",
     "SETTINGS_KEY",
     "acquire_advisory_lock",
@@ -99,11 +98,8 @@ DEFAULT_LOCK_TIMEOUT = "5s"
 DEFAULT_STATEMENT_TIMEOUT = "15min"
 """Bound any single statement; long backfills use :func:`~sigma_db.migrations.run_in_batches`."""
 
-NEEDS_DIRECT_CONNECTION = (
-    "Migrations need a direct connection (a session-level advisory lock and SET): point "
-    "DB_HOST/DB_PORT at the server, not at PgBouncer, and unset DB_POOLER."
-)
-"""Why ``DB_POOLER=transaction`` cannot migrate; the dry run reports the same."""
+MIGRATIONS = "Migrations need"
+"""How :meth:`~sigma_db.DatabaseSettings.direct_connection_problem` starts for migrations."""
 
 SETTINGS_KEY = "sigma_db.settings"
 """``Config.attributes`` key: settings handed in by a caller (the CLI, tests) instead of DB_*."""
@@ -413,8 +409,9 @@ class _Run:
 
     def _run_online(self, metadata: Any) -> None:
         assert self.settings is not None
-        if self.settings.pooler == "transaction":
-            raise ConfigurationError(NEEDS_DIRECT_CONNECTION)
+        problem = self.settings.direct_connection_problem(MIGRATIONS)
+        if problem is not None:
+            raise ConfigurationError(problem)
         engine = migration_engine(self.settings)
         try:
             with engine.connect() as connection:

@@ -264,14 +264,11 @@ class PartitionManager:
         if isinstance(target, DatabaseSettings):
             from sigma_db.engine import create_engine
 
-            if target.pooler == "transaction":
-                # The maintenance lock and the session's SETs would stay on whichever server
-                # connection PgBouncer hands out: later runs would skip, believing one is running.
-                raise ConfigurationError(
-                    "Partition maintenance needs a direct connection (a session-level advisory "
-                    "lock and SET): point DB_HOST/DB_PORT at the server, not at PgBouncer, and "
-                    "unset DB_POOLER."
-                )
+            # Through PgBouncer the maintenance lock and the session's SETs would stay on
+            # whichever server connection it hands out: later runs would skip.
+            problem = target.direct_connection_problem("Partition maintenance needs")
+            if problem is not None:
+                raise ConfigurationError(problem)
             self._engine = create_engine(target)
             self._settings: DatabaseSettings | None = target
             default_env: Environment | None = target.env
