@@ -37,7 +37,7 @@ from sigma_db.migrations.ledger import (
     read_ledger,
 )
 from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_revision, read_lock, update_lock
-from sigma_db.migrations.revisions import load_revisions, revision_files
+from sigma_db.migrations.revisions import check_target, load_revisions, revision_files
 from sigma_db.settings import DatabaseSettings
 
 __all__ = ["load_config", "lock", "migrate", "repair"]
@@ -62,10 +62,7 @@ def migrate(config: Config, settings: DatabaseSettings, target: str = "head") ->
     config.attributes[SETTINGS_KEY] = settings
     applied: list[str] = []
     config.attributes[APPLIED_KEY] = applied
-    if not target.strip():
-        raise ConfigurationError(
-            "--to is empty: name a revision number or head (is the variable behind it unset?)"
-        )
+    check_target(target)
     try:
         command.upgrade(config, target)
     except MigrationError:

@@ -38,6 +38,7 @@ from sigma_db.migrations.ledger import LedgerRow, history_findings, read_ledger
 from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_findings, read_lock
 from sigma_db.migrations.revisions import (
     RevisionFile,
+    check_target,
     revision_files,
     revision_tree_problems,
     script_directory,
@@ -251,10 +252,7 @@ def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
 
 def _resolve(script: ScriptDirectory, target: str) -> str | None:
     """The revision id ``--to`` names (``None`` for base), or a one-line error."""
-    if not target.strip():
-        raise MigrationError(
-            "--to is empty: name a revision number or head (is the variable behind it unset?)"
-        )
+    check_target(target)
     try:
         found = script.get_revision(target)
     except CommandError as exc:

@@ -37,6 +37,7 @@ __all__ = [
     "FILE_TEMPLATE",
     "Phase",
     "RevisionFile",
+    "check_target",
     "load_revisions",
     "next_revision_id",
     "number_revisions",
@@ -133,6 +134,14 @@ def timeout_setting(module: Any, name: str, default: str | None) -> str | None:
             f'{name} = "5s" (units us, ms, s, min, h, d) or "0" to disable it.'
         )
     return text
+
+
+def check_target(target: str) -> None:
+    """Refuse an empty ``--to`` (in CI, usually a variable that is not set)."""
+    if not target.strip():
+        raise MigrationError(
+            "--to is empty: name a revision number or head (is the variable behind it unset?)"
+        )
 
 
 def script_directory(config: Config) -> ScriptDirectory:
