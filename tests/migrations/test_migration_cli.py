@@ -102,9 +102,8 @@ def test_edited_applied_revision_fails_dry_run_until_repaired(
     assert problems[1].startswith("problem: 0001 (0001_init.py): edited: changed after it was")
     assert "sigma-db migrations repair 0001" in problems[1]
     in_repo.add("next", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
-    code, _, err = run(["migrate"], capsys)  # applying on top of an edited revision refuses
-    assert code == 1
-    assert "0001 (0001_init.py): edited" in error_line(err)
+    # applying on top of an edited revision refuses
+    each_fails_with("0001 (0001_init.py): edited", capsys, ["migrate"])
     (in_repo.versions / "0002_next.py").unlink()
     code, out, _ = run(
         ["migrations", "repair", "0001", "--reason", "rename before release"], capsys
@@ -208,9 +207,7 @@ def test_dry_run_without_script_location_is_one_line(
     ini.write_text(
         "\n".join(line for line in ini.read_text().splitlines() if "script_location" not in line)
     )
-    code, _, err = run(["migrate", "--dry-run"], capsys)
-    assert code == 1
-    assert "check script_location" in error_line(err)
+    each_fails_with("check script_location", capsys, ["migrate", "--dry-run"])
 
 
 def test_to_blames_the_typo_not_the_database(
@@ -269,9 +266,7 @@ def test_dry_run_reports_what_migrate_would_refuse(
     code, _, err = run(["migrate", "--dry-run"], capsys)
     assert code == 1
     assert "problem: pooler: Migrations need a direct connection" in err
-    code, _, err = run(["migrate"], capsys)
-    assert code == 1
-    assert "Migrations need a direct connection" in error_line(err)
+    each_fails_with("Migrations need a direct connection", capsys, ["migrate"])
 
 
 def test_repair_when_the_database_is_at_an_unknown_revision(
@@ -280,9 +275,11 @@ def test_repair_when_the_database_is_at_an_unknown_revision(
     in_repo.add("init", SIGNALS)
     run(["migrate"], capsys)
     in_repo.query("UPDATE app.alembic_version SET version_num = '0099'")
-    code, _, err = run(["migrations", "repair", "0001", "--reason", "a good reason"], capsys)
-    assert code == 1
-    assert "the database is at revision 0099, which no revision file declares" in error_line(err)
+    each_fails_with(
+        "the database is at revision 0099, which no revision file declares",
+        capsys,
+        ["migrations", "repair", "0001", "--reason", "a good reason"],
+    )
 
 
 def test_repair_reads_the_lock_file_before_writing_the_ledger(
@@ -294,9 +291,11 @@ def test_repair_reads_the_lock_file_before_writing_the_ledger(
     path.write_text(path.read_text().replace('"name"', '"title"'))
     lock = in_repo.root / "migrations" / "checksums.lock"
     lock.write_text(lock.read_text() + "garbage\n")
-    code, _, err = run(["migrations", "repair", "0001", "--reason", "a good reason"], capsys)
-    assert code == 1
-    assert "checksums.lock is corrupt" in error_line(err)
+    each_fails_with(
+        "checksums.lock is corrupt",
+        capsys,
+        ["migrations", "repair", "0001", "--reason", "a good reason"],
+    )
     assert in_repo.query("SELECT operation FROM app.migration_runs ORDER BY id") == [("upgrade",)]
 
 
@@ -312,9 +311,9 @@ def test_lock_follows_a_renamed_file_and_refuses_an_empty_lock_file(
     lock = in_repo.root / "migrations" / "checksums.lock"
     assert lock.read_text().splitlines()[-1].endswith(" 0001_create_signals.py")
     lock.write_text("")
-    code, _, err = run(["migrations", "lock"], capsys)
-    assert code == 1
-    assert "checksums.lock is empty; restore it from version control" in error_line(err)
+    each_fails_with(
+        "checksums.lock is empty; restore it from version control", capsys, ["migrations", "lock"]
+    )
 
 
 def test_lock_refuses_silent_edits(
@@ -323,9 +322,7 @@ def test_lock_refuses_silent_edits(
     path = in_repo.add("init", SIGNALS)
     run(["migrations", "lock"], capsys)
     path.write_text(path.read_text() + "\n# edited\n")
-    code, _, err = run(["migrations", "lock"], capsys)
-    assert code == 1
-    assert "--accept 0001" in error_line(err)
+    each_fails_with("--accept 0001", capsys, ["migrations", "lock"])
     code, out, _ = run(["migrations", "lock", "--accept", "0001"], capsys)
     assert (code, out.splitlines()[0]) == (0, "re-locked 0001 0001_init.py (edit accepted)")
 
