@@ -568,7 +568,7 @@ class _Run:
                     (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
                 )
             except DBAPIError as exc:  # e.g. a trigger or a privilege on the ledger
-                raise MigrationError(_failure(row.script, exc)) from exc
+                raise MigrationError(_failure(row.script, exc, self.settings)) from exc
 
         setattr(impl, "_exec", exec_with_ledger)  # noqa: B010 - mypy: assigning to a method
 
@@ -630,7 +630,7 @@ class _Run:
             except Exception as exc:
                 if migration.as_sql:
                     raise  # the dry run says which revision failed to render, and why
-                raise MigrationError(_failure(script, exc)) from exc
+                raise MigrationError(_failure(script, exc, self.settings)) from exc
 
         return run_revision
 
@@ -778,17 +778,26 @@ def _autocommit(connection: Connection) -> Iterator[None]:
             connection.execution_options(isolation_level=default)
 
 
-def _failure(script: Script, exc: Exception) -> str:
+def _failure(script: Script, exc: Exception, settings: DatabaseSettings | None = None) -> str:
+    remedy = "Fix the revision (or the data) and run the migration again."
     if isinstance(exc, DBAPIError):
         reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
         statement = " ".join(str(exc.statement or "").split())
         if len(statement) > 200:
             statement = statement[:199] + "…"
         what = f"{reason}; statement: {statement}"
+        if settings is not None and getattr(exc.orig, "sqlstate", None) == "42501":
+            # insufficient_privilege, e.g. "must be owner of table": the login, not the revision
+            from sigma_db.roles import RoleKind, group_role
+
+            migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
+            remedy = (
+                f"DB_USER ({settings.user}) lacks a privilege the revision needs: run migrations "
+                f"as a member of {migrator}, the role that owns the product's objects."
+            )
     else:
         what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return (
         f"revision {script.revision} ({Path(script.path).name}) failed: {what}; its "
-        "transaction was rolled back: the version table and the ledger are unchanged. Fix the "
-        "revision (or the data) and run the migration again."
+        f"transaction was rolled back: the version table and the ledger are unchanged. {remedy}"
     )

@@ -488,6 +488,29 @@ def test_a_role_without_privileges_is_one_line_with_the_fix(
         repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
+def test_a_revision_the_login_may_not_run_names_the_migrator_role(repo: ProductRepo) -> None:
+    # The bookkeeping is allowed (version table, ledger), the revision's ALTER is not: the
+    # server says "must be owner of table", which the revision's author cannot fix.
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    role = f"notowner_{os.getpid()}"
+    repo.query(
+        f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA app TO {role}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON app.alembic_version, app.migration_runs "
+        f"TO {role}"
+    )
+    try:
+        code, _, err = run_process(repo, "migrate", DB_USER=role, DB_PASSWORD="pw")
+        line = one_error_line(code, err)
+        assert "revision 0002 (0002_add_score.py) failed: must be owner of table signals" in line
+        assert f"DB_USER ({role}) lacks a privilege the revision needs" in line
+        assert "as a member of edge_lab_migrator" in line
+        assert "Fix the revision" not in line
+    finally:
+        repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
 def test_a_revision_that_does_not_compile_is_one_line(repo: ProductRepo) -> None:
     repo.add("init", SIGNALS)
     repo.add("broken", "op.execute('SELECT 1'")
