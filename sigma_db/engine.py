@@ -20,7 +20,7 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext
 
-from sigma_db.errors import DatabaseUnavailableError
+from sigma_db.errors import ConfigurationError, DatabaseUnavailableError
 from sigma_db.identifiers import quote
 from sigma_db.settings import DatabaseSettings
 
@@ -76,15 +76,25 @@ def engine_arguments(settings: DatabaseSettings) -> tuple[URL, dict[str, Any]]:
     return settings.url(), kwargs
 
 
+_QUEUE_POOL_ARGUMENTS = ("pool_size", "max_overflow")
+
+
 def _merged(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Overrides win, but extend (not replace) ``connect_args`` and ``execution_options``.
 
-    Replacing them would silently drop the search_path or the schema translation.
+    Replacing them would silently drop the search_path or the schema translation. A
+    ``poolclass`` without a sized queue (``NullPool``, ``StaticPool``) takes none of the sizing
+    sigma_db derives from ``DB_CONN_MAX``; SQLAlchemy would refuse it with a TypeError.
     """
     merged = defaults | overrides
     for key in ("connect_args", "execution_options"):
         if key in defaults and key in overrides:
             merged[key] = defaults[key] | overrides[key]
+    poolclass = overrides.get("poolclass")
+    if isinstance(poolclass, type) and not issubclass(poolclass, sqlalchemy.pool.QueuePool):
+        for key in _QUEUE_POOL_ARGUMENTS:
+            if key not in overrides:
+                merged.pop(key, None)
     return merged
 
 
@@ -112,7 +122,11 @@ def _instrument(engine: Engine, settings: DatabaseSettings) -> None:
 def _unavailable(settings: DatabaseSettings, cause: BaseException) -> DatabaseUnavailableError:
     remedy = _remedy(settings, " ".join(str(cause).split()))  # libpq's words, before masking
     # Masked before whitespace is collapsed: a password with two spaces must match as it is.
-    reason = " ".join(_masked(str(cause), settings.secret()).split()).rstrip(" .?")
+    try:
+        secret: str | None = settings.secret()
+    except ConfigurationError:  # the file went away: what it held cannot be in libpq's words
+        secret = None
+    reason = " ".join(_masked(str(cause), secret).split()).rstrip(" .?")
     where = settings.display_dsn
     error = DatabaseUnavailableError(f"Cannot connect to {where}: {reason}. {remedy}")
     error.__cause__ = cause

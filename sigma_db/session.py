@@ -59,8 +59,10 @@ async def async_session_scope(
 def session_dependency(factory: sessionmaker[Session]) -> Callable[[], Iterator[Session]]:
     """A generator function yielding one unit of work per request.
 
-    Framework-neutral: FastAPI takes it as ``Depends(get_session)``; anything that drives a
-    generator (next/close) works the same way.
+    Framework-neutral: FastAPI takes it as ``Depends(get_session)``. Whatever drives it must
+    resume the generator to commit, as FastAPI and ``contextlib.contextmanager`` do: ``next()``
+    once more commits; ``close()`` (or throwing an exception in) rolls back, as for a request
+    that was abandoned.
     """
 
     def get_session() -> Iterator[Session]:
@@ -73,7 +75,7 @@ def session_dependency(factory: sessionmaker[Session]) -> Callable[[], Iterator[
 def async_session_dependency(
     factory: async_sessionmaker[AsyncSession],
 ) -> Callable[[], AsyncIterator[AsyncSession]]:
-    """Async twin of :func:`session_dependency`."""
+    """Async twin of :func:`session_dependency`: ``anext()`` commits, ``aclose()`` rolls back."""
 
     async def get_session() -> AsyncIterator[AsyncSession]:
         async with async_session_scope(factory) as session:

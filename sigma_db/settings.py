@@ -7,6 +7,7 @@ of a message, a repr, or the display DSN.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from functools import cached_property
@@ -21,7 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
@@ -46,7 +47,7 @@ _HINTS: dict[str, str] = {
     "DB_CONN_MAX": "the pool size, a whole number from 1 to 1000, e.g. DB_CONN_MAX=10",
     "DB_ENV": "one of dev, staging, prod",
     "DB_POOLER": "none (direct connections) or transaction (PgBouncer transaction pooling)",
-    "DB_CONNECT_TIMEOUT": "seconds to wait for a connection, 1 to 300, e.g. 5",
+    "DB_CONNECT_TIMEOUT": "seconds to wait for a connection, 2 to 300 (libpq's least), e.g. 5",
     "DB_POOL_RECYCLE": "seconds before a pooled connection is replaced, e.g. 1800",
     "DB_POOL_PRE_PING": "true or false",
     "DB_PRODUCT": "the product key, e.g. DB_PRODUCT=lab",
@@ -97,19 +98,29 @@ class DatabaseSettings(BaseSettings):
     pooler: PoolerMode = Field(
         default="none", description="'transaction' behind PgBouncer transaction pooling."
     )
-    connect_timeout: int = Field(default=5, ge=1, le=300, description="Seconds to connect.")
+    connect_timeout: int = Field(default=5, ge=2, le=300, description="Seconds to connect.")
     pool_recycle: int = Field(default=1800, ge=-1, description="Seconds before replacing a conn.")
     pool_pre_ping: bool = Field(default=True, description="Ping a pooled conn before handing out.")
     application_name: str | None = Field(default=None, description="Shown in pg_stat_activity.")
 
     def __init__(self, **values: Any) -> None:
+        _check_keywords(values)
+        env_file = values.get("_env_file", self.model_config.get("env_file"))
+        if (
+            "_env_file" in values
+            and isinstance(env_file, str | os.PathLike)
+            and not os.path.isfile(env_file)
+        ):
+            raise ConfigurationError(
+                f"_env_file {env_file} is not a file; pass the path of an existing .env file, "
+                "or _env_file=None to read none."
+            )
         try:
             super().__init__(**values)
         except ValidationError as exc:
             # Chaining would print pydantic's own rendering; ours already names every variable.
-            raise _configuration_error(exc) from None
+            raise _configuration_error(exc, env_file) from None
         except (UnicodeDecodeError, OSError) as exc:  # reading .env
-            env_file = values.get("_env_file", self.model_config.get("env_file"))
             raise ConfigurationError(
                 f"Cannot read {env_file} ({exc.__class__.__name__}: "
                 f"{' '.join(str(exc).split())}); save it as UTF-8 text, or remove it and set "
@@ -121,6 +132,8 @@ class DatabaseSettings(BaseSettings):
     def _host_is_plain(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("is empty")
+        if not value.isprintable():  # a NUL would end libpq's string: later parameters vanish
+            raise ValueError("contains control characters; give only the host name")
         if "@" in value or "://" in value:
             raise ValueError("looks like a URL or DSN; give only the host name")
         return value
@@ -155,6 +168,13 @@ class DatabaseSettings(BaseSettings):
             )
         return value
 
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _file_is_named(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():  # Path("") would be "."
+            raise ValueError("is empty")
+        return value
+
     @field_validator("password_file")
     @classmethod
     def _file_is_readable(cls, value: Path | None) -> Path | None:
@@ -174,6 +194,8 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("DB_PASSWORD and DB_PASSWORD_FILE are both set; keep only one")
         if value is not None and not value.get_secret_value():
             raise ValueError("is empty")
+        if value is not None and "\x00" in value.get_secret_value():
+            raise ValueError(_NUL_BYTE_PROBLEM)
         if value is None and not has_file:
             raise PydanticCustomError("missing", "is not set")
         return value
@@ -212,11 +234,24 @@ class DatabaseSettings(BaseSettings):
         )
 
     def secret(self) -> str:
-        """Return the password, reading ``DB_PASSWORD_FILE`` at call time so rotation works."""
+        """Return the password, reading ``DB_PASSWORD_FILE`` at call time so rotation works.
+
+        Raises :class:`~sigma_db.ConfigurationError` when the file, readable when the settings
+        were built, no longer is (a rotation that removed it, a volume unmounted).
+        """
         if self.password is not None:
             return self.password.get_secret_value()
         assert self.password_file is not None
-        return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        problem = _password_file_problem(self.password_file)
+        if problem is None:
+            try:
+                return _read_password(self.password_file)
+            except (OSError, UnicodeDecodeError) as exc:  # changed between the check and now
+                problem = f"cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+        raise ConfigurationError(
+            f"DB_PASSWORD_FILE {self.password_file} {problem} (it was readable when the settings "
+            "were built); restore the file, and have rotation replace it atomically."
+        )
 
     def url(self, *, driver: str = "psycopg") -> URL:
         """SQLAlchemy URL including the password; SQLAlchemy masks it when rendered or logged."""
@@ -262,15 +297,56 @@ class DatabaseSettings(BaseSettings):
 _JOIN = "\x1f"  # joins several problems inside one pydantic ValueError; split again below
 
 
+_NUL_BYTE_PROBLEM = "contains a NUL byte, which libpq cannot send; set the real password"
+
+
+def _read_password(path: Path) -> str:
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
 def _password_file_problem(path: Path) -> str | None:
     try:
-        content = path.read_text(encoding="utf-8")
+        password = _read_password(path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         return f"cannot be read ({reason})"
-    if not content.rstrip("\r\n"):
+    if not password:
         return "is empty; it must hold the password"
+    if "\x00" in password:
+        return _NUL_BYTE_PROBLEM
     return None
+
+
+_USUAL_NAMES = {
+    "schema": "schema_name",
+    "pool_size": "conn_max",
+    "database": "name",
+    "dbname": "name",
+    "username": "user",
+}
+"""What other libraries call a setting, for the keyword error's suggestion."""
+
+
+def _check_keywords(values: Mapping[str, Any]) -> None:
+    """Refuse keyword arguments that are no setting: pydantic would drop them silently.
+
+    Unknown ``DB_*`` *environment* variables stay ignored (a service may keep its own; ``sigma-db
+    doctor`` names likely typos), but a keyword is always meant for these settings.
+    """
+    fields = DatabaseSettings.model_fields
+    known = set(fields) | {
+        info.validation_alias for info in fields.values() if isinstance(info.validation_alias, str)
+    }
+    unknown = [key for key in values if not key.startswith("_") and key not in known]
+    if not unknown:
+        return
+    problems = []
+    for key in unknown:
+        common = _USUAL_NAMES.get(key)
+        guess = [common] if common else difflib.get_close_matches(key, sorted(fields), cutoff=0.6)
+        fix = f"did you mean {guess[0]}?" if guess else f"the settings are {', '.join(fields)}"
+        problems.append(f"{key!r} is not a setting; {fix}")
+    raise ConfigurationError(problems, heading="DatabaseSettings got unknown keyword arguments:")
 
 
 def _env_name(field: str, alias: object) -> str:
@@ -279,7 +355,7 @@ def _env_name(field: str, alias: object) -> str:
     return f"DB_{field.upper()}"
 
 
-def _configuration_error(exc: ValidationError) -> ConfigurationError:
+def _configuration_error(exc: ValidationError, env_file: object) -> ConfigurationError:
     problems: list[str] = []
     fields = DatabaseSettings.model_fields
     for error in exc.errors(include_input=True, include_url=False):
@@ -296,7 +372,7 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
             problems.extend(message.split(_JOIN))
             continue
         hint = _HINTS.get(env_name, "a valid value")
-        if error.get("type") == "missing":
+        if error.get("type") == "missing" or error.get("input") is PydanticUndefined:
             problems.append(f"{env_name} is not set; set {hint}.")
             continue
         if message.startswith(env_name):
@@ -309,9 +385,10 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
             looks_secret = "@" in shown or ":" in shown
             got = " (value not shown)" if looks_secret else f" (got {shown[:80]!r})"
         problems.append(f"{env_name}{got}: {message}; set {hint}.")
-    return ConfigurationError(problems, heading=_heading())
+    return ConfigurationError(problems, heading=_heading(env_file))
 
 
-def _heading() -> str:
-    where = ", environment and .env" if os.path.exists(".env") else " and environment"
+def _heading(env_file: object) -> str:
+    read = isinstance(env_file, str | os.PathLike) and os.path.isfile(env_file)
+    where = f", environment and {env_file}" if read else " and environment"
     return f"Invalid database settings (from arguments{where}):"

@@ -196,6 +196,12 @@ def resolve_topology(
             f"DB_SCHEMA={default!r} in {chosen.title}'s own database names another product or a "
             f"logical area; use DB_SCHEMA={DEFAULT_SCHEMA} (or public)."
         )
+    elif default.startswith("pg_") or default == "information_schema":
+        # pg_temp would put every table in a per-session temporary schema: data gone at logout.
+        problems.append(
+            f"DB_SCHEMA={default!r} is a PostgreSQL system schema; use DB_SCHEMA={DEFAULT_SCHEMA} "
+            "(or public)."
+        )
     if problems:
         raise ConfigurationError(problems, heading="Invalid database settings:")
     return Topology(chosen, environment, database, default, consolidated=False)
@@ -244,5 +250,11 @@ def _product_from_database(database: str) -> Product | None:
         if known.database == database:
             return known
     if database.startswith("edge_") and identifier_problem(database[5:]) is None:
-        return Product.named(database[5:])
+        try:
+            return Product.named(database[5:])
+        except ConfigurationError as exc:  # a reserved key: say which variable carried it
+            raise ConfigurationError(
+                [f"DB_NAME={database!r}: {problem}" for problem in exc.problems],
+                heading="Invalid database settings:",
+            ) from None
     return None

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sigma_db import (
+    ConfigurationError,
     DatabaseSettings,
     DatabaseUnavailableError,
     ProductBase,
@@ -291,3 +292,46 @@ def test_rotated_password_file_reaches_new_connections(
         engine.dispose()
         with _admin(sigma_postgresql, db_settings.name) as admin:
             admin.execute("DROP ROLE rotating")
+
+
+@pytest.mark.parametrize("poolclass", [sqlalchemy.pool.NullPool, sqlalchemy.pool.StaticPool])
+def test_a_poolclass_without_a_queue_drops_the_pool_sizing(
+    db_settings: DatabaseSettings, poolclass: type[sqlalchemy.pool.Pool]
+) -> None:
+    engine = create_engine(db_settings, poolclass=poolclass)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_schemas(false)")).scalar_one() == [
+                "app",
+                "public",
+            ]
+        assert isinstance(engine.pool, poolclass)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_the_async_engine_takes_null_pool_too(db_settings: DatabaseSettings) -> None:
+    from sigma_db import create_async_engine
+
+    engine = create_async_engine(db_settings, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
+
+
+def test_a_password_file_gone_at_connect_time_names_the_file(
+    db_settings: DatabaseSettings, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(db_settings.secret(), encoding="utf-8")
+    settings = db_settings.model_copy(update={"password": None, "password_file": secret})
+    engine = create_engine(settings)
+    try:
+        secret.unlink()
+        with pytest.raises(ConfigurationError, match=f"DB_PASSWORD_FILE {secret} cannot be read"):
+            engine.connect()
+    finally:
+        engine.dispose()

@@ -214,3 +214,93 @@ def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
     settings = load()
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_a_keyword_that_is_no_setting_is_refused_with_the_closest(env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        DatabaseSettings(schema="lab", pool_size=3, conn_maxx=4)
+    assert problems_of(exc) == [
+        "'schema' is not a setting; did you mean schema_name?",
+        "'pool_size' is not a setting; did you mean conn_max?",
+        "'conn_maxx' is not a setting; did you mean conn_max?",
+    ]
+    # The alias and the pydantic-settings private arguments stay accepted.
+    assert DatabaseSettings(DB_SCHEMA="public", _env_file=None).topology.schema == "public"
+
+
+def test_from_env_names_a_missing_variable_as_not_set(env: pytest.MonkeyPatch) -> None:
+    given = {name: value for name, value in GOOD.items() if name != "DB_HOST"}
+    with pytest.raises(ConfigurationError) as exc:
+        DatabaseSettings.from_env(given)
+    assert problems_of(exc) == [
+        "DB_HOST is not set; set the server's host name or IP, e.g. DB_HOST=localhost."
+    ]
+
+
+def test_a_nul_byte_is_refused_before_libpq_cuts_the_parameters_after_it(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The environment cannot hold a NUL; a keyword or a file can.
+    with pytest.raises(ConfigurationError, match="DB_PASSWORD: contains a NUL byte") as exc:
+        DatabaseSettings(password="ab\x00cd")
+    assert "cd" not in str(exc.value)
+    env.delenv("DB_PASSWORD")
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"ab\x00cd\n")
+    env.setenv("DB_PASSWORD_FILE", str(secret))
+    with pytest.raises(ConfigurationError, match=r"DB_PASSWORD_FILE.*contains a NUL byte"):
+        load()
+    with pytest.raises(ConfigurationError, match=r"DB_HOST.*control characters"):
+        DatabaseSettings(host="db\x00internal", password_file=None, password="x")
+
+
+def test_an_empty_password_file_variable_is_reported_as_empty(env: pytest.MonkeyPatch) -> None:
+    env.delenv("DB_PASSWORD")
+    env.setenv("DB_PASSWORD_FILE", "")
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert problems_of(exc) == [
+        "DB_PASSWORD_FILE (got ''): is empty; set a readable file holding only the password."
+    ]
+
+
+def test_a_password_file_gone_after_start_up_is_a_configuration_error(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("rotated\n")
+    env.delenv("DB_PASSWORD")
+    env.setenv("DB_PASSWORD_FILE", str(secret))
+    settings = load()
+    secret.unlink()
+    with pytest.raises(ConfigurationError) as exc:
+        settings.secret()
+    assert str(exc.value) == (
+        f"DB_PASSWORD_FILE {secret} cannot be read (No such file or directory) (it was readable "
+        "when the settings were built); restore the file, and have rotation replace it atomically."
+    )
+
+
+def test_connect_timeout_starts_at_libpqs_least(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_CONNECT_TIMEOUT", "1")
+    with pytest.raises(ConfigurationError, match=r"DB_CONNECT_TIMEOUT.*2 to 300"):
+        load()
+    env.setenv("DB_CONNECT_TIMEOUT", "2")
+    assert load().connect_timeout == 2
+
+
+def test_the_heading_names_the_env_file_actually_read(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("DB_HOST=from-dotenv\n")
+    env.setenv("DB_PORT", "x")
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert str(exc.value).startswith(
+        "Invalid database settings (from arguments, environment and .env):"
+    )
+    with pytest.raises(ConfigurationError) as exc:
+        DatabaseSettings(_env_file=None)
+    assert str(exc.value).startswith("Invalid database settings (from arguments and environment):")
+    with pytest.raises(ConfigurationError, match=r"_env_file /nonexistent/prod\.env is not a file"):
+        DatabaseSettings(_env_file="/nonexistent/prod.env")

@@ -116,3 +116,19 @@ def test_product_names_that_would_collide_with_a_logical_area() -> None:
 def test_database_of_another_product_is_refused_even_in_dev() -> None:
     with pytest.raises(ConfigurationError, match="is Sigma Sim's database"):
         resolve_topology(database="edge_sim", schema=None, environment=DEV, product="lab")
+
+
+@pytest.mark.parametrize("system", ["pg_temp", "pg_catalog", "pg_toast", "information_schema"])
+def test_a_system_schema_is_no_default_schema(system: str) -> None:
+    # pg_temp would be accepted by PostgreSQL: every table a temporary one, gone at logout.
+    with pytest.raises(ConfigurationError, match=f"DB_SCHEMA='{system}' is a PostgreSQL system"):
+        resolve_topology(database="edge_lab", schema=system, environment=PROD)
+
+
+def test_a_reserved_product_key_in_db_name_names_db_name() -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        resolve_topology(database="edge_audit", schema=None, environment=DEV)
+    assert exc.value.problems == [
+        "DB_NAME='edge_audit': product name 'audit' is reserved (it names a schema); choose "
+        "another name."
+    ]
