@@ -19,13 +19,20 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - only on a machine without nox
     if __name__ != "__main__":
         raise
+    if os.environ.get("SIGMA_DB_NOX_BOOTSTRAP"):  # re-run in the venv, and still no nox
+        raise SystemExit(
+            "noxfile.py: nox did not install into .nox/_bootstrap; delete it, rerun"
+        ) from None
     _venv = HERE / ".nox" / "_bootstrap"
     _python = _venv / "bin" / "python"
-    if not _python.exists():
+    # A venv left by an interrupted or offline first run may lack nox: install it (again).
+    _has_nox = _python.exists() and subprocess.run([_python, "-c", "import nox"]).returncode == 0
+    if not _has_nox:
         subprocess.run([sys.executable, "-m", "venv", str(_venv)], check=True)
         subprocess.run(
             [str(_python), "-m", "pip", "install", "--quiet", "nox>=2024.4.15"], check=True
         )
+    os.environ["SIGMA_DB_NOX_BOOTSTRAP"] = "1"
     os.execv(_python, [str(_python), __file__, *sys.argv[1:]])  # noqa: S606 - re-run in venv
 
 nox.needs_version = ">=2024.4.15"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import secrets
 import shutil
 import socket
@@ -32,7 +31,13 @@ from typing import Any
 
 from sigma_db.errors import ConfigurationError
 from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, group_role
-from sigma_db.server import LocalServer, ServerError, owned_directory, server_user
+from sigma_db.server import (
+    LocalServer,
+    ServerError,
+    first_closed_directory,
+    owned_directory,
+    server_user,
+)
 from sigma_db.topology import (
     CONSOLIDATED_DATABASE,
     PRODUCTS,
@@ -308,13 +313,10 @@ class DevDatabase:
             return
         # The server runs as `user`: it must be able to walk into home (not list it: 0711).
         self.home.chmod(0o711)
-        entry = pwd.getpwnam(user)
-        for parent in (self.home, *self.home.parents):
-            info = parent.stat()
-            if info.st_mode & stat.S_IXOTH or info.st_uid == entry.pw_uid:
-                continue
+        closed = first_closed_directory(self.home, user)
+        if closed is not None:
             raise ServerError(
-                f"{parent} cannot be entered by the {user!r} user the dev server runs as "
+                f"{closed} cannot be entered by the {user!r} user the dev server runs as "
                 f"(PostgreSQL refuses to run as root); set SIGMA_DB_DEV_HOME to a directory "
                 "outside it, e.g. /var/lib/sigma-db/dev."
             )

@@ -14,6 +14,8 @@ Binaries are looked up in this order: ``SIGMA_DB_PG_BINDIR``, ``pg_ctl`` on ``PA
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pwd
 import re
@@ -21,6 +23,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +35,12 @@ __all__ = [
     "ServerError",
     "as_user",
     "find_binaries",
+    "first_closed_directory",
     "free_port",
     "initdb",
     "owned_directory",
     "pg_ctl",
+    "runnable_binaries",
     "server_user",
 ]
 
@@ -143,19 +148,36 @@ def server_user() -> str | None:
         except KeyError:
             continue
     name = wanted or _FALLBACK_USER
+    useradd = ["useradd", "--system", "--no-create-home", "--shell", "/bin/false"]
     result = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/false", name],
-        capture_output=True,
-        text=True,
-        check=False,
+        [*useradd, "--user-group", name], capture_output=True, text=True, check=False
     )
-    if result.returncode not in (0, 9):  # 9: created meanwhile by a concurrent run
+    if result.returncode == 9 and not _user_exists(name):
+        # 9 is also "group exists" (a half-removed user): join that group instead.
+        result = subprocess.run(
+            [*useradd, "--gid", name, name], capture_output=True, text=True, check=False
+        )
+    if not _user_exists(name):  # 9 with the user there: created meanwhile by a concurrent run
         raise ServerError(
             f"Running as root, and PostgreSQL refuses root; creating the system user {name!r} "
             f"failed: {result.stderr.strip()}. Create an unprivileged user and set "
             "SIGMA_DB_SERVER_USER to it."
         )
     return name
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _setpriv(user: str) -> list[str]:
+    # The primary group by number: it is not always named after the user (nobody:nogroup).
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups"]
 
 
 def as_user(argv: list[str], user: str | None) -> list[str]:
@@ -165,7 +187,83 @@ def as_user(argv: list[str], user: str | None) -> list[str]:
     """
     if user is None:
         return argv
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+    return [*_setpriv(user), *argv]
+
+
+def first_closed_directory(path: Path, user: str | None) -> Path | None:
+    """The first of ``path`` and its parents that ``user`` cannot enter, or None.
+
+    Root can read anything, so as root a server user is chosen, and a checkout or a temporary
+    directory under ``/root`` (mode 0700) is out of its reach. Checked from the mode bits and
+    the user's groups, which is what PostgreSQL's own access comes down to.
+    """
+    if user is None:
+        return None
+    entry = pwd.getpwnam(user)
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    for directory in (path, *path.parents):
+        try:
+            info = directory.stat()
+        except OSError:
+            continue  # not created yet: its parent decides
+        if info.st_uid == entry.pw_uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return directory
+    return None
+
+
+def runnable_binaries(binaries: ServerBinaries, user: str | None) -> ServerBinaries:
+    """``binaries``, or a copy of their installation that ``user`` can run.
+
+    The embedded build lives inside a virtualenv, and as root that is often under ``/root``,
+    where the server user cannot follow. The installation is then copied once to a shared
+    temporary directory, keyed by its build, and reused by later runs. The copy keeps
+    the installation's place two levels below an anchor directory, with the anchor's
+    ``*.libs`` directories beside it: that is where a wheel's vendored libraries are found
+    (pgserver's binaries load libpq through ``RPATH $ORIGIN/../../../pgserver.libs``).
+    """
+    if first_closed_directory(binaries.bindir, user) is None:
+        return binaries
+    install = binaries.bindir.parent
+    anchor = install.parent.parent
+    place = install.relative_to(anchor)
+    built = (binaries.bindir / "postgres").stat()  # copies keep it: one cache entry per build
+    key = hashlib.sha256(f"{place}:{built.st_size}:{built.st_mtime_ns}".encode()).hexdigest()[:12]
+    shared = _shared_directory(user)
+    copy = shared / f"sigma-db-pginstall-{binaries.major}-{key}"
+    if not (copy / place / "bin" / "pg_ctl").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=f"{copy.name}.", dir=shared))
+        try:
+            shutil.copytree(install, staging / place, symlinks=True)
+            for libs in anchor.glob("*.libs"):
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            for directory, _, files in os.walk(staging):
+                os.chmod(directory, 0o755)  # noqa: S103 - binaries every user may run
+                for name in files:
+                    item = Path(directory, name)
+                    if not item.is_symlink():
+                        item.chmod(item.stat().st_mode | stat.S_IRGRP | stat.S_IROTH)
+            with contextlib.suppress(OSError):  # a concurrent run renamed its copy first
+                os.rename(staging, copy)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ServerBinaries(copy / place / "bin", binaries.major)
+
+
+def _shared_directory(user: str | None) -> Path:
+    """A temporary directory the server user can enter: ``TMPDIR`` if it can, else /tmp."""
+    for candidate in (Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")):  # noqa: S108
+        if candidate.is_dir() and first_closed_directory(candidate, user) is None:
+            return candidate
+    raise ServerError(
+        f"No temporary directory that the {user!r} user the server runs as can enter "
+        "(PostgreSQL refuses to run as root); set TMPDIR to one every user can enter, e.g. /tmp."
+    )
 
 
 def owned_directory(path: Path, user: str | None) -> Path:
@@ -227,10 +325,9 @@ def pg_ctl(binaries: ServerBinaries, os_user: str | None, directory: Path) -> Pa
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = directory / "pg_ctl"
     # cd /: the caller's working directory may not be readable by the server user.
+    setpriv = " ".join(_setpriv(os_user))
     wrapper.write_text(
-        "#!/bin/sh\ncd / || exit 1\n"
-        f'exec setpriv --reuid={os_user} --regid={os_user} --init-groups "{real}" "$@"\n',
-        encoding="utf-8",
+        f'#!/bin/sh\ncd / || exit 1\nexec {setpriv} "{real}" "$@"\n', encoding="utf-8"
     )
     wrapper.chmod(0o755)
     return wrapper
@@ -286,6 +383,7 @@ class LocalServer:
     def _binaries(self) -> ServerBinaries:
         if self.binaries is None:
             self.binaries = find_binaries()
+        self.binaries = runnable_binaries(self.binaries, server_user())
         return self.binaries
 
     def is_running(self) -> bool:

@@ -11,6 +11,8 @@ user (:func:`sigma_db.server.server_user`).
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -74,7 +76,8 @@ def start_pgbouncer(server: TestServer, *, pool_size: int = 10) -> Iterator[PgBo
     for path in (userlist, config):
         path.chmod(0o600)
         if user is not None:
-            shutil.chown(path, user, user)
+            entry = pwd.getpwnam(user)  # its group is not always named after it
+            os.chown(path, entry.pw_uid, entry.pw_gid)
     process = subprocess.Popen(
         as_user([binary, str(config)], user),
         cwd="/",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import stat
 import tempfile
@@ -192,20 +193,35 @@ def test_environment_defaults(tmp_path: Path) -> None:
         DevDatabase(tmp_path, 1).env("Bad-Name")
 
 
+@pytest.mark.parametrize("where", ["installed", "closed"])
 def test_local_server_runs_on_the_embedded_build(
-    dev_home: Path, monkeypatch: pytest.MonkeyPatch
+    dev_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
 ) -> None:
-    """The ``embedded`` extra: PostgreSQL from the pgserver wheel, no system packages."""
+    """The ``embedded`` extra: PostgreSQL from the pgserver wheel, no system packages.
+
+    ``closed``: the wheel installed where the server user cannot follow, as in a virtualenv
+    under ``/root`` (mode 0700) when CI runs as root; pytest's ``tmp_path`` is such a place.
+    """
     from sigma_db.server import LocalServer, _embedded_bindir, find_binaries
 
     bindir = _embedded_bindir()
     if bindir is None:
         pytest.skip("pgserver not installed (pip install 'sigma-db[embedded]')")
+    if where == "closed":
+        closed = tmp_path / "site-packages"  # the wheel's layout: libpq in pgserver.libs
+        closed.mkdir(mode=0o700)
+        closed.chmod(0o700)
+        installed = bindir.parent.parent.parent
+        shutil.copytree(bindir.parent, closed / "pgserver" / "pginstall", symlinks=True)
+        shutil.copytree(installed / "pgserver.libs", closed / "pgserver.libs", symlinks=True)
+        bindir = closed / "pgserver" / "pginstall" / "bin"
     monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(bindir))
     binaries = find_binaries()
     assert binaries.bindir == bindir
-    dev_home.parent.joinpath("embedded").mkdir()
-    server = LocalServer(dev_home.parent / "embedded" / "cluster", free_port(), binaries=binaries)
+    embedded = dev_home.parent.joinpath("embedded")
+    embedded.mkdir()
+    embedded.chmod(0o711)  # enterable by the server user whatever the umask
+    server = LocalServer(embedded / "cluster", free_port(), binaries=binaries)
     try:
         server.start()
         with psycopg.connect(

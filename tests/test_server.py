@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -10,7 +16,8 @@ import pytest
 
 from sigma_db import server
 from sigma_db.server import ServerError, find_binaries, server_user
-from sigma_db.testing import TestServer
+from sigma_db.testing import TestServer, start_test_server
+from sigma_db.testing.server import SUPERUSER, SUPERUSER_PASSWORD
 
 
 def test_server_process_is_not_root(sigma_postgresql: TestServer) -> None:
@@ -71,3 +78,105 @@ def test_missing_binaries_say_how_to_install(
     with pytest.raises(ServerError, match="apt-get install postgresql") as exc:
         find_binaries()
     assert "SIGMA_DB_PG_BINDIR" in str(exc.value)
+
+
+def _data_directory(port: int) -> Path:
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user=SUPERUSER, password=SUPERUSER_PASSWORD, dbname="postgres"
+    ) as conn:
+        row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+    assert row is not None
+    return Path(str(row[0]))
+
+
+def _gone_within(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path: Path) -> None:
+    # A run killed by `timeout`, SIGKILL or a test calling os._exit skips every `finally`.
+    child = (
+        "import os, sys\n"
+        "from sigma_db.testing import start_test_server\n"
+        "with start_test_server() as server:\n"
+        "    print(server.port, flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "    os._exit(3)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None and process.stdin is not None
+        port = int(process.stdout.readline())
+        datadir = _data_directory(port)
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.wait(timeout=30) == 3
+    assert _gone_within(datadir.parent, 30), "the server's directory outlived the run"
+    assert not Path(f"/proc/{pid}").exists() or _gone_within(Path(f"/proc/{pid}"), 10)
+
+
+def test_a_server_that_fails_to_start_leaves_no_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    parent.chmod(0o755)
+    tmp_path.chmod(0o755)  # enterable by the server user when the suite runs as root
+    with pytest.raises(Exception), start_test_server("-c no_such_setting=1", parent=parent):  # noqa: B017
+        pass
+    assert list(parent.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_a_temp_directory_the_server_user_cannot_enter_falls_back_to_tmp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # pytest's own base directory for root is such a place (mode 0700), like /root.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with start_test_server() as started:
+        datadir = _data_directory(started.port)
+    assert not datadir.is_relative_to(private)
+    with (
+        pytest.raises(ServerError, match=f"{private} cannot be entered by the '{server_user()}'"),
+        start_test_server(parent=private),
+    ):
+        pass
+
+
+def test_a_temp_directory_too_long_for_the_socket_falls_back_to_tmp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    long = tmp_path / ("x" * 80)
+    long.mkdir(mode=0o777)
+    long.chmod(0o777)
+    monkeypatch.setenv("TMPDIR", str(long))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with start_test_server() as started:
+        datadir = _data_directory(started.port)
+    assert not datadir.is_relative_to(long)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_a_server_user_whose_group_has_another_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    if grp.getgrgid(entry.pw_gid).gr_name == "nobody":
+        pytest.skip("nobody's group is named nobody here")
+    monkeypatch.setenv("SIGMA_DB_SERVER_USER", "nobody")
+    with start_test_server() as started:
+        datadir = _data_directory(started.port)
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        assert os.stat(f"/proc/{pid}").st_uid == entry.pw_uid

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,11 +18,14 @@ import psycopg
 from sigma_db.errors import SigmaDBError
 from sigma_db.server import (
     ServerBinaries,
+    ServerError,
     find_binaries,
+    first_closed_directory,
     free_port,
     initdb,
     owned_directory,
     pg_ctl,
+    runnable_binaries,
     server_user,
 )
 from sigma_db.settings import DatabaseSettings
@@ -139,37 +145,121 @@ def start_test_server(
 ) -> Iterator[TestServer]:
     """Start a throwaway server (as an unprivileged user when root); stop and delete it after.
 
-    ``parent`` is where its data directory goes (default: the system temp directory);
+    ``parent`` is where its data directory goes (default: the system temp directory, or
+    ``/tmp`` when the server user cannot enter that one or its socket path would be too long);
     benchmarks pass a tmpfs such as ``/dev/shm`` to take disk noise out of their ratios.
+
+    A watchdog process stops the server and deletes its directory if this process dies without
+    doing so itself (killed, ``os._exit``), so no server outlives the run that started it.
     """
-    binaries = find_binaries()
     os_user = server_user()
-    root = owned_directory(Path(tempfile.mkdtemp(prefix="sigma-db-test-", dir=parent)), os_user)
-    owned_directory(root / "run", os_user)
-    options = _SERVER_OPTIONS
-    if (binaries.bindir.parent / "lib" / "pg_stat_statements.so").exists():
-        options += " -c shared_preload_libraries=pg_stat_statements"
-    executor = _executor_class()(
-        binaries=binaries,
-        os_user=os_user,
-        executable=str(pg_ctl(binaries, os_user, root / "bin")),
-        host="127.0.0.1",
-        port=free_port(),
-        datadir=str(root / "data"),
-        unixsocketdir=str(root / "run"),
-        logfile=str(root / "postgresql.log"),
-        startparams="-w",
-        dbname="sigma_tests",
-        user=SUPERUSER,
-        password=SUPERUSER_PASSWORD,
-        postgres_options=f"{options} {extra_options}".strip(),
-    )
-    executor.start()
+    binaries = runnable_binaries(find_binaries(), os_user)
+    root = Path(tempfile.mkdtemp(prefix="sigma-db-test-", dir=_server_parent(parent, os_user)))
+    watchdog: _Watchdog | None = None
+    executor: Any = None
     try:
+        owned_directory(root, os_user)
+        owned_directory(root / "run", os_user)
+        options = _SERVER_OPTIONS
+        if (binaries.bindir.parent / "lib" / "pg_stat_statements.so").exists():
+            options += " -c shared_preload_libraries=pg_stat_statements"
+        control = pg_ctl(binaries, os_user, root / "bin")
+        watchdog = _Watchdog(control, root)
+        executor = _executor_class()(
+            binaries=binaries,
+            os_user=os_user,
+            executable=str(control),
+            host="127.0.0.1",
+            port=free_port(),
+            datadir=str(root / "data"),
+            unixsocketdir=str(root / "run"),
+            logfile=str(root / "postgresql.log"),
+            startparams="-w",
+            dbname="sigma_tests",
+            user=SUPERUSER,
+            password=SUPERUSER_PASSWORD,
+            postgres_options=f"{options} {extra_options}".strip(),
+        )
+        executor.start()
         _wait_until_accepting("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD)
         yield TestServer("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD, binaries)
     finally:
         try:
-            executor.stop()
+            if executor is not None:
+                executor.stop()
         finally:
             shutil.rmtree(root, ignore_errors=True)
+            if watchdog is not None:
+                watchdog.dismiss()
+
+
+_SOCKET_NAME = "/sigma-db-test-xxxxxxxx/run/.s.PGSQL.65535"
+"""The longest path the server's Unix socket gets below its parent directory."""
+_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
+
+
+def _server_parent(parent: Path | None, os_user: str | None) -> Path:
+    """Where the server's directory goes: one the server user can enter, with a short path."""
+    asked = [parent] if parent is not None else []
+    defaults = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")]  # noqa: S108
+    for candidate in asked or defaults:
+        closed = first_closed_directory(candidate, os_user)
+        fits = len(str(candidate)) + len(_SOCKET_NAME) <= _SOCKET_PATH_MAX
+        if candidate.is_dir() and closed is None and fits:
+            return candidate
+    where = parent or Path(tempfile.gettempdir())
+    closed = first_closed_directory(where, os_user)
+    why = (
+        f"{closed} cannot be entered by the {os_user!r} user the server runs as (PostgreSQL "
+        "refuses to run as root)"
+        if closed is not None
+        else f"{where} is not a directory, or too long a path for the server's Unix socket"
+    )
+    fix = "pass another parent" if parent is not None else "set TMPDIR to"
+    raise ServerError(
+        f"No directory for the test server: {why}; {fix} a short directory every user can "
+        "enter, e.g. /tmp."
+    )
+
+
+_WATCHDOG = """
+import os, shutil, subprocess, sys
+pg_ctl, root = sys.argv[1:3]
+os.read(0, 1)  # returns when the test run's end of the pipe closes, however the run ended
+data = os.path.join(root, "data")
+if os.path.isdir(data):
+    stop = [pg_ctl, "stop", "-D", data, "-m", "immediate", "-w"]
+    subprocess.run(stop, capture_output=True, cwd="/", check=False)
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+class _Watchdog:
+    """A process that cleans up after the test run if the run dies without doing it itself.
+
+    It waits on a pipe only this process writes to; the kernel closes the pipe when this
+    process ends, whether by a normal exit, a signal or ``os._exit``. In its own session, so a
+    Ctrl-C to the test run's process group does not reach it.
+    """
+
+    def __init__(self, pg_ctl: Path, root: Path) -> None:
+        read, self._write = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(pg_ctl), str(root)],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        finally:
+            os.close(read)
+
+    def dismiss(self) -> None:
+        """The run cleaned up itself: let the watchdog find nothing left to do, and reap it."""
+        os.close(self._write)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
