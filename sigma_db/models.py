@@ -17,10 +17,24 @@ class is defined (at import time, not in review)::
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Collection
+from contextvars import ContextVar
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
-from sqlalchemy import TIMESTAMP, BigInteger, Constraint, Identity, Index, MetaData, Table, func
+from sqlalchemy import (
+    TIMESTAMP,
+    BigInteger,
+    Constraint,
+    Identity,
+    Index,
+    MetaData,
+    Table,
+    event,
+    func,
+)
+from sqlalchemy.engine.interfaces import ReflectedColumn
 from sqlalchemy.orm import (
     DeclarativeBase,
     DeclarativeBaseNoMeta,
@@ -40,10 +54,27 @@ from sigma_db.naming import (
     table_name_problem,
     table_name_suggestion,
 )
+from sigma_db.topology import LOGICAL_SCHEMAS
 
 __all__ = ["IdentityPrimaryKey", "ProductBase", "Timestamps"]
 
 _DECLARATIVE_BASES = (DeclarativeBase, DeclarativeBaseNoMeta)
+
+_PRODUCT_BASE_KEY: Final = "sigma_db.product_base"
+"""``MetaData.info`` key marking a product base's MetaData; the value is the base's name.
+
+Only MetaData so marked has its imperative tables checked: Alembic's, the migration ledger's
+and any other MetaData in the process are left alone.
+"""
+
+_PLURAL_WORDS_KEY: Final = "sigma_db.plural_words"
+"""``MetaData.info`` key holding the base's ``__plural_words__``, for its imperative tables."""
+
+_building_model_table: ContextVar[bool] = ContextVar("_building_model_table", default=False)
+"""True while ``ProductBase.__table_cls__`` builds a model's table (checked with its class)."""
+
+_reflected_tables: weakref.WeakSet[Table] = weakref.WeakSet()
+"""Tables that got columns by reflection: their names are the database's, not to be judged."""
 
 
 class ProductBase:
@@ -70,7 +101,28 @@ class ProductBase:
 
     A subclass of a mapped class without its own ``__tablename__`` shares its parent's table
     (single-table inheritance); for joined-table inheritance give it a ``__tablename__``.
+
+    Tables built directly on the base's MetaData (``Table("pack_tags", Base.metadata, ...)``,
+    e.g. many-to-many association tables) are checked by the same rules when constructed.
     """
+
+    __plural_words__: ClassVar[Collection[str]] = ()
+    """Words this product accepts as the last word of a table name though the plural rule
+    refuses them: a plural it misjudges (``alumni``), or the name of a table that already
+    exists (``bonus``). Read once, from the base class."""
+
+    @classmethod
+    def __table_cls__(cls, *args: Any, **kw: Any) -> Table:
+        """Build a model's Table; its class checks it after mapping, naming the class.
+
+        The flag keeps the imperative-table check away, so a model's problems are reported
+        once, by the check that can name the class.
+        """
+        token = _building_model_table.set(True)
+        try:
+            return Table(*args, **kw)
+        finally:
+            _building_model_table.reset(token)
 
     @declared_attr.directive
     def __tablename__(cls) -> str | None:
@@ -90,6 +142,8 @@ class ProductBase:
                 cls.metadata = MetaData(naming_convention=NAMING_CONVENTION)
             super().__init_subclass__(**kw)
             _check_base_metadata(cls)
+            cls.metadata.info[_PRODUCT_BASE_KEY] = cls.__name__
+            cls.metadata.info[_PLURAL_WORDS_KEY] = _plural_words_of(cls)
             return
         if cls.__dict__.get("__abstract__", False):
             super().__init_subclass__(**kw)
@@ -98,7 +152,7 @@ class ProductBase:
         super().__init_subclass__(**kw)
         table = getattr(cls, "__table__", None)
         if isinstance(table, Table):  # not yet there for deferred reflection
-            _raise_problems(cls, _table_problems(table))
+            _raise_problems(_model(cls), _table_problems(table, _plural_words(cls.metadata)))
 
 
 def _as_class(value: object) -> type[Any]:
@@ -128,21 +182,42 @@ def _check_base_metadata(cls: type[Any]) -> None:
             "create it as MetaData(naming_convention=NAMING_CONVENTION, ...) "
             "(from sigma_db.naming), or leave metadata out and ProductBase creates it."
         )
+    problem = _schema_problem(metadata.schema)
+    if problem is not None:
+        raise NamingError(f"Base class {cls.__name__}: its MetaData's default {problem}.")
+
+
+def _plural_words_of(cls: type[Any]) -> frozenset[str]:
+    words = cls.__plural_words__
+    if isinstance(words, str) or not all(isinstance(word, str) for word in words):
+        raise ConfigurationError(
+            f"Base class {cls.__name__}: __plural_words__ must be a collection of words, "
+            f"e.g. __plural_words__ = ({words!r},)."
+        )
+    return frozenset(words)
+
+
+def _plural_words(metadata: MetaData) -> frozenset[str]:
+    """The product's ``__plural_words__`` (none for a model on a MetaData of its own)."""
+    words = metadata.info.get(_PLURAL_WORDS_KEY, frozenset())
+    assert isinstance(words, frozenset)
+    return words
 
 
 def _check_before_mapping(cls: type[Any]) -> None:
     """Check the table name before SQLAlchemy registers the class and its table."""
     own = cls.__dict__
+    plural_words = _plural_words(cls.metadata)
     table = own.get("__table__")
     if isinstance(table, Table):
-        _raise_problems(cls, _table_problems(table))
+        _raise_problems(_model(cls), _table_problems(table, plural_words))
         return
     explicit = own.get("__tablename__")
     if isinstance(explicit, str):
-        problem = table_name_problem(explicit)
+        problem = table_name_problem(explicit, plural_words)
         if problem is not None:
             _raise_problems(
-                cls,
+                _model(cls),
                 [
                     _with_suggestion(
                         f"__tablename__ {explicit!r} {problem}", table_name_suggestion(explicit)
@@ -152,10 +227,10 @@ def _check_before_mapping(cls: type[Any]) -> None:
         return
     if explicit is None and not has_inherited_table(cls):
         derived = table_name_for(cls.__name__)
-        problem = table_name_problem(derived)
+        problem = table_name_problem(derived, plural_words)
         if problem is not None:
             _raise_problems(
-                cls,
+                _model(cls),
                 [
                     f"the table name {derived!r} derived from the class name {problem}; "
                     "set __tablename__ to a snake_case plural name"
@@ -163,14 +238,17 @@ def _check_before_mapping(cls: type[Any]) -> None:
             )
 
 
-def _table_problems(table: Table) -> list[str]:
-    """Every naming problem of a table: its name, then columns, then constraints and indexes."""
+def _table_problems(table: Table, plural_words: Collection[str] = ()) -> list[str]:
+    """Every naming problem of a table: its name and schema, columns, constraints, indexes."""
     problems: list[str] = []
-    problem = table_name_problem(table.name)
+    problem = table_name_problem(table.name, plural_words)
     if problem is not None:
         problems.append(
             _with_suggestion(f"table {table.name!r} {problem}", table_name_suggestion(table.name))
         )
+    problem = _schema_problem(table.schema)
+    if problem is not None:
+        problems.append(problem)
     for column in table.columns:
         problem = column_name_problem(column.name)
         if problem is not None:
@@ -195,21 +273,63 @@ def _table_problems(table: Table) -> list[str]:
     return problems
 
 
+def _schema_problem(schema: str | None) -> str | None:
+    """A table's schema is unset (the default schema) or a logical area.
+
+    Only logical areas are translated per layout; any other name, ``app`` included, would be
+    looked up as is, and ``edge_products`` has no such schema.
+    """
+    if schema is None or schema in LOGICAL_SCHEMAS:
+        return None
+    return (
+        f"schema {schema!r} is not a logical area; leave schema unset for the default schema "
+        f"(the search_path finds it in every layout) or use one of {', '.join(LOGICAL_SCHEMAS)}"
+    )
+
+
 def _with_suggestion(text: str, suggestion: str | None) -> str:
     if suggestion is None:
         return f"{text}; rename it"
     return f"{text}; use {suggestion!r}"
 
 
-def _raise_problems(cls: type[Any], problems: list[str]) -> None:
+def _model(cls: type[Any]) -> str:
+    return f"Model class {cls.__name__}"
+
+
+def _raise_problems(subject: str, problems: list[str]) -> None:
+    """One NamingError about ``subject`` (``Model class Pack``, ``Table 'pack_tags'``)."""
     if not problems:
         return
     if len(problems) == 1:
-        raise NamingError(f"Model class {cls.__name__}: {problems[0]}.")
+        raise NamingError(f"{subject}: {problems[0]}.")
     raise NamingError(
         [f"{problem}." for problem in problems],
-        heading=f"Model class {cls.__name__} breaks {len(problems)} naming rules:",
+        heading=f"{subject} breaks {len(problems)} naming rules:",
     )
+
+
+def _check_imperative_table(table: Table, parent: Any) -> None:
+    """``after_parent_attach``: check a Table built directly on a product base's MetaData.
+
+    SQLAlchemy fires it once per new Table, after its columns, constraints and indexes are
+    attached, and drops the table from the MetaData again when this raises. A Table looked up
+    or extended with ``extend_existing`` is not new, so it is not checked twice.
+    """
+    if not isinstance(parent, MetaData) or _PRODUCT_BASE_KEY not in parent.info:
+        return
+    if _building_model_table.get() or table in _reflected_tables:
+        return
+    _raise_problems(f"Table {table.name!r}", _table_problems(table, _plural_words(parent)))
+
+
+def _remember_reflected(_inspector: Any, table: Table, _column: ReflectedColumn) -> None:
+    """``column_reflect``: fired while a table is reflected, before it is attached."""
+    _reflected_tables.add(table)
+
+
+event.listen(Table, "after_parent_attach", _check_imperative_table)
+event.listen(Table, "column_reflect", _remember_reflected)
 
 
 class IdentityPrimaryKey:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import inflection
@@ -208,21 +209,62 @@ def snake_case(name: str) -> str:
     return _NOT_WORD.sub("_", spaced.lower()).strip("_")
 
 
-def _is_plural(word: str) -> bool:
+_PLURALS_INFLECTION_MISSES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        # Singular nouns ending in -s: inflection strips the s and takes them for plurals.
+        "atlas": "atlases",
+        "bias": "biases",
+        "bonus": "bonuses",
+        "cactus": "cacti",
+        "campus": "campuses",
+        "canvas": "canvases",
+        "census": "censuses",
+        "consensus": "consensuses",
+        "corpus": "corpora",
+        "focus": "focuses",
+        "gas": "gases",
+        "lens": "lenses",
+        "nexus": "nexuses",
+        "prospectus": "prospectuses",
+        "radius": "radii",
+        "stimulus": "stimuli",
+        "surplus": "surpluses",
+        # Singulars whose plural inflection gets wrong (criterions, octopi, viri).
+        "criterion": "criteria",
+        "octopus": "octopuses",
+        "virus": "viruses",
+    }
+)
+"""Singular -> plural for the nouns whose number the inflection library misjudges.
+
+Consulted before inflection, locally: inflection's own ``irregular``/``uncountable`` hooks
+would change its answers for every other user of the library in the process. Deliberately
+small; a product whose word is still misjudged lists it in its base's ``__plural_words__``.
+"""
+
+_KNOWN_PLURALS: Final = frozenset(_PLURALS_INFLECTION_MISSES.values())
+
+
+def _is_plural(word: str, plural_words: Collection[str] = ()) -> bool:
     """Whether ``word`` reads as a plural or as uncountable (news, series, sheep).
 
-    The inflection library (a port of Rails' inflector, the rules most ORMs use) decides: a
-    plural has a different singular, an uncountable word is its own plural.
+    ``plural_words`` (a product's ``__plural_words__``) and :data:`_PLURALS_INFLECTION_MISSES`
+    decide first; otherwise the inflection library (a port of Rails' inflector, the rules most
+    ORMs use) does: a plural has a different singular, an uncountable word is its own plural.
     """
-    if not word.isalpha():
+    if word in plural_words or word in _KNOWN_PLURALS:
+        return True
+    if word in _PLURALS_INFLECTION_MISSES or not word.isalpha():
         return False
     return inflection.singularize(word) != word or inflection.pluralize(word) == word
 
 
 def _pluralize(word: str) -> str:
     """Plural of ``word``, leaving it alone when it already is one (settings, data, people)."""
-    if not word.isalpha():
+    if word in _KNOWN_PLURALS or not word.isalpha():
         return word
+    if word in _PLURALS_INFLECTION_MISSES:
+        return _PLURALS_INFLECTION_MISSES[word]
     singular = inflection.singularize(word)
     if singular != word and inflection.pluralize(singular) == word:
         return word
@@ -239,24 +281,27 @@ def table_name_for(class_name: str) -> str:
     """Derive the table name for a model class: snake_case, last word made plural.
 
     ``OptionSignal`` -> ``option_signals``, ``Policy`` -> ``policies``, ``HTTPRequest`` ->
-    ``http_requests``, ``Series`` -> ``series``. Only the last word is pluralised, because
-    the earlier words qualify it (``backtest_runs`` are runs, not backtests).
+    ``http_requests``, ``Series`` -> ``series``, ``Bonus`` -> ``bonuses``. Only the last word is
+    pluralised, because the earlier words qualify it (``backtest_runs`` are runs, not
+    backtests).
     """
     return _pluralize_last_word(snake_case(class_name))
 
 
-def table_name_problem(name: str) -> str | None:
+def table_name_problem(name: str, plural_words: Collection[str] = ()) -> str | None:
     """Say what is wrong with ``name`` as a table name, or return None.
 
     A table name is a conventional identifier (see :func:`sigma_db.identifiers.identifier_problem`)
-    whose last ``_``-separated word is plural or uncountable, as judged by the inflection
-    library: the word passes when ``singularize(word) != word`` or ``pluralize(word) == word``.
+    whose last ``_``-separated word is plural or uncountable: a word in ``plural_words`` (the
+    product's own list) passes; a noun the inflection library misjudges is looked up in a short
+    table (``bonus`` is singular, ``radii`` plural); any other word passes when inflection's
+    ``singularize(word) != word`` or ``pluralize(word) == word``.
     """
     problem = identifier_problem(name)
     if problem is not None:
         return problem
     last = name.rpartition("_")[2]
-    if not _is_plural(last):
+    if not _is_plural(last, plural_words):
         return f"must be snake_case plural: its last word {last!r} is not a plural noun"
     return None
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
 )
@@ -279,24 +280,48 @@ def test_a_class_name_that_derives_a_bad_table_name_must_set_one(base: Any) -> N
 
 
 def test_an_explicit_table_is_checked(base: Any) -> None:
+    other = MetaData(naming_convention=NAMING_CONVENTION)  # not the base's: no check when built
     with pytest.raises(
         NamingError, match=r"^Model class Pack: table 'pack' must be snake_case plural.*use 'packs'"
     ):
 
         class Pack(base):
-            __table__ = Table("pack", base.metadata, Column("id", Integer, primary_key=True))
+            __table__ = Table("pack", other, Column("id", Integer, primary_key=True))
 
 
 def test_an_explicit_table_with_a_bad_column_is_checked(base: Any) -> None:
+    other = MetaData(naming_convention=NAMING_CONVENTION)
     with pytest.raises(NamingError, match=r"^Model class Pack: column 'userId' .*use 'user_id'"):
 
         class Pack(base):
             __table__ = Table(
                 "packs",
-                base.metadata,
+                other,
                 Column("id", Integer, primary_key=True),
                 Column("userId", Integer),
             )
+
+
+def test_an_explicit_table_on_the_base_metadata_is_refused_once_when_built(base: Any) -> None:
+    with pytest.raises(NamingError) as caught:
+
+        class Pack(base):
+            __table__ = Table("pack", base.metadata, Column("id", Integer, primary_key=True))
+
+    assert str(caught.value) == (
+        "Table 'pack': table 'pack' must be snake_case plural: its last word 'pack' is not a "
+        "plural noun; use 'packs'."
+    )
+    assert base.metadata.tables == {}
+
+
+def test_a_model_over_an_explicit_table_on_the_base_metadata_maps(base: Any) -> None:
+    packs = Table("packs", base.metadata, Column("id", Integer, primary_key=True))
+
+    class Pack(base):
+        __table__ = packs
+
+    assert Pack.__table__ is base.metadata.tables["packs"]
 
 
 def test_an_explicit_constraint_name_over_63_bytes_is_rejected(base: Any) -> None:
@@ -331,6 +356,177 @@ def test_a_named_expression_index_keeps_its_name(base: Any) -> None:
 
     Index("ix_packs_lower_code", func.lower(Pack.__table__.c.code))
     assert {str(i.name) for i in Pack.__table__.indexes} == {"ix_packs_lower_code"}
+
+
+# --- tables built directly on a product base's MetaData ----------------------------------------
+
+
+def test_an_imperative_table_with_bad_names_is_refused_when_built(base: Any) -> None:
+    with pytest.raises(NamingError) as caught:
+        Table("PackTag", base.metadata, Column("packId", BigInteger), Column("order", Text))
+
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "Table 'PackTag' breaks 3 naming rules:"
+    assert lines[1].startswith("  - table 'PackTag' must be lowercase snake_case")
+    assert lines[1].endswith("; use 'pack_tags'.")
+    assert lines[2].startswith("  - column 'packId' must be lowercase snake_case")
+    assert lines[2].endswith("; use 'pack_id'.")
+    assert lines[3] == "  - column 'order' is a reserved SQL keyword; rename it."
+    assert base.metadata.tables == {}
+
+
+def test_an_imperative_table_with_a_singular_name_is_refused(base: Any) -> None:
+    with pytest.raises(NamingError) as caught:
+        Table("pack_tag", base.metadata, Column("pack_id", BigInteger))
+
+    assert str(caught.value) == (
+        "Table 'pack_tag': table 'pack_tag' must be snake_case plural: its last word 'tag' is "
+        "not a plural noun; use 'pack_tags'."
+    )
+
+
+def test_an_imperative_table_with_a_bad_explicit_constraint_name_is_refused(base: Any) -> None:
+    with pytest.raises(
+        NamingError, match=r"^Table 'pack_tags': UniqueConstraint name 'uq PackTags' must be "
+    ):
+        Table(
+            "pack_tags",
+            base.metadata,
+            Column("pack_id", BigInteger),
+            Column("tag_id", BigInteger),
+            UniqueConstraint("pack_id", "tag_id", name="uq PackTags"),
+        )
+
+
+def test_a_conventional_association_table_gets_convention_names(base: Any) -> None:
+    class Pack(IdentityPrimaryKey, base):
+        pass
+
+    class Tag(IdentityPrimaryKey, base):
+        pass
+
+    pack_tags = Table(
+        "pack_tags",
+        base.metadata,
+        Column("pack_id", ForeignKey("packs.id"), primary_key=True),
+        Column("tag_id", ForeignKey("tags.id"), primary_key=True),
+    )
+    assert names_by_kind(pack_tags)["pk"] == "pk_pack_tags"
+    ddl = str(CreateTable(pack_tags).compile(dialect=postgresql.dialect()))
+    assert "CREATE TABLE pack_tags (" in ddl
+    assert "CONSTRAINT fk_pack_tags_pack_id_packs FOREIGN KEY" in ddl
+
+
+def test_extend_existing_on_a_product_table_is_not_checked_again(base: Any) -> None:
+    first = Table("pack_tags", base.metadata, Column("pack_id", BigInteger))
+    again = Table("pack_tags", base.metadata, Column("tag_id", BigInteger), extend_existing=True)
+    assert again is first
+    assert first.c.keys() == ["pack_id", "tag_id"]
+
+
+def test_extend_existing_on_a_model_table_keeps_working(base: Any) -> None:
+    class Pack(IdentityPrimaryKey, base):
+        code: Mapped[str]
+
+    same = Table("packs", base.metadata, Column("note", Text), extend_existing=True)
+    assert same is Pack.__table__
+    assert "note" in same.c
+
+
+def test_other_metadata_in_the_process_is_not_checked() -> None:
+    from sigma_db.migrations.ledger import ledger_table
+
+    new_base()  # a product base exists in the process
+    Table("PackTag", MetaData(), Column("packId", BigInteger), schema="Audit Trail")
+    Table("PackTag", MetaData(naming_convention=NAMING_CONVENTION), Column("order", Text))
+    assert ledger_table("app").name == "migration_runs"
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schema", ["Audit Trail", "app", "public", "billing"])
+def test_a_model_schema_must_be_unset_or_a_logical_area(base: Any, schema: str) -> None:
+    with pytest.raises(NamingError) as caught:
+
+        class AuditLog(IdentityPrimaryKey, base):
+            __table_args__ = {"schema": schema}
+
+    assert str(caught.value) == (
+        f"Model class AuditLog: schema {schema!r} is not a logical area; leave schema unset for "
+        "the default schema (the search_path finds it in every layout) or use one of audit, "
+        "lineage, signals, options, backtests."
+    )
+
+
+def test_an_imperative_table_schema_must_be_unset_or_a_logical_area(base: Any) -> None:
+    with pytest.raises(NamingError, match=r"^Table 'pack_tags': schema 'app' is not a logical"):
+        Table("pack_tags", base.metadata, Column("pack_id", BigInteger), schema="app")
+
+
+@pytest.mark.parametrize("schema", ["audit", "lineage", "signals", "options", "backtests"])
+def test_logical_areas_are_accepted_as_schemas(base: Any, schema: str) -> None:
+    class AuditLog(IdentityPrimaryKey, base):
+        __table_args__ = {"schema": schema}
+
+    tags = Table("audit_tags", base.metadata, Column("tag", Text), schema=schema)
+    assert AuditLog.__table__.fullname == f"{schema}.audit_logs"
+    assert tags.fullname == f"{schema}.audit_tags"
+
+
+def test_a_base_metadata_with_a_default_schema_that_is_no_logical_area_is_rejected() -> None:
+    with pytest.raises(
+        NamingError, match=r"^Base class Base: its MetaData's default schema 'app' is not a logical"
+    ):
+
+        class Base(ProductBase, DeclarativeBase):
+            metadata = MetaData(schema="app", naming_convention=NAMING_CONVENTION)
+
+
+# --- the plural rule's misjudged words ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "table"), [("Bonus", "bonuses"), ("Campus", "campuses")])
+def test_a_singular_ending_in_s_gets_a_plural_table(base: Any, model: str, table: str) -> None:
+    mapped = type(model, (IdentityPrimaryKey, base), {})
+    assert mapped.__table__.name == table
+
+
+def test_a_singular_ending_in_s_is_refused_as_tablename(base: Any) -> None:
+    with pytest.raises(NamingError) as caught:
+
+        class Bonus(IdentityPrimaryKey, base):
+            __tablename__ = "bonus"
+
+    assert str(caught.value) == (
+        "Model class Bonus: __tablename__ 'bonus' must be snake_case plural: its last word "
+        "'bonus' is not a plural noun; use 'bonuses'."
+    )
+
+
+def test_a_base_can_accept_words_the_plural_rule_misjudges() -> None:
+    class Base(ProductBase, DeclarativeBase):
+        __plural_words__ = ("alumni", "bonus")
+
+    class Alumnus(IdentityPrimaryKey, Base):
+        __tablename__ = "alumni"
+
+    class Bonus(IdentityPrimaryKey, Base):
+        __tablename__ = "bonus"
+
+    Table("alumni_bonus", Base.metadata, Column("bonus_id", BigInteger))
+    assert set(Base.metadata.tables) == {"alumni", "bonus", "alumni_bonus"}
+    with pytest.raises(NamingError, match="'alumni' is not a plural noun"):
+
+        class Other(IdentityPrimaryKey, new_base()):
+            __tablename__ = "alumni"
+
+
+def test_plural_words_must_be_a_collection_of_words() -> None:
+    with pytest.raises(ConfigurationError, match=r"__plural_words__ = \('alumni',\)"):
+
+        class Base(ProductBase, DeclarativeBase):
+            __plural_words__ = "alumni"
 
 
 # --- the constraint naming convention ----------------------------------------------------------

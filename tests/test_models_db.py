@@ -7,7 +7,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint, select, text
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    String,
+    Table,
+    UniqueConstraint,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -160,3 +168,20 @@ def test_violations_report_the_convention_name(engine: Engine) -> None:
     violation = caught.value.orig
     assert isinstance(violation, psycopg.errors.UniqueViolation)
     assert violation.diag.constraint_name == "uq_packs_code"
+
+
+def test_tables_reflected_into_the_product_metadata_keep_the_database_names(
+    engine: Engine,
+) -> None:
+    with engine.begin() as connection:
+        connection.execute(text('CREATE TABLE "PackTag" ("packId" bigint, "order" text)'))
+        connection.execute(text("CREATE TABLE legacy_status (code text)"))
+
+    class Base(ProductBase, DeclarativeBase):
+        pass
+
+    pack_tag = Table("PackTag", Base.metadata, autoload_with=engine)
+    Base.metadata.reflect(engine)
+
+    assert pack_tag.c.keys() == ["packId", "order"]
+    assert set(Base.metadata.tables) == {"PackTag", "legacy_status"}

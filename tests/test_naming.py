@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
+import inflection
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
 
@@ -164,6 +165,85 @@ def test_singular_table_name_problem_names_the_word() -> None:
     assert table_name_problem("option_signal") == (
         "must be snake_case plural: its last word 'signal' is not a plural noun"
     )
+
+
+SINGULARS_ENDING_IN_S = [
+    ("atlas", "atlases"),
+    ("bias", "biases"),
+    ("bonus", "bonuses"),
+    ("cactus", "cacti"),
+    ("campus", "campuses"),
+    ("canvas", "canvases"),
+    ("census", "censuses"),
+    ("corpus", "corpora"),
+    ("focus", "focuses"),
+    ("gas", "gases"),
+    ("lens", "lenses"),
+    ("radius", "radii"),
+    ("virus", "viruses"),
+    ("status", "statuses"),
+    ("alias", "aliases"),
+]
+
+
+@pytest.mark.parametrize(("singular", "plural"), SINGULARS_ENDING_IN_S)
+def test_singulars_ending_in_s_are_not_taken_for_plurals(singular: str, plural: str) -> None:
+    assert table_name_problem(singular) == (
+        f"must be snake_case plural: its last word {singular!r} is not a plural noun"
+    )
+    assert table_name_problem(f"player_{singular}") is not None
+    assert table_name_suggestion(singular) == plural
+    assert table_name_for(singular.title()) == plural
+    assert table_name_problem(plural) is None
+
+
+@pytest.mark.parametrize(
+    ("class_name", "table"),
+    [("Criterion", "criteria"), ("Octopus", "octopuses"), ("SignalBonus", "signal_bonuses")],
+)
+def test_plurals_inflection_gets_wrong_are_derived_right(class_name: str, table: str) -> None:
+    assert table_name_for(class_name) == table
+    assert table_name_problem(table) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "menus",
+        "schemas",
+        "quotas",
+        "ideas",
+        "areas",
+        "formulas",
+        "deltas",
+        "news",
+        "series",
+        "data",
+        "settings",
+        "people",
+        "statuses",
+        "bonuses",
+        "aliases",
+        "analyses",
+        "criteria",
+        "radii",
+        "cacti",
+    ],
+)
+def test_real_plurals_still_pass(name: str) -> None:
+    assert table_name_problem(name) is None
+    assert table_name_for(name.title()) == name
+
+
+def test_a_product_can_accept_a_word_the_rule_refuses() -> None:
+    assert table_name_problem("alumni") is not None
+    assert table_name_problem("former_alumni", plural_words={"alumni"}) is None
+
+
+def test_the_inflection_library_is_left_as_it_was() -> None:
+    table_name_for("Virus")
+    assert inflection.pluralize("virus") == "viri"
+    assert inflection.singularize("bonus") == "bonu"
 
 
 def test_too_long_table_name_has_no_suggestion() -> None:
