@@ -74,11 +74,20 @@ cli.add_command(partitions)
     help="Where to generate the repository (default: ./<name>-service).",
 )
 @click.option("--force", is_flag=True, help="Generate into a non-empty directory.")
-def new_product(name: str, dest: Path | None, force: bool) -> None:
+@click.option(
+    "--sigma-db",
+    "requirement",
+    metavar="REQUIREMENT",
+    help="What the product depends on (default: sigma-db>=this version), e.g. "
+    "'sigma-db @ git+https://git.example/sigma_db@v0.1.0' where sigma-db is on no index.",
+)
+def new_product(name: str, dest: Path | None, force: bool, requirement: str | None) -> None:
     """Generate a product repository: models, migrations, tests, CI, all green first try."""
     from sigma_db.scaffold import new_product as generate
 
-    generated = generate(name, dest or Path(f"{name}-service"), force=force)
+    generated = generate(
+        name, dest or Path(f"{name}-service"), force=force, sigma_db_requirement=requirement
+    )
     click.echo(
         f"generated {generated.product.title} ({generated.product.database}) in "
         f"{generated.destination}; next: cd {generated.destination} && pip install -e '.[test]'"

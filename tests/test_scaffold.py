@@ -92,6 +92,23 @@ def test_cli_bad_name_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_cli_points_the_product_at_a_sigma_db_on_no_index(tmp_path: Path) -> None:
+    # sigma-db>=VERSION installs only where an index has sigma-db; a fresh venv elsewhere
+    # needs the source named.
+    source = "sigma-db @ git+https://git.example/sigma_db@v0.1.0"
+    command = ["new-product", "billing", "--dest", str(tmp_path / "billing"), "--sigma-db", source]
+    result = subprocess.run(
+        [sys.executable, "-m", "sigma_db", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    pyproject = (tmp_path / "billing" / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'"{source}"' in pyproject
+    assert '"sigma-db[test] @ git+https://git.example/sigma_db@v0.1.0"' in pyproject
+
+
 def test_new_product_gets_edge_name_and_item_example(tmp_path: Path) -> None:
     generated = new_product("billing", tmp_path / "billing")
     models = (tmp_path / "billing" / "billing_service" / "models.py").read_text(encoding="utf-8")
