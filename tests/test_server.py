@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -180,3 +181,32 @@ def test_a_server_user_whose_group_has_another_name(monkeypatch: pytest.MonkeyPa
         datadir = _data_directory(started.port)
         pid = int((datadir / "postmaster.pid").read_text().split()[0])
         assert os.stat(f"/proc/{pid}").st_uid == entry.pw_uid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root needs the pg_ctl wrapper")
+def test_a_noexec_temp_directory_falls_back_to_tmp(tmp_path: Path) -> None:
+    # A hardened machine mounts its temp directory noexec; as root the harness writes a
+    # pg_ctl wrapper there. Mounted in a private mount namespace, seen by this child only.
+    noexec = Path(tempfile.mkdtemp(prefix="sigma-db-noexec-", dir="/tmp"))
+    child = (
+        "from sigma_db.testing import start_test_server\n"
+        "with start_test_server() as server:\n"
+        "    print('started', server.port)\n"
+    )
+    script = (
+        f"mount -t tmpfs -o noexec,mode=1777 tmpfs {noexec} && "
+        f"TMPDIR={noexec} {shlex.quote(sys.executable)} -c {shlex.quote(child)}"
+    )
+    try:
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if "mount:" in done.stderr or "unshare:" in done.stderr:
+            pytest.skip(f"cannot mount a noexec tmpfs here: {done.stderr.strip()}")
+        assert done.returncode == 0, done.stderr
+        assert "started" in done.stdout
+    finally:
+        noexec.rmdir()

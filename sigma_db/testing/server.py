@@ -205,21 +205,31 @@ def _server_parent(parent: Path | None, os_user: str | None) -> Path:
     for candidate in asked or defaults:
         closed = first_closed_directory(candidate, os_user)
         fits = len(str(candidate)) + len(_SOCKET_NAME) <= _SOCKET_PATH_MAX
-        if candidate.is_dir() and closed is None and fits:
+        if candidate.is_dir() and closed is None and fits and _may_execute(candidate, os_user):
             return candidate
     where = parent or Path(tempfile.gettempdir())
     closed = first_closed_directory(where, os_user)
-    why = (
-        f"{closed} cannot be entered by the {os_user!r} user the server runs as (PostgreSQL "
-        "refuses to run as root)"
-        if closed is not None
-        else f"{where} is not a directory, or too long a path for the server's Unix socket"
-    )
+    if closed is not None:
+        why = (
+            f"{closed} cannot be entered by the {os_user!r} user the server runs as (PostgreSQL "
+            "refuses to run as root)"
+        )
+    elif where.is_dir() and not _may_execute(where, os_user):
+        why = f"{where} is mounted noexec, and as root the server needs a pg_ctl wrapper there"
+    else:
+        why = f"{where} is not a directory, or too long a path for the server's Unix socket"
     fix = "pass another parent" if parent is not None else "set TMPDIR to"
     raise ServerError(
         f"No directory for the test server: {why}; {fix} a short directory every user can "
         "enter, e.g. /tmp."
     )
+
+
+def _may_execute(directory: Path, os_user: str | None) -> bool:
+    """Whether the ``pg_ctl`` wrapper written below ``directory`` (as root only) can run."""
+    if os_user is None or not directory.is_dir():
+        return True
+    return not os.statvfs(directory).f_flag & os.ST_NOEXEC
 
 
 _WATCHDOG = """
