@@ -23,27 +23,37 @@ Three rules, from Alembic's known traps:
   :func:`drop_sdk_info` removes the SDK's keys from what autogenerate renders.
 * Models name logical areas (``schema="audit"``); in the consolidated database those live in
   ``<product>_audit``. :func:`physical_metadata` renames them on a copy of the metadata before
-  comparison instead of relying on ``schema_translate_map`` (alembic #555, #1503).
+  comparison instead of relying on ``schema_translate_map`` (alembic #555, #1503). The revision
+  Alembic then writes names the physical schema of the database it compared with
+  (``schema='lab_audit'``), which does not exist in the per-product databases of staging and
+  prod: a post-write hook (:func:`install_logical_area_hook`) rewrites those names to
+  ``ops.area("audit")``, so the one file migrates both layouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from alembic.operations.ops import CreateTableOp, MigrationScript, OpContainer
+from alembic.script import ScriptDirectory, write_hooks
 from sqlalchemy import ForeignKey, ForeignKeyConstraint, MetaData, Table, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import SchemaConst
 
-from sigma_db.topology import Topology
+from sigma_db.topology import LOGICAL_SCHEMAS, Topology
 
 __all__ = [
+    "LOGICAL_AREA_HOOK",
     "SDK_INFO_PREFIX",
     "AutogenerateScope",
     "default_schema_relations",
     "drop_sdk_info",
+    "install_logical_area_hook",
+    "logical_areas_in_revision",
     "physical_metadata",
     "unmanaged_relations",
 ]
@@ -197,3 +207,77 @@ def _drop_sdk_info(container: OpContainer) -> None:
             op.info = {k: v for k, v in op.info.items() if not str(k).startswith(SDK_INFO_PREFIX)}
         elif isinstance(op, OpContainer):
             _drop_sdk_info(op)
+
+
+LOGICAL_AREA_HOOK = "sigma_db_logical_areas"
+"""The post-write hook (Alembic ``write_hooks``) that puts ``ops.area()`` in new revisions."""
+
+_OPS_IMPORT = "from sigma_db.migrations import ops"
+
+
+def install_logical_area_hook(script: ScriptDirectory, topology: Topology) -> None:
+    """Run :func:`logical_areas_in_revision` first on every revision this run writes.
+
+    Added to the script directory's hooks for this invocation only, ahead of the ones in
+    ``alembic.ini`` (a formatter then sees the final text). Alembic 1.16 keeps hooks as a list
+    of dicts (``hooks``), earlier versions as one flat dict (``hook_config``).
+    """
+    areas = ",".join(f"{topology.physical_schema(area)}:{area}" for area in LOGICAL_SCHEMAS)
+    hooks = getattr(script, "hooks", None)
+    if isinstance(hooks, list):
+        if not any(hook.get("_hook_name") == LOGICAL_AREA_HOOK for hook in hooks):
+            hooks.insert(
+                0, {"_hook_name": LOGICAL_AREA_HOOK, "type": LOGICAL_AREA_HOOK, "areas": areas}
+            )
+        return
+    config = getattr(script, "hook_config", None)
+    if config is None:
+        config = {}
+        script.hook_config = config  # type: ignore[attr-defined]
+    if isinstance(config, dict) and LOGICAL_AREA_HOOK not in config.get("hooks", ""):
+        named = [name.strip() for name in config.get("hooks", "").split(",") if name.strip()]
+        config["hooks"] = ", ".join([LOGICAL_AREA_HOOK, *named])
+        config[f"{LOGICAL_AREA_HOOK}.type"] = LOGICAL_AREA_HOOK
+        config[f"{LOGICAL_AREA_HOOK}.areas"] = areas
+
+
+@write_hooks.register(LOGICAL_AREA_HOOK)
+def _logical_areas_hook(path: str, options: Mapping[str, str]) -> None:
+    pairs = (pair.partition(":") for pair in options["areas"].split(","))
+    areas = {physical: logical for physical, _, logical in pairs}
+    revision = Path(path)
+    code = revision.read_text(encoding="utf-8")
+    rewritten = logical_areas_in_revision(code, areas)
+    if rewritten != code:
+        revision.write_text(rewritten, encoding="utf-8")
+
+
+def _colspec_in(logical: str) -> Callable[[re.Match[str]], str]:
+    def colspec(found: re.Match[str]) -> str:
+        return f"f\"{{ops.area('{logical}')}}.{found[2]}\""
+
+    return colspec
+
+
+def logical_areas_in_revision(code: str, areas: Mapping[str, str]) -> str:
+    """``code`` with each physical area schema (``'lab_audit'``) written as ``ops.area(...)``.
+
+    Alembic renders schemas as literals in two shapes: a ``schema=`` keyword (and the
+    ``source_schema=``/``referent_schema=`` of foreign keys), and ``'schema.table.column'`` in a
+    foreign key's column spec. Both are rewritten, and ``ops`` imported when used.
+    """
+    for physical, logical in areas.items():
+        name = re.escape(physical)
+        code = re.sub(
+            rf"\b((?:source_|referent_)?schema)=(['\"]){name}\2",
+            rf'\1=ops.area("{logical}")',
+            code,
+        )
+        code = re.sub(rf"(['\"]){name}\.(\w+\.\w+)\1", _colspec_in(logical), code)
+    if "ops.area(" not in code or re.search(rf"^{re.escape(_OPS_IMPORT)}$", code, re.M):
+        return code
+    lines = code.splitlines(keepends=True)
+    imports = [i for i, line in enumerate(lines) if line.startswith(("import ", "from "))]
+    at = imports[-1] + 1 if imports else 0
+    lines.insert(at, _OPS_IMPORT + "\n")
+    return "".join(lines)

@@ -36,7 +36,12 @@ from sigma_db.errors import ConfigurationError
 from sigma_db.migrations.environment import REVISION_MARK
 from sigma_db.migrations.findings import Finding
 from sigma_db.migrations.ledger import LEDGER_TABLE
-from sigma_db.migrations.ops import IGNORE_MARK
+from sigma_db.migrations.ops import (
+    AREA_SCHEMA_START,
+    BATCH_TAG,
+    IGNORE_MARK,
+    INDEX_CHECK_START,
+)
 from sigma_db.migrations.revisions import Phase, RevisionFile
 
 __all__ = [
@@ -333,8 +338,9 @@ def _parse(pglast: Any, sql: str) -> list[_Parsed]:
 def _statements(pglast: Any, sql: str) -> tuple[list[Statement], list[str]]:
     """The statements of one chunk, each with the ignores placed before it, and bad ignores.
 
-    An ignore belongs to the next statement that is not transaction control: the helpers that
-    run in an ``autocommit_block`` render a ``COMMIT`` between the ignore and their statement.
+    An ignore belongs to the next statement that does something: the helpers that run in an
+    ``autocommit_block`` render a ``COMMIT`` and their timeouts (a ``SELECT``) between the
+    ignore and their statement.
     An ignore followed only by the version update has no statement of its own to match.
     """
     parsed = _parse(pglast, sql)
@@ -361,7 +367,7 @@ def _statements(pglast: Any, sql: str) -> tuple[list[Statement], list[str]]:
         if kind == "bookkeeping":
             bad.extend(_trailing(rule) for rule in pending)
             pending = {}
-        elif type(item.node).__name__ != "TransactionStmt":
+        elif kind != "neutral":  # COMMIT, SET, the helpers' timeouts and checks in between
             mine, pending = pending, {}
         statements.append(
             Statement(
@@ -442,6 +448,8 @@ def _data_cte(node: Any) -> Any | None:
 
 def _classify(pglast: Any, node: Any) -> tuple[Kind, bool]:
     name = type(node).__name__
+    if name == "DoStmt":
+        return _classify_do(pglast, node)
     relation = getattr(node, "relation", None)
     if relation is not None and getattr(relation, "relname", None) in (
         _VERSION_TABLE,
@@ -474,6 +482,20 @@ def _classify(pglast: Any, node: Any) -> tuple[Kind, bool]:
             if subtype not in _ADDING_ALTERS:
                 return "changes", False
         return "adds", False
+    return "changes", False
+
+
+def _classify_do(pglast: Any, node: Any) -> tuple[Kind, bool]:
+    """The DO blocks sigma_db's helpers render are known; any other one is a change."""
+    body = next((str(arg.arg.sval) for arg in node.args or () if arg.defname == "as"), "")
+    if body.startswith(INDEX_CHECK_START):
+        return "neutral", False
+    if body.startswith(AREA_SCHEMA_START):
+        return "adds", False
+    if body.count(BATCH_TAG) == 2:
+        inner = body.split(BATCH_TAG)[1]
+        kinds = [_classify(pglast, item.stmt)[0] for item in pglast.parser.parse_sql(inner)]
+        return ("data" if kinds == ["data"] else "changes"), False
     return "changes", False
 
 

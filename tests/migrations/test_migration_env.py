@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from _connect import connect
+from _provision import provision
 from alembic import command
 from pglast import parser
 from pydantic import SecretStr
@@ -20,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from sigma_db import DatabaseSettings
 from sigma_db.migrations import MigrationError
+from sigma_db.roles import RoleKind
 from sigma_db.testing import TestServer
 
 SIGNALS = """
@@ -240,6 +243,20 @@ def test_same_revisions_migrate_both_topologies(
     assert repo.query("SELECT name FROM lab.signals", consolidated) == [("x",)]
 
 
+def test_create_area_schema_works_for_the_migrator(
+    tmp_path: Path, sigma_postgresql: TestServer, sigma_database: str
+) -> None:
+    # The migrator has no CREATE on the database, and PostgreSQL checks that privilege before
+    # IF NOT EXISTS looks: the area roles apply created must simply be found.
+    provisioned = provision(sigma_postgresql, sigma_database)
+    repo = make_repo(tmp_path / "lab", provisioned.admin)
+    repo.add("init", SIGNALS)
+    repo.add("audit", AREA_REVISION)
+    migrator = provisioned.settings(RoleKind.MIGRATOR)
+    assert repo.upgrade(settings=migrator) == ["upgrade 0001", "upgrade 0002"]
+    assert repo.query("SELECT to_regclass('audit.audit_logs') IS NOT NULL") == [(True,)]
+
+
 def _fingerprints(statements: list[str]) -> list[str]:
     found = []
     for statement in statements:
@@ -284,10 +301,13 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     for statement in parser.split(offline):
         if statement.strip().upper().startswith(("BEGIN", "COMMIT")):
             continue
-        if statement.startswith(("CREATE SCHEMA IF NOT EXISTS", "SET search_path", "SELECT")):
+        if statement.startswith(("DO $$ BEGIN IF to_regnamespace(", "SET search_path", "SELECT")):
             # The standalone preamble (online: the schema exists, the login's search_path and
             # the lock are SELECTs) and the final unlock.
             continue
+        if statement.startswith("DO $sigma_db$"):
+            # Offline a backfill loops in a DO block; online Python loops the same statement.
+            statement = statement.split("$sigma_db_batch$")[1]
         if statement.startswith("SET "):
             # Offline each revision states its timeouts; online the session keeps them, so
             # only changes are sent.
@@ -429,7 +449,8 @@ def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
     key = advisory_lock_key(repo.settings.topology)
     statements = [s.strip() for s in parser.split(sql)]
     assert statements[:3] == [
-        'CREATE SCHEMA IF NOT EXISTS "app"',
+        'DO $$ BEGIN IF to_regnamespace(\'"app"\') IS NULL THEN CREATE SCHEMA "app"; END IF; '
+        "END $$",
         'SET search_path = "app", "public"',
         f"SELECT pg_advisory_lock({key})",
     ]
@@ -542,3 +563,157 @@ def test_create_index_concurrently_replaces_an_invalid_index_left_by_a_failed_ru
     repo.add("index name", 'ops.create_index_concurrently("ix_signals_name", "signals", ["name"])')
     assert repo.upgrade() == ["upgrade 0002"]
     assert repo.query(valid) == [(True,)]
+
+
+def test_a_failed_unique_build_drops_the_invalid_index_it_leaves(repo: ProductRepo) -> None:
+    # Left behind, an invalid unique index still rejects writes the application makes.
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query("INSERT INTO app.signals (name) VALUES ('x'), ('x')")
+    repo.add(
+        "unique name",
+        'ops.create_index_concurrently("uq_signals_name", "signals", ["name"], unique=True)',
+    )
+    with pytest.raises(MigrationError) as failed:
+        repo.upgrade()
+    message = str(failed.value)
+    assert "revision 0002 (0002_unique_name.py) failed: could not create unique index" in message
+    assert 'the invalid index "uq_signals_name" the failed build left was dropped' in message
+    assert repo.query("SELECT to_regclass('app.uq_signals_name')") == [(None,)]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0001",)]
+    repo.query("DELETE FROM app.signals WHERE id = (SELECT max(id) FROM app.signals)")
+    assert repo.upgrade() == ["upgrade 0002"]
+
+
+def test_a_concurrent_build_waits_for_older_transactions_past_the_lock_timeout(
+    repo: ProductRepo,
+) -> None:
+    # The build waits for every older transaction (a report, pg_dump); with the revision's
+    # lock_timeout it failed whenever one ran longer than that.
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add(
+        "index name",
+        'ops.create_index_concurrently("ix_signals_name", "signals", ["name"])',
+        extra='lock_timeout = "200ms"',
+    )
+    with connect(repo.settings) as report:
+        report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        report.execute("SELECT count(*) FROM app.signals")
+        with ThreadPoolExecutor(1) as pool:
+            upgrading = pool.submit(repo.upgrade)
+            time.sleep(1.0)  # five lock timeouts
+            assert not upgrading.done()
+            report.execute("COMMIT")
+            assert upgrading.result(timeout=60) == ["upgrade 0002"]
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'app.ix_signals_name'::regclass"
+    assert repo.query(valid) == [(True,)]
+
+
+def test_an_invalid_index_beside_a_table_in_public_is_replaced(repo: ProductRepo) -> None:
+    # The table is found through the search_path, in public, not in the default schema.
+    repo.query("CREATE TABLE public.legacy (code text); INSERT INTO public.legacy VALUES ('a')")
+    with connect(repo.settings) as conn:
+        conn.execute("INSERT INTO public.legacy VALUES ('a')")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY uq_legacy_code ON public.legacy (code)")
+        conn.execute("DELETE FROM public.legacy WHERE ctid = (SELECT max(ctid) FROM public.legacy)")
+    repo.add(
+        "unique code",
+        'ops.create_index_concurrently("uq_legacy_code", "legacy", ["code"], unique=True)',
+    )
+    assert repo.upgrade() == ["upgrade 0001"]
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'public.uq_legacy_code'::regclass"
+    assert repo.query(valid) == [(True,)]
+
+
+def test_a_backfill_that_fails_after_some_batches_says_they_stay_committed(
+    repo: ProductRepo,
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query("INSERT INTO app.signals (name) SELECT 'n' || g FROM generate_series(1, 5) g")
+    repo.query("ALTER TABLE app.signals ADD CONSTRAINT ck_no_n4 CHECK (name <> 'N4')")
+    repo.add(
+        "upper",
+        'ops.run_in_batches("UPDATE signals SET name = upper(name) WHERE id IN (SELECT id FROM '
+        'signals WHERE name <> upper(name) ORDER BY id LIMIT :batch_size)", batch_size=2)',
+        phase="backfill",
+    )
+    with pytest.raises(MigrationError) as failed:
+        repo.upgrade()
+    message = str(failed.value)
+    assert "violates check constraint" in message
+    assert "the 1 batch(es) before it (2 row(s)) stay committed" in message
+    assert "running the migration again resumes after them" in message
+    assert repo.query("SELECT count(*) FROM app.signals WHERE name = upper(name)") == [(2,)]
+
+
+@pytest.mark.parametrize("size", [2.5, "5", True])
+def test_a_batch_size_that_is_no_whole_number_is_refused(repo: ProductRepo, size: object) -> None:
+    repo.add("init", SIGNALS)
+    repo.add(
+        "fill",
+        f'ops.run_in_batches("UPDATE signals SET name = name WHERE id IN (SELECT id FROM signals '
+        f'LIMIT :batch_size)", batch_size={size!r})',
+        phase="backfill",
+    )
+    with pytest.raises(MigrationError, match=r"batch_size=.*: use a whole number of rows"):
+        repo.upgrade()
+
+
+def _psql(
+    server: TestServer, settings: DatabaseSettings, sql: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a script as a DBA would pipe it in: plain psql, no ON_ERROR_STOP."""
+    return subprocess.run(
+        [
+            str(server.binaries.tool("psql")),
+            "-X",
+            "-q",
+            "-h",
+            settings.host,
+            "-p",
+            str(settings.port),
+            "-U",
+            settings.user,
+            "-d",
+            settings.name,
+        ],
+        input=sql,
+        env=os.environ | {"PGPASSWORD": settings.secret()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_offline_scripts_loop_backfills_and_stop_at_a_failed_index_build(
+    repo: ProductRepo, sigma_postgresql: TestServer
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query("INSERT INTO app.signals (name) SELECT 'n' || g FROM generate_series(1, 2500) g")
+    repo.add("add title", 'op.add_column("signals", sa.Column("title", sa.Text))')
+    repo.add(
+        "fill title",
+        'ops.run_in_batches("UPDATE signals SET title = name WHERE id IN (SELECT id FROM signals '
+        'WHERE title IS NULL LIMIT :batch_size)")',
+        phase="backfill",
+    )
+    script = repo.sql("0001:0003")
+    done = _psql(sigma_postgresql, repo.settings, script)
+    assert done.returncode == 0, done.stderr
+    # All 2,500 rows in batches of 1,000, not one batch then "applied".
+    assert repo.query("SELECT count(*) FROM app.signals WHERE title IS NULL") == [(0,)]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0003",)]
+    repo.query("INSERT INTO app.signals (name, title) VALUES ('x', 'dup'), ('y', 'dup')")
+    repo.add(
+        "unique title",
+        'ops.create_index_concurrently("uq_signals_title", "signals", ["title"], unique=True)',
+    )
+    done = _psql(sigma_postgresql, repo.settings, repo.sql("0003:0004"))
+    assert "could not create unique index" in done.stderr
+    assert "is missing or invalid: its concurrent build failed" in done.stderr
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0003",)]
+    assert repo.query(LEDGER)[-1] == ("0003", "upgrade")

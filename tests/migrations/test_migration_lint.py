@@ -238,8 +238,8 @@ def test_the_documented_rename_passes_lint_and_runs(repo: ProductRepo) -> None:
     repo.add("add title", 'op.add_column("signals", sa.Column("title", sa.Text, nullable=True))')
     repo.add(
         "fill title",
-        'ops.run_in_batches("UPDATE signals SET title = name WHERE id IN '
-        '(SELECT id FROM signals WHERE title IS NULL LIMIT :batch_size)", batch_size=2)',
+        'ops.run_in_batches("UPDATE signals SET title = name WHERE id IN (SELECT id FROM '
+        'signals WHERE title IS NULL AND name IS NOT NULL LIMIT :batch_size)", batch_size=2)',
         phase="backfill",
     )
     repo.add(
