@@ -16,7 +16,9 @@ so slow phases of this noisy machine hit both sides of a ratio. Two modes:
 
 * in process (``command.upgrade``): the env's own work, imports already done;
 * ``alembic upgrade head`` as a command (a new Python each time): what a user waits for,
-  including importing sigma_db and pydantic-settings.
+  including importing sigma_db and pydantic-settings;
+* the same fresh process split in two (``--split-rounds``): the imports, and the upgrade run
+  cold, so the command's difference can be told apart from the env's own work.
 
 Two things narrow this VM's noise (both sides of every ratio run under them): the server's
 data directory goes on tmpfs (``/dev/shm``) when there is one, as the disk adds tens of
@@ -216,6 +218,37 @@ def upgrade_command(ini: Path, variables: dict[str, str]) -> float:
     return elapsed
 
 
+# What a fresh `alembic upgrade head` process spends, split in two: importing (Alembic,
+# SQLAlchemy, and for ours sigma_db with pydantic-settings) and the upgrade itself, cold.
+_SPLIT_CHILD = """
+import sys, time
+started = time.perf_counter()
+import logging
+import alembic.command, alembic.config, alembic.runtime.environment, alembic.ddl.postgresql
+import psycopg, sqlalchemy.orm, sqlalchemy.dialects.postgresql.psycopg
+if sys.argv[1] == "ours":  # what only ours needs: sigma_db, pydantic, pydantic-settings
+    import sigma_db.migrations.environment, sigma_db.models
+imported = time.perf_counter()
+logging.disable(logging.CRITICAL)
+alembic.command.upgrade(alembic.config.Config(sys.argv[2]), "head")
+print(imported - started, time.perf_counter() - imported)
+"""
+
+
+def upgrade_split(ini: Path, variables: dict[str, str], kind: str) -> tuple[float, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SPLIT_CHILD, kind, str(ini)],
+        env=command_environment() | variables,
+        cwd=ini.parent,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise SystemExit(f"the split upgrade failed in {ini.parent}:\n{done.stderr[-2000:]}")
+    imported, upgraded = (float(value) for value in done.stdout.split())
+    return imported, upgraded
+
+
 def command_environment() -> dict[str, str]:
     """This shell's environment, but with Python's default of caching bytecode.
 
@@ -245,6 +278,39 @@ def bench_upgrade(
     return times
 
 
+def bench_split(
+    server: TestServer, tmp: Path, revisions: int, rounds: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Fresh processes, ours against the generic env: (import, upgrade) seconds per round."""
+    kinds = ("plain", "ours")
+    inis = {kind: build_repo(tmp / f"split_{kind}", revisions, kind) for kind in kinds}
+    times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    for index in range(rounds + 1):
+        order = kinds if index % 2 == 0 else kinds[::-1]
+        for kind in order:
+            fresh_database(server, f"bench_{kind}")
+        with server.connect() as admin:
+            admin.execute("CHECKPOINT")
+        for kind in order:
+            split = upgrade_split(inis[kind], run_environment(server, f"bench_{kind}"), kind)
+            if index:
+                times[kind].append(split)
+    return times
+
+
+def print_split(rounds: int, times: dict[str, list[tuple[float, float]]]) -> None:
+    print(f"\nfresh process split, {rounds} rounds (median ms: import, upgrade)")
+    for kind in ("plain", "ours"):
+        imported = statistics.median(t[0] for t in times[kind]) * 1000
+        upgraded = statistics.median(t[1] for t in times[kind]) * 1000
+        print(f"  {ENVS[kind]:<48} {imported:>9.1f} {upgraded:>8.1f}")
+    pairs = zip(times["ours"], times["plain"], strict=True)
+    ratios = sorted(ours[1] / plain[1] for ours, plain in pairs)
+    low, middle, high = statistics.quantiles(ratios, n=4)
+    label = "  upgrade alone, sigma_db env / plain alembic env"
+    print(f"{label:<50} {'':>9} {'':>8} {'':>8} {f'{middle:.3f} ({low:.2f}-{high:.2f})':>17}")
+
+
 def print_upgrade(title: str, times: dict[str, list[float]], revisions: int) -> None:
     print(f"\n{title}")
     for kind, label in ENVS.items():
@@ -268,6 +334,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=40, help="in-process upgrade rounds")
     parser.add_argument("--command-rounds", type=int, default=20, help="0 skips the command mode")
+    parser.add_argument("--split-rounds", type=int, default=20, help="0 skips the split mode")
     parser.add_argument("--dry-rounds", type=int, default=10)
     parser.add_argument("--dry-revisions", type=int, default=200)
     parser.add_argument("--upgrade-revisions", type=int, default=50)
@@ -290,6 +357,9 @@ def main() -> None:
         as_command = {}
         if args.command_rounds:
             as_command = bench_upgrade(server, tmp, revisions, args.command_rounds, as_command=True)
+        split = {}
+        if args.split_rounds:
+            split = bench_split(server, tmp, revisions, args.split_rounds)
     dry_median = statistics.median(dry)
     print(f"server data directory under {args.data_parent or tempfile.gettempdir()}")
     print(f"CPUs: {sorted(os.sched_getaffinity(0))} of {cpus}")
@@ -301,6 +371,8 @@ def main() -> None:
     print_upgrade(f"in process, {args.rounds} rounds", in_process, revisions)
     if as_command:
         print_upgrade(f"alembic upgrade head, {args.command_rounds} rounds", as_command, revisions)
+    if split:
+        print_split(args.split_rounds, split)
     print("\n(ratios: median of the per-round ratios, interquartile range in brackets)")
 
 

@@ -92,6 +92,14 @@ def new_product(name: str, dest: Path | None, force: bool, requirement: str | No
         f"generated {generated.product.title} ({generated.product.database}) in "
         f"{generated.destination}; next: cd {generated.destination} && pip install -e '.[test]'"
     )
+    if requirement is None:
+        from sigma_db import __version__
+
+        click.echo(
+            f"note: that installs sigma-db>={__version__} from your package index; where the "
+            "index has no sigma-db, regenerate with --force --sigma-db "
+            f"'sigma-db @ git+https://…/sigma_db@v{__version__}'"
+        )
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -49,7 +49,8 @@ def up(database: DevDatabase, products: tuple[str, ...]) -> None:
     else:
         click.echo("already provisioned: no changes")
     click.echo(f"running on 127.0.0.1:{status.port} (state in {status.home})")
-    click.echo('next: eval "$(sigma-db dev env lab)"')
+    shown = products[0] if products else "lab"
+    click.echo(f'next: eval "$(sigma-db dev env {shown})"')
 
 
 @dev.command()

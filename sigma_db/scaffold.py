@@ -116,7 +116,9 @@ def new_product(
         unsafe=False,
     )
     # One source for the migration files: the same writer `sigma-db` uses everywhere.
-    alembic_ini = write_layout(destination, models_module=f"{package}.models")
+    alembic_ini = write_layout(
+        destination, models_module=f"{package}.models", format_revisions=True
+    )
     lock(load_config(alembic_ini))
     return GeneratedProduct(product, destination, package)
 

@@ -276,3 +276,30 @@ def test_dev_database_takes_a_new_product(dev_home: Path) -> None:
             dev.env("nope")
     finally:
         dev.down()
+
+
+@pytest.mark.parametrize(
+    ("products", "shown"),
+    [((), "lab"), (("market",), "market"), (("billing", "market"), "billing")],
+)
+def test_up_points_next_at_the_product_given(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    products: tuple[str, ...],
+    shown: str,
+) -> None:
+    from sigma_db.dev import DevStatus
+
+    asked: list[tuple[str, ...]] = []
+
+    def up(self: DevDatabase, products: tuple[str, ...] = ()) -> DevStatus:
+        asked.append(tuple(products))
+        return DevStatus(self.home, self.port, running=True, initialised=True)
+
+    monkeypatch.setattr(DevDatabase, "up", up)  # the output only: no server needed
+    flags = [arg for product in products for arg in ("--product", product)]
+    code, out, err = _cli(capsys, "dev", "--home", str(tmp_path / "dev"), "up", *flags)
+    assert code == 0, err
+    assert asked == [products]
+    assert out.splitlines()[-1] == f'next: eval "$(sigma-db dev env {shown})"'

@@ -140,12 +140,18 @@ def lock_command(config_path: Path, accept: tuple[str, ...]) -> None:
 
 @migrations_group.command("repair")
 @_CONFIG
-@click.argument("revision")
+@click.argument("revisions", metavar="REVISION...", nargs=-1, required=True)
 @click.option("--reason", required=True, help="Why the edit of an applied revision is safe.")
-def repair_command(config_path: Path, revision: str, reason: str) -> None:
-    """Accept a deliberate edit of an applied REVISION: ledger row (who, why) and lock file."""
+def repair_command(config_path: Path, revisions: tuple[str, ...], reason: str) -> None:
+    """Accept a deliberate edit of applied REVISIONs: ledger row (who, why) and lock file.
+
+    Several revisions take one command (a formatter run over many files); each is repaired on
+    its own, in the order given, and a failure stops before the next.
+    """
     from sigma_db.migrations.commands import load_config, repair
     from sigma_db.settings import DatabaseSettings
 
     settings = DatabaseSettings()
-    click.echo(repair(load_config(config_path, settings), settings, revision, reason))
+    config = load_config(config_path, settings)
+    for revision in revisions:
+        click.echo(repair(config, settings, revision, reason))

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -804,6 +804,9 @@ def _failure(script: Script, exc: Exception, settings: DatabaseSettings | None =
         if len(statement) > 200:
             statement = statement[:199] + "…"
         what = f"{reason}; statement: {statement}"
+        if isinstance(exc.params, Mapping) and exc.params and "%(" in statement:
+            shown = ", ".join(f"{key}={value!r}" for key, value in exc.params.items())
+            what += f" (with {shown[:200]})"  # a run_in_batches statement's :batch_size
         if settings is not None and getattr(exc.orig, "sqlstate", None) == "42501":
             # insufficient_privilege, e.g. "must be owner of table": the login, not the revision
             from sigma_db.roles import RoleKind, group_role

@@ -10,6 +10,10 @@
 
 The new-product scaffold and the tests both build repositories with :func:`write_layout`, so the
 templates are exercised end to end.
+
+A product repository also gets a post-write hook (``format_revisions=True``): Alembic runs
+:mod:`sigma_db.migrations.revision_format` on each new revision, so it is lint- and
+format-clean before ``sigma-db migrations lock`` checksums it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from string import Template
 
 from sigma_db.errors import ConfigurationError
 
-__all__ = ["TEMPLATE_FILES", "template_text", "write_layout"]
+__all__ = ["FORMAT_HOOK", "TEMPLATE_FILES", "template_text", "write_layout"]
 
 TEMPLATE_FILES = ("alembic.ini", "env.py.tmpl", "script.py.mako")
 """Package data under ``sigma_db/migrations/template/``."""
@@ -33,11 +37,30 @@ def template_text(name: str) -> str:
     return (files("sigma_db.migrations") / "template" / name).read_text(encoding="utf-8")
 
 
-def write_layout(root: Path, *, models_module: str, base: str = "Base") -> Path:
+FORMAT_HOOK = """\
+# A new revision is lint- and format-clean when it is written, before `sigma-db migrations lock`
+# checksums it: ruff's fixes and formatter run on that one file, with pyproject.toml's settings.
+# (Locked revisions are never reformatted: pyproject.toml keeps them out of `ruff format`.)
+# Where ruff is not installed the file stays as rendered, and a note says what to run.
+[post_write_hooks]
+hooks = ruff
+ruff.type = module
+ruff.module = sigma_db.migrations.revision_format
+ruff.options = REVISION_SCRIPT_FILENAME
+
+"""
+"""The ``alembic.ini`` section :func:`write_layout` adds with ``format_revisions=True``."""
+
+
+def write_layout(
+    root: Path, *, models_module: str, base: str = "Base", format_revisions: bool = False
+) -> Path:
     """Write ``alembic.ini`` and ``migrations/`` into ``root``; return the ``alembic.ini`` path.
 
     ``models_module`` is the importable module holding the declarative ``base`` class
     (``lab.models``); existing files are left alone so re-running never clobbers edits.
+    ``format_revisions`` adds :data:`FORMAT_HOOK` to ``alembic.ini``: new revisions get ruff's
+    fixes and formatting (for a repository whose ``pyproject.toml`` configures ruff).
     """
     for part in (*models_module.split("."), base):
         if not part.isidentifier():
@@ -45,8 +68,11 @@ def write_layout(root: Path, *, models_module: str, base: str = "Base") -> Path:
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     env = Template(template_text("env.py.tmpl")).substitute(module=models_module, base=base)
+    ini = template_text("alembic.ini")
+    if format_revisions:
+        ini = ini.replace("\n[loggers]\n", f"\n{FORMAT_HOOK}[loggers]\n", 1)
     wanted = {
-        root / "alembic.ini": template_text("alembic.ini"),
+        root / "alembic.ini": ini,
         root / "migrations" / "env.py": env,
         root / "migrations" / "script.py.mako": template_text("script.py.mako"),
     }

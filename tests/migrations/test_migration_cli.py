@@ -117,6 +117,25 @@ def test_edited_applied_revision_fails_dry_run_until_repaired(
     ]
 
 
+def test_repair_takes_several_revisions_at_once(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A formatter run over applied revisions edits many files; one command accepts them all.
+    first = in_repo.add("init", SIGNALS)
+    second = in_repo.add("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))')
+    run(["migrations", "lock"], capsys)
+    run(["migrate"], capsys)
+    for path in (first, second):
+        path.write_text(path.read_text() + "\n# reformatted\n")
+    assert run(["migrate", "--dry-run"], capsys)[0] == 1
+    code, out, err = run(
+        ["migrations", "repair", "0001", "0002", "--reason", "ruff format, no change"], capsys
+    )
+    assert code == 0, err
+    assert [line.split(" (")[0] for line in out.splitlines()] == ["repaired 0001", "repaired 0002"]
+    assert run(["migrate", "--dry-run"], capsys)[0] == 0
+
+
 def test_deleted_applied_revision_is_one_line(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -644,6 +644,7 @@ def test_a_backfill_that_fails_after_some_batches_says_they_stay_committed(
         repo.upgrade()
     message = str(failed.value)
     assert "violates check constraint" in message
+    assert "LIMIT %(batch_size)s) (with batch_size=2)" in message
     assert "the 1 batch(es) before it (2 row(s)) stay committed" in message
     assert "running the migration again resumes after them" in message
     assert repo.query("SELECT count(*) FROM app.signals WHERE name = upper(name)") == [(2,)]
