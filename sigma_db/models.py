@@ -48,8 +48,10 @@ from sigma_db.errors import ConfigurationError, NamingError
 from sigma_db.identifiers import identifier_problem
 from sigma_db.naming import (
     NAMING_CONVENTION,
+    changed_derivation,
     column_name_problem,
     column_name_suggestion,
+    snake_case,
     table_name_for,
     table_name_problem,
     table_name_suggestion,
@@ -130,7 +132,7 @@ class ProductBase:
         model = _as_class(cls)
         if has_inherited_table(model):
             return None
-        return table_name_for(model.__name__)
+        return table_name_for(model.__name__, _plural_words(model.metadata))
 
     def __init_subclass__(cls, **kw: Any) -> None:
         if not issubclass(cls, _DECLARATIVE_BASES):
@@ -226,7 +228,19 @@ def _check_before_mapping(cls: type[Any]) -> None:
             )
         return
     if explicit is None and not has_inherited_table(cls):
-        derived = table_name_for(cls.__name__)
+        derived = table_name_for(cls.__name__, plural_words)
+        changed = changed_derivation(cls.__name__)
+        if changed is not None and changed not in plural_words:
+            _raise_problems(
+                _model(cls),
+                [
+                    f"the table name derived from the class name is {derived!r}, where sigma_db "
+                    f"derived {snake_case(cls.__name__)!r} before; say which: "
+                    f"__tablename__ = {derived!r}, or to keep an existing table, "
+                    f"__tablename__ = {snake_case(cls.__name__)!r} with "
+                    f"__plural_words__ = ({changed!r},) on the base"
+                ],
+            )
         problem = table_name_problem(derived, plural_words)
         if problem is not None:
             _raise_problems(

@@ -37,6 +37,7 @@ from sigma_db.identifiers import MAX_IDENTIFIER_BYTES, identifier_problem
 
 __all__ = [
     "NAMING_CONVENTION",
+    "changed_derivation",
     "check_column_name",
     "check_table_name",
     "column_name_problem",
@@ -277,15 +278,29 @@ def _pluralize_last_word(snake: str) -> str:
     return f"{head}_{plural}" if head else plural
 
 
-def table_name_for(class_name: str) -> str:
+def table_name_for(class_name: str, plural_words: Collection[str] = ()) -> str:
     """Derive the table name for a model class: snake_case, last word made plural.
 
     ``OptionSignal`` -> ``option_signals``, ``Policy`` -> ``policies``, ``HTTPRequest`` ->
     ``http_requests``, ``Series`` -> ``series``, ``Bonus`` -> ``bonuses``. Only the last word is
     pluralised, because the earlier words qualify it (``backtest_runs`` are runs, not
-    backtests).
+    backtests). A last word in ``plural_words`` (a product's ``__plural_words__``) is kept.
     """
-    return _pluralize_last_word(snake_case(class_name))
+    snake = snake_case(class_name)
+    if snake.rpartition("_")[2] in plural_words:
+        return snake
+    return _pluralize_last_word(snake)
+
+
+def changed_derivation(class_name: str) -> str | None:
+    """The last word of ``class_name`` when its derived table name changed in sigma_db 0.1.
+
+    For the nouns in :data:`_PLURALS_INFLECTION_MISSES` (``Bonus``) the name used to keep the
+    singular (``bonus``) and is now plural (``bonuses``): a model deployed under the old name
+    must say which one it means, or autogenerate would drop its table and create another.
+    """
+    last = snake_case(class_name).rpartition("_")[2]
+    return last if last in _PLURALS_INFLECTION_MISSES else None
 
 
 def table_name_problem(name: str, plural_words: Collection[str] = ()) -> str | None:

@@ -15,6 +15,7 @@ Binaries are looked up in this order: ``SIGMA_DB_PG_BINDIR``, ``pg_ctl`` on ``PA
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
@@ -201,7 +202,9 @@ def first_closed_directory(path: Path, user: str | None) -> Path | None:
         return None
     entry = pwd.getpwnam(user)
     groups = set(os.getgrouplist(user, entry.pw_gid))
-    for directory in (path, *path.parents):
+    # Through a symlink both count: the link's own parents, and the target's.
+    resolved = path.resolve()
+    for directory in (path, *path.parents, resolved, *resolved.parents):
         try:
             info = directory.stat()
         except OSError:
@@ -221,9 +224,12 @@ def runnable_binaries(binaries: ServerBinaries, user: str | None) -> ServerBinar
     """``binaries``, or a copy of their installation that ``user`` can run.
 
     The embedded build lives inside a virtualenv, and as root that is often under ``/root``,
-    where the server user cannot follow. The installation is then copied once to a shared
-    temporary directory, keyed by its build, and reused by later runs. The copy keeps
-    the installation's place two levels below an anchor directory, with the anchor's
+    where the server user cannot follow. The installation is then copied once into a cache
+    directory of root's own in the temporary directory (:func:`_private_cache`: a world-writable
+    place must not decide what runs), keyed by its build, and reused by later runs. A copy
+    counts only once it is complete (a marker written last; a copy cut short by a crash or a
+    temp cleaner is made again), and runs copying at once take turns (a lock file). The copy
+    keeps the installation's place two levels below an anchor directory, with the anchor's
     ``*.libs`` directories beside it: that is where a wheel's vendored libraries are found
     (pgserver's binaries load libpq through ``RPATH $ORIGIN/../../../pgserver.libs``).
     """
@@ -234,25 +240,61 @@ def runnable_binaries(binaries: ServerBinaries, user: str | None) -> ServerBinar
     place = install.relative_to(anchor)
     built = (binaries.bindir / "postgres").stat()  # copies keep it: one cache entry per build
     key = hashlib.sha256(f"{place}:{built.st_size}:{built.st_mtime_ns}".encode()).hexdigest()[:12]
-    shared = _shared_directory(user)
-    copy = shared / f"sigma-db-pginstall-{binaries.major}-{key}"
-    if not (copy / place / "bin" / "pg_ctl").is_file():
-        staging = Path(tempfile.mkdtemp(prefix=f"{copy.name}.", dir=shared))
-        try:
-            shutil.copytree(install, staging / place, symlinks=True)
-            for libs in anchor.glob("*.libs"):
-                shutil.copytree(libs, staging / libs.name, symlinks=True)
-            for directory, _, files in os.walk(staging):
-                os.chmod(directory, 0o755)  # noqa: S103 - binaries every user may run
-                for name in files:
-                    item = Path(directory, name)
-                    if not item.is_symlink():
-                        item.chmod(item.stat().st_mode | stat.S_IRGRP | stat.S_IROTH)
-            with contextlib.suppress(OSError):  # a concurrent run renamed its copy first
-                os.rename(staging, copy)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    cache = _private_cache(_shared_directory(user))
+    copy = cache / f"pginstall-{binaries.major}-{key}"
+    if not (copy / _COMPLETE).is_file():
+        with open(cache / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (copy / _COMPLETE).is_file():
+                shutil.rmtree(copy, ignore_errors=True)  # incomplete: start over
+                _copy_installation(install, anchor, place, copy)
     return ServerBinaries(copy / place / "bin", binaries.major)
+
+
+_COMPLETE = ".sigma-db-complete"
+"""Written last into a copy of the server binaries: the copy may be used."""
+
+
+def _copy_installation(install: Path, anchor: Path, place: Path, copy: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f"{copy.name}.", dir=copy.parent))
+    try:
+        shutil.copytree(install, staging / place, symlinks=True)
+        for libs in anchor.glob("*.libs"):
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for directory, _, files in os.walk(staging):
+            os.chmod(directory, 0o755)  # noqa: S103 - binaries every user may run
+            for name in files:
+                item = Path(directory, name)
+                if not item.is_symlink():
+                    item.chmod(item.stat().st_mode & ~0o022 | stat.S_IRGRP | stat.S_IROTH)
+        (staging / _COMPLETE).touch()
+        os.rename(staging, copy)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _private_cache(shared: Path) -> Path:
+    """``<shared>/sigma-db-pginstall-<uid>``: ours alone to write, everyone's to enter.
+
+    In a world-writable ``/tmp`` anyone could create it first and plant a ``pg_ctl`` that the
+    server user would run: a directory there that is not ours, or that others may write to, or
+    a symlink, is refused rather than used.
+    """
+    cache = shared / f"sigma-db-pginstall-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        cache.mkdir()
+        cache.chmod(0o755)
+    info = cache.lstat()
+    if (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        return cache
+    raise ServerError(
+        f"{cache} is not a directory of this user's that only it may write to (someone else "
+        "made it?); server binaries copied there could be replaced: remove it and run again."
+    )
 
 
 def _shared_directory(user: str | None) -> Path:

@@ -342,8 +342,9 @@ def _check_keywords(values: Mapping[str, Any]) -> None:
         return
     problems = []
     for key in unknown:
-        common = _USUAL_NAMES.get(key)
-        guess = [common] if common else difflib.get_close_matches(key, sorted(fields), cutoff=0.6)
+        field = key.lower().removeprefix("db_")  # DB_CONN_MAX=3: the variable's name
+        common = _USUAL_NAMES.get(field) or (field if field in fields else None)
+        guess = [common] if common else difflib.get_close_matches(field, sorted(fields), cutoff=0.6)
         fix = f"did you mean {guess[0]}?" if guess else f"the settings are {', '.join(fields)}"
         problems.append(f"{key!r} is not a setting; {fix}")
     raise ConfigurationError(problems, heading="DatabaseSettings got unknown keyword arguments:")

@@ -7,6 +7,7 @@ import shlex
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,13 @@ from sqlalchemy import text
 from sigma_db import ConfigurationError, DatabaseSettings, create_engine
 from sigma_db.cli import main
 from sigma_db.dev import DevDatabase
-from sigma_db.server import ServerError, free_port
+from sigma_db.server import (
+    ServerBinaries,
+    ServerError,
+    free_port,
+    runnable_binaries,
+    server_user,
+)
 from sigma_db.topology import PRODUCTS
 
 
@@ -193,6 +200,58 @@ def test_environment_defaults(tmp_path: Path) -> None:
         DevDatabase(tmp_path, 1).env("Bad-Name")
 
 
+def _closed_copy_of(bindir: Path, tmp_path: Path) -> Path:
+    """The pgserver wheel's build under a directory only root may enter, as in ``/root``."""
+    closed = tmp_path / "site-packages"  # the wheel's layout: libpq in pgserver.libs
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    installed = bindir.parent.parent.parent
+    shutil.copytree(bindir.parent, closed / "pgserver" / "pginstall", symlinks=True)
+    shutil.copytree(installed / "pgserver.libs", closed / "pgserver.libs", symlinks=True)
+    return closed / "pgserver" / "pginstall" / "bin"
+
+
+@pytest.fixture
+def closed_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerBinaries]:
+    """The embedded build where the server user cannot go, and a temp dir of the test's own."""
+    from sigma_db.server import _embedded_bindir
+
+    if os.geteuid() != 0:
+        pytest.skip("only root runs the server as another user")
+    bindir = _embedded_bindir()
+    if bindir is None:
+        pytest.skip("pgserver not installed (pip install 'sigma-db[embedded]')")
+    # Not under tmp_path: pytest's base directory is closed to the server user too.
+    shared = Path(tempfile.mkdtemp(prefix="sigma-db-shared-", dir="/tmp"))
+    shared.chmod(0o1777)  # as /tmp is
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    try:
+        yield ServerBinaries(_closed_copy_of(bindir, tmp_path), 16)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_cache_someone_else_made_in_tmp_is_refused(closed_build: ServerBinaries) -> None:
+    # In a world-writable /tmp anyone may create the cache first and plant a pg_ctl in it.
+    planted = Path(tempfile.gettempdir()) / f"sigma-db-pginstall-{os.geteuid()}"
+    planted.mkdir()
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(ServerError, match="only it may write to"):
+        runnable_binaries(closed_build, server_user())
+
+
+def test_a_cached_copy_cut_short_is_made_again(closed_build: ServerBinaries) -> None:
+    first = runnable_binaries(closed_build, server_user())
+    assert first.bindir != closed_build.bindir
+    copy = first.bindir.parent.parent.parent
+    (copy / ".sigma-db-complete").unlink()  # a temp cleaner took files, or a run crashed
+    (first.bindir / "pg_ctl").unlink()
+    again = runnable_binaries(closed_build, server_user())
+    assert again == first
+    assert (again.bindir / "pg_ctl").is_file()
+    assert subprocess.run([again.bindir / "pg_ctl", "--version"], check=False).returncode == 0
+
+
 @pytest.mark.parametrize("where", ["installed", "closed"])
 def test_local_server_runs_on_the_embedded_build(
     dev_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
@@ -208,13 +267,7 @@ def test_local_server_runs_on_the_embedded_build(
     if bindir is None:
         pytest.skip("pgserver not installed (pip install 'sigma-db[embedded]')")
     if where == "closed":
-        closed = tmp_path / "site-packages"  # the wheel's layout: libpq in pgserver.libs
-        closed.mkdir(mode=0o700)
-        closed.chmod(0o700)
-        installed = bindir.parent.parent.parent
-        shutil.copytree(bindir.parent, closed / "pgserver" / "pginstall", symlinks=True)
-        shutil.copytree(installed / "pgserver.libs", closed / "pgserver.libs", symlinks=True)
-        bindir = closed / "pgserver" / "pginstall" / "bin"
+        bindir = _closed_copy_of(bindir, tmp_path)
     monkeypatch.setenv("SIGMA_DB_PG_BINDIR", str(bindir))
     binaries = find_binaries()
     assert binaries.bindir == bindir

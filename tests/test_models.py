@@ -486,10 +486,33 @@ def test_a_base_metadata_with_a_default_schema_that_is_no_logical_area_is_reject
 # --- the plural rule's misjudged words ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("model", "table"), [("Bonus", "bonuses"), ("Campus", "campuses")])
-def test_a_singular_ending_in_s_gets_a_plural_table(base: Any, model: str, table: str) -> None:
-    mapped = type(model, (IdentityPrimaryKey, base), {})
+@pytest.mark.parametrize(
+    ("model", "table", "old"),
+    [("Bonus", "bonuses", "bonus"), ("SignalCampus", "signal_campuses", "signal_campus")],
+)
+def test_a_class_named_after_a_misjudged_word_must_say_its_table(
+    base: Any, model: str, table: str, old: str
+) -> None:
+    # Derived silently, a model deployed as "bonus" would get "bonuses", and autogenerate would
+    # drop its table: the author chooses.
+    with pytest.raises(NamingError) as caught:
+        type(model, (IdentityPrimaryKey, base), {})
+    message = str(caught.value)
+    assert f"the table name derived from the class name is {table!r}" in message
+    assert f"__tablename__ = {table!r}, or to keep an existing table" in message
+    assert f"__tablename__ = {old!r} with __plural_words__" in message
+    mapped = type(model, (IdentityPrimaryKey, base), {"__tablename__": table})
     assert mapped.__table__.name == table
+
+
+def test_plural_words_keep_a_derived_name(base: Any) -> None:
+    class Base(ProductBase, DeclarativeBase):
+        __plural_words__ = ("bonus",)
+
+    class Bonus(IdentityPrimaryKey, Base):
+        pass
+
+    assert Bonus.__table__.name == "bonus"
 
 
 def test_a_singular_ending_in_s_is_refused_as_tablename(base: Any) -> None:

@@ -6,6 +6,7 @@ import grp
 import os
 import pwd
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,16 +124,21 @@ def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path: Path) -> None:
     assert not Path(f"/proc/{pid}").exists() or _gone_within(Path(f"/proc/{pid}"), 10)
 
 
-def test_a_server_that_fails_to_start_leaves_no_directory(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    parent = tmp_path / "parent"
-    parent.mkdir()
+def test_a_server_that_fails_to_start_says_why_and_leaves_no_directory() -> None:
+    # Not under tmp_path: pytest's base directory is closed to the server user when root.
+    parent = Path(tempfile.mkdtemp(prefix="sigma-db-failing-", dir="/tmp"))
     parent.chmod(0o755)
-    tmp_path.chmod(0o755)  # enterable by the server user when the suite runs as root
-    with pytest.raises(Exception), start_test_server("-c no_such_setting=1", parent=parent):  # noqa: B017
-        pass
-    assert list(parent.iterdir()) == []
+    try:
+        with (
+            pytest.raises(Exception) as failed,
+            start_test_server("-c no_such_setting=1", parent=parent),
+        ):
+            pass
+        assert "start" in str(failed.value), failed.value  # the start's error, not the stop's
+        assert "stop" not in str(failed.value), failed.value
+        assert list(parent.iterdir()) == []
+    finally:
+        shutil.rmtree(parent)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
@@ -210,3 +216,25 @@ def test_a_noexec_temp_directory_falls_back_to_tmp(tmp_path: Path) -> None:
         assert "started" in done.stdout
     finally:
         noexec.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_a_symlinked_temp_directory_is_judged_by_its_target(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The link sits in /tmp, open to all; its target is inside a directory only root enters.
+    target = tmp_path / "private" / "tmp"
+    target.mkdir(parents=True)
+    target.chmod(0o777)
+    link = Path(tempfile.mkdtemp(prefix="sigma-db-link-", dir="/tmp")) / "tmp"
+    link.parent.chmod(0o755)
+    link.symlink_to(target)
+    monkeypatch.setenv("TMPDIR", str(link))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    try:
+        assert server.first_closed_directory(link, server_user()) is not None
+        with start_test_server() as started:
+            datadir = _data_directory(started.port)
+        assert not datadir.resolve().is_relative_to(target)
+    finally:
+        shutil.rmtree(link.parent)

@@ -224,6 +224,9 @@ def test_a_keyword_that_is_no_setting_is_refused_with_the_closest(env: pytest.Mo
         "'pool_size' is not a setting; did you mean conn_max?",
         "'conn_maxx' is not a setting; did you mean conn_max?",
     ]
+    with pytest.raises(ConfigurationError) as exc:
+        DatabaseSettings(DB_CONN_MAX=3)  # the variable's name, not the keyword
+    assert problems_of(exc) == ["'DB_CONN_MAX' is not a setting; did you mean conn_max?"]
     # The alias and the pydantic-settings private arguments stay accepted.
     assert DatabaseSettings(DB_SCHEMA="public", _env_file=None).topology.schema == "public"
 

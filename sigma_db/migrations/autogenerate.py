@@ -32,8 +32,9 @@ Three rules, from Alembic's known traps:
 
 from __future__ import annotations
 
+import ast
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,32 +253,73 @@ def _logical_areas_hook(path: str, options: Mapping[str, str]) -> None:
         revision.write_text(rewritten, encoding="utf-8")
 
 
-def _colspec_in(logical: str) -> Callable[[re.Match[str]], str]:
-    def colspec(found: re.Match[str]) -> str:
-        return f"f\"{{ops.area('{logical}')}}.{found[2]}\""
-
-    return colspec
-
-
 def logical_areas_in_revision(code: str, areas: Mapping[str, str]) -> str:
     """``code`` with each physical area schema (``'lab_audit'``) written as ``ops.area(...)``.
 
-    Alembic renders schemas as literals in two shapes: a ``schema=`` keyword (and the
-    ``source_schema=``/``referent_schema=`` of foreign keys), and ``'schema.table.column'`` in a
-    foreign key's column spec. Both are rewritten, and ``ops`` imported when used.
+    Alembic renders schemas as literals in two places, and only those are rewritten (found in
+    the syntax tree, so a server default or a comment that happens to read ``audit.x.y`` is
+    left alone): the ``schema=`` keyword (and the ``source_schema=``/``referent_schema=`` of
+    foreign keys), and ``'schema.table.column'`` in the column specs of ``ForeignKey`` and
+    ``ForeignKeyConstraint``. ``ops`` is imported when used.
     """
-    for physical, logical in areas.items():
-        name = re.escape(physical)
-        code = re.sub(
-            rf"\b((?:source_|referent_)?schema)=(['\"]){name}\2",
-            rf'\1=ops.area("{logical}")',
-            code,
-        )
-        code = re.sub(rf"(['\"]){name}\.(\w+\.\w+)\1", _colspec_in(logical), code)
-    if "ops.area(" not in code or re.search(rf"^{re.escape(_OPS_IMPORT)}$", code, re.M):
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code  # not ours to judge: Alembic reports it when it loads the file
+    edits: list[tuple[ast.expr, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in _SCHEMA_KEYWORDS:
+            value = node.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                logical = areas.get(value.value)
+                if logical is not None:
+                    edits.append((value, f'ops.area("{logical}")'))
+        elif isinstance(node, ast.Call) and _called(node) in ("ForeignKey", "ForeignKeyConstraint"):
+            for spec in _string_arguments(node):
+                schema, _, rest = str(spec.value).partition(".")
+                if schema in areas and rest.count(".") == 1:
+                    edits.append((spec, f"f\"{{ops.area('{areas[schema]}')}}.{rest}\""))
+    if not edits:
         return code
     lines = code.splitlines(keepends=True)
-    imports = [i for i, line in enumerate(lines) if line.startswith(("import ", "from "))]
-    at = imports[-1] + 1 if imports else 0
+    edits.sort(key=lambda edit: (edit[0].lineno, edit[0].col_offset), reverse=True)
+    for node, replacement in edits:  # from the end, so earlier offsets stay right
+        lines = _replaced(lines, node, replacement)
+    rewritten = "".join(lines)
+    if re.search(rf"^{re.escape(_OPS_IMPORT)}$", rewritten, re.M):
+        return rewritten
+    imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    at = imports[-1].end_lineno or 0 if imports else 0
+    lines = rewritten.splitlines(keepends=True)
     lines.insert(at, _OPS_IMPORT + "\n")
     return "".join(lines)
+
+
+_SCHEMA_KEYWORDS = frozenset({"schema", "source_schema", "referent_schema"})
+
+
+def _called(call: ast.Call) -> str | None:
+    function = call.func
+    if isinstance(function, ast.Attribute):
+        return function.attr
+    return function.id if isinstance(function, ast.Name) else None
+
+
+def _string_arguments(call: ast.Call) -> list[ast.Constant]:
+    """String constants among a call's arguments, in lists and tuples too (column specs)."""
+    found: list[ast.Constant] = []
+    for argument in [*call.args, *(k.value for k in call.keywords)]:
+        items = argument.elts if isinstance(argument, ast.List | ast.Tuple) else [argument]
+        found.extend(i for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str))
+    return found
+
+
+def _replaced(lines: list[str], node: ast.expr, replacement: str) -> list[str]:
+    """``lines`` with ``node``'s source span (on one line; offsets in UTF-8 bytes) replaced."""
+    index = node.lineno - 1
+    raw = lines[index].encode()
+    start, end = node.col_offset, node.end_col_offset
+    if node.end_lineno != node.lineno or end is None:
+        return lines
+    lines[index] = (raw[:start] + replacement.encode() + raw[end:]).decode()
+    return lines

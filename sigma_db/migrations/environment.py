@@ -804,9 +804,9 @@ def _failure(script: Script, exc: Exception, settings: DatabaseSettings | None =
         if len(statement) > 200:
             statement = statement[:199] + "…"
         what = f"{reason}; statement: {statement}"
-        if isinstance(exc.params, Mapping) and exc.params and "%(" in statement:
-            shown = ", ".join(f"{key}={value!r}" for key, value in exc.params.items())
-            what += f" (with {shown[:200]})"  # a run_in_batches statement's :batch_size
+        if isinstance(exc.params, Mapping) and "batch_size" in exc.params:
+            # run_in_batches' own parameter; other values may be data, or secrets: not shown
+            what += f" (with batch_size={exc.params['batch_size']!r})"
         if settings is not None and getattr(exc.orig, "sqlstate", None) == "42501":
             # insufficient_privilege, e.g. "must be owner of table": the login, not the revision
             from sigma_db.roles import RoleKind, group_role
@@ -814,10 +814,12 @@ def _failure(script: Script, exc: Exception, settings: DatabaseSettings | None =
             migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
             remedy = (
                 f"DB_USER ({settings.user}) lacks a privilege the revision needs: run migrations "
-                f"as a member of {migrator}, the role that owns the product's objects."
+                f"as a member of {migrator}, the role that owns the product's objects; if it is "
+                "one, the revision needs more than that role may do (an extension, a setting "
+                "for superusers): have a DBA run that part."
             )
     else:
-        what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        what = f"{type(exc).__name__}: {' '.join(str(exc).split()).rstrip('.')}"
     return (
         f"revision {script.revision} ({Path(script.path).name}) failed: {what}; its "
         f"transaction was rolled back: the version table and the ledger are unchanged"

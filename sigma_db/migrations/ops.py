@@ -136,8 +136,9 @@ def create_index_concurrently(
     ledger from moving past a build that failed.
     """
     migration = op.get_context()
-    table = f"{quote(schema)}.{quote(table_name)}" if schema else quote(table_name)
-    index = f"{quote(schema)}.{quote(index_name)}" if schema else quote(index_name)
+    # Quoted, not validated: a legacy table ("order", "LegacyThing") is Alembic's to name.
+    table = f"{_quoted(schema)}.{_quoted(table_name)}" if schema else _quoted(table_name)
+    index = f"{_quoted(schema)}.{_quoted(index_name)}" if schema else _quoted(index_name)
     with migration.autocommit_block(), _timeouts(lock_timeout, statement_timeout):
         offline = context.is_offline_mode()
         if not offline and _invalid(index_name, table):
@@ -163,13 +164,16 @@ def create_index_concurrently(
     # In the revision's transaction again: should the build have failed unnoticed (offline, a
     # script run without ON_ERROR_STOP), the error here keeps its bookkeeping from committing.
     # Online too, so both run the same statements.
-    literal = _literal(index)
+    # The index beside its table (not wherever the search_path finds that name first).
+    message = (
+        f"index {index} is missing or invalid: its concurrent build failed; drop it (DROP INDEX "
+        "CONCURRENTLY IF EXISTS ...), fix the cause, run again"
+    )
     _session_neutral(
-        f"DO $${INDEX_CHECK_START}"
-        f"WHERE indexrelid = to_regclass({literal}) AND indisvalid) THEN RAISE EXCEPTION "
-        f"'index % is missing or invalid: its concurrent build failed; drop it (DROP "
-        f"INDEX CONCURRENTLY IF EXISTS %), fix the cause, run again', {literal}, "
-        f"{literal}; END IF; END $$"
+        f"DO $${INDEX_CHECK_START}AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.indexrelid "  # noqa: S608
+        f"WHERE c.relname = {_literal(index_name)} AND i.indisvalid AND c.relnamespace = "
+        f"(SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = to_regclass({_literal(table)}))"
+        f") THEN RAISE EXCEPTION USING MESSAGE = {_literal(message)}; END IF; END $$"
     )
 
 
@@ -211,6 +215,10 @@ def _session_neutral(sql: str) -> None:
         op.execute(sql)
     else:
         op.get_bind().execute(text(sql))
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(value: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -180,7 +181,14 @@ def start_test_server(
             password=SUPERUSER_PASSWORD,
             postgres_options=f"{options} {extra_options}".strip(),
         )
-        executor.start()
+        try:
+            executor.start()
+        except BaseException:
+            # Stop what may have come up, but report why the start failed, not the stop.
+            with contextlib.suppress(Exception):
+                executor.stop()
+            executor = None
+            raise
         _wait_until_accepting("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD)
         yield TestServer("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD, binaries)
     finally:

@@ -718,3 +718,33 @@ def test_offline_scripts_loop_backfills_and_stop_at_a_failed_index_build(
     assert "is missing or invalid: its concurrent build failed" in done.stderr
     assert repo.query("SELECT version_num FROM app.alembic_version") == [("0003",)]
     assert repo.query(LEDGER)[-1] == ("0003", "upgrade")
+
+
+def test_concurrent_index_on_tables_whose_names_need_quoting(repo: ProductRepo) -> None:
+    # Legacy tables keep their names; Alembic quotes them, and so must the helper.
+    repo.query('CREATE TABLE app."order" (x int); CREATE TABLE app."LegacyThing" (y int)')
+    repo.add("index order", 'ops.create_index_concurrently("ix_order_x", "order", ["x"])')
+    repo.add("index legacy", 'ops.create_index_concurrently("ix_legacy_y", "LegacyThing", ["y"])')
+    assert repo.upgrade() == ["upgrade 0001", "upgrade 0002"]
+
+
+def test_the_check_after_a_build_looks_beside_the_table(repo: ProductRepo) -> None:
+    # An unrelated relation of the index's name earlier on the search_path must not count.
+    repo.query("CREATE TABLE app.ix_legacy_code (z int); CREATE TABLE public.legacy (code text)")
+    repo.add("index legacy", 'ops.create_index_concurrently("ix_legacy_code", "legacy", ["code"])')
+    assert repo.upgrade() == ["upgrade 0001"]
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'public.ix_legacy_code'::regclass"
+    assert repo.query(valid) == [(True,)]
+
+
+def test_a_failed_statement_shows_no_bound_values_but_batch_size(repo: ProductRepo) -> None:
+    # A revision's values may be data, or secrets; batch_size is the helper's own.
+    repo.add(
+        "seed token",
+        'op.execute(sa.text("INSERT INTO no_such_table VALUES (:token)")'
+        '.bindparams(token="sk_live_S3CRET"))',
+    )
+    with pytest.raises(MigrationError) as failed:
+        repo.upgrade()
+    assert 'relation "no_such_table" does not exist' in str(failed.value)
+    assert "S3CRET" not in str(failed.value)

@@ -235,3 +235,27 @@ def test_check_and_autogenerate_take_not_valid_checks_without_warnings(repo: Pro
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         command.check(repo.config())
+
+
+def test_only_schemas_and_foreign_key_specs_become_areas() -> None:
+    # In the per-product layout each area is its own physical name: a default that reads like
+    # one must stay as written.
+    from sigma_db.migrations.autogenerate import logical_areas_in_revision
+
+    code = (
+        "import sqlalchemy as sa\n"
+        "from alembic import op\n\n\n"
+        "def upgrade() -> None:\n"
+        "    op.create_table('events',\n"
+        "    sa.Column('note', sa.Text(), server_default='signals.daily.close'),\n"
+        "    sa.Column('d', sa.Text(), server_default=sa.text(\"'audit.greeks.delta'\")),\n"
+        "    sa.Column('audit', sa.Text()),\n"
+        "    sa.ForeignKeyConstraint(['x_id'], ['audit.xs.id'], name='fk_ü'),\n"
+        "    schema='audit')\n"
+    )
+    rewritten = logical_areas_in_revision(code, {"audit": "audit", "signals": "signals"})
+    assert rewritten == code.replace("['audit.xs.id']", "[f\"{ops.area('audit')}.xs.id\"]").replace(
+        "schema='audit')", 'schema=ops.area("audit"))'
+    ).replace(
+        "from alembic import op\n", "from alembic import op\nfrom sigma_db.migrations import ops\n"
+    )
