@@ -31,6 +31,29 @@ def downgrade() -> None:
 '''
 
 
+CURRENCIES_REVISION = '''"""seeded rows with a generated column"""
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+phase = "expand"
+
+
+def upgrade() -> None:
+    op.execute(
+        "CREATE TABLE currencies (code text CONSTRAINT pk_currencies PRIMARY KEY, "
+        "code_lower text GENERATED ALWAYS AS (lower(code)) STORED)"
+    )
+    op.execute("INSERT INTO currencies (code) VALUES ('EUR'), ('USD')")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE currencies")
+'''
+
+
 @pytest.fixture(scope="module")
 def template(
     sigma_postgresql: TestServer, tmp_path_factory: pytest.TempPathFactory
@@ -39,6 +62,7 @@ def template(
     new_product("lab", repo)
     versions = repo / "migrations" / "versions"
     (versions / "0002_seed_a_default_pack.py").write_text(SEED_REVISION, encoding="utf-8")
+    (versions / "0003_seed_currencies.py").write_text(CURRENCIES_REVISION, encoding="utf-8")
     return build_template(sigma_postgresql, "lab", repo / "alembic.ini")
 
 
@@ -153,3 +177,65 @@ def test_large_objects_and_leftover_sessions_do_not_leak(
     with pytest.raises(psycopg.OperationalError):
         leaked.execute("SELECT 1")  # its backend was ended by the reset
     leaked.close()
+
+
+def test_seeded_rows_with_generated_columns_are_restored(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    first = keeper.acquire()
+    with connect(template, first) as conn:
+        conn.execute("DELETE FROM currencies WHERE code = 'USD'")
+        conn.execute("INSERT INTO packs (name) VALUES ('dirty')")
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first
+    with connect(template, second) as conn:
+        rows = conn.execute("SELECT code, code_lower FROM currencies ORDER BY code").fetchall()
+    assert rows == [("EUR", "eur"), ("USD", "usd")]
+    assert packs(template, second) == [(1, "seeded")]
+
+
+def test_a_test_that_breaks_its_database_hands_the_next_one_a_new_copy(
+    keeper: CloneKeeper, template: ProductTemplate, sigma_postgresql: TestServer
+) -> None:
+    first = keeper.acquire()
+    with sigma_postgresql.connect() as admin:  # a "database gone" test
+        admin.execute(f'DROP DATABASE "{first}" WITH (FORCE)')
+    keeper.release()
+    second = keeper.acquire()
+    assert second != first
+    assert packs(template, second) == [(1, "seeded")]
+
+
+def test_the_version_table_and_ledger_are_reset_too(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    # A test that stamps or repairs changes them without DDL.
+    first = keeper.acquire()
+    with connect_as(template.settings(first, "migrator")) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0001'")
+        conn.execute("DELETE FROM migration_runs")
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first
+    with connect_as(template.settings(second, "migrator")) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (3,)
+
+
+def test_clones_keep_the_databases_grants(keeper: CloneKeeper, template: ProductTemplate) -> None:
+    # CREATE DATABASE ... TEMPLATE does not copy datacl: _ro could make temp tables, and any
+    # role connect, unlike in the product's real database.
+    database = keeper.acquire()
+    with template.server.connect() as admin:
+        acl = "SELECT datacl::text[] FROM pg_database WHERE datname = %s"
+        assert sorted(admin.execute(acl, (database,)).fetchone()[0]) == sorted(
+            admin.execute(acl, (template.database,)).fetchone()[0]
+        )
+    with connect(template, database) as conn:  # _rw may create temp tables
+        conn.execute("CREATE TEMP TABLE scratch (id int)")
+    with (
+        connect_as(template.settings(database, "ro")) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("CREATE TEMP TABLE scratch (id int)")

@@ -232,14 +232,37 @@ def test_plugin_runs_a_generated_products_tests(pytester: pytest.Pytester) -> No
 
 
 def test_plugin_usage_errors(pytester: pytest.Pytester) -> None:
+    # Once for the run (pytest's usage error, exit 4), not as an error of every test.
     pytester.makeini("[pytest]\nsigma_db_alembic_ini = missing.ini\n")
-    pytester.makepyfile("def test_x(sigma_database):\n    pass\n")
+    pytester.makepyfile("def test_x(sigma_database):\n    pass\n\ndef test_y():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["*sigma_db_alembic_ini = 'missing.ini': no file*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*sigma_db_alembic_ini = 'missing.ini': no file*"])
+    pytester.makeini("[pytest]\nsigma_db_product = Lab-X\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*sigma_db_product = 'Lab-X': product name 'Lab-X' must be*"])
     pytester.makeini("[pytest]\n")
     pytester.makepyfile("def test_x(sigma_rw_engine):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*need the product's migrations: set sigma_db_alembic_ini*"])
+
+
+def test_broken_migrations_stop_the_run_with_one_message(pytester: pytest.Pytester) -> None:
+    new_product("lab", pytester.path, force=True)
+    versions = pytester.path / "migrations" / "versions"
+    (versions / "0002_broken.py").write_text(
+        '"""broken"""\nfrom alembic import op\n\nrevision = "0002"\ndown_revision = "0001"\n'
+        'phase = "expand"\n\n\ndef upgrade() -> None:\n'
+        '    op.execute("ALTER TABLE no_such_table ADD COLUMN x int")\n',
+        encoding="utf-8",
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*sigma_db: the product's migrations failed in the test template: revision 0002*"]
+    )
+    assert result.stdout.str().count("no_such_table") <= 2  # one message, not one per test
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Check the ini options once, before any test: a mistake is one usage error, exit 4."""
+    configured = str(config.getini("sigma_db_alembic_ini"))
+    if configured and not Path(config.rootpath, configured).is_file():
+        raise pytest.UsageError(
+            f"sigma_db_alembic_ini = {configured!r}: no file {Path(config.rootpath, configured)}; "
+            "point it at the product's alembic.ini, relative to the pytest rootdir."
+        )
+    from sigma_db.errors import ConfigurationError
+    from sigma_db.topology import Product
+
+    product = str(config.getini("sigma_db_product"))
+    try:
+        Product.named(product)
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"sigma_db_product = {product!r}: {exc}") from None
+
+
 @pytest.fixture(scope="session")
 def sigma_postgresql() -> Iterator[TestServer]:
     """One real PostgreSQL server for the whole test session."""
@@ -70,16 +88,15 @@ def sigma_db_template(
     configured = str(request.config.getini("sigma_db_alembic_ini"))
     if not configured:
         return None
-    alembic_ini = Path(request.config.rootpath, configured)
-    if not alembic_ini.is_file():
-        raise pytest.UsageError(
-            f"sigma_db_alembic_ini = {configured!r}: no file {alembic_ini}; point it at the "
-            "product's alembic.ini, relative to the pytest rootdir."
-        )
+    from sigma_db.errors import SigmaDBError
     from sigma_db.testing.product import build_template
 
     product = str(request.config.getini("sigma_db_product"))
-    return build_template(sigma_postgresql, product, alembic_ini)
+    try:
+        return build_template(sigma_postgresql, product, Path(request.config.rootpath, configured))
+    except SigmaDBError as exc:
+        # No test of the product can run: say why once, not in a traceback for every test.
+        pytest.exit(f"sigma_db: the product's migrations failed in the test template: {exc}", 1)
 
 
 @pytest.fixture(scope="session")

@@ -57,11 +57,16 @@ CREATE TABLE sigma_testing.sequence_values AS
     FROM pg_catalog.pg_sequences WHERE schemaname = ANY({schemas}::text[]);
 CREATE TABLE sigma_testing.data_tables AS
     SELECT n.nspname::text AS schema_name, c.relname::text AS table_name, false AS seeded,
-           row_number() OVER (ORDER BY n.nspname, c.relname) AS number
+           row_number() OVER (ORDER BY n.nspname, c.relname) AS number,
+           ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = '' ORDER BY a.attnum) AS columns
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = ANY({schemas}::text[]) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-      AND c.relname NOT IN ('alembic_version', 'migration_runs');
+    WHERE n.nspname = ANY({schemas}::text[]) AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
 """
+"""The version table and the ledger are data tables too: a test that stamps or repairs (no
+DDL) must not leave the next test at another revision. ``columns`` leaves out generated
+columns, which PostgreSQL computes again when seeded rows are restored."""
 
 
 @dataclass(frozen=True)
@@ -170,11 +175,12 @@ def reset_database(server: TestServer, database: str) -> bool:
             if ddl != (False,):
                 return False
             rows = conn.execute(
-                "SELECT schema_name, table_name, seeded, number FROM sigma_testing.data_tables"
+                "SELECT schema_name, table_name, seeded, number, columns "
+                "FROM sigma_testing.data_tables"
             ).fetchall()
             if not rows:
                 return True
-            tables = [sql.Identifier(schema, table) for schema, table, _s, _n in rows]
+            tables = [sql.Identifier(schema, table) for schema, table, *_ in rows]
             probe = sql.SQL(" UNION ALL ").join(
                 sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(i), table)
                 for i, table in enumerate(tables)
@@ -194,10 +200,11 @@ def reset_database(server: TestServer, database: str) -> bool:
                 conn.execute("SET LOCAL session_replication_role = replica")
             for i in chosen:
                 if rows[i][2]:
+                    columns = sql.SQL(", ").join(sql.Identifier(name) for name in rows[i][4])
                     conn.execute(
-                        sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM {}").format(
-                            tables[i], _seed(int(rows[i][3]))
-                        )
+                        sql.SQL(
+                            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}"
+                        ).format(tables[i], columns, columns, _seed(int(rows[i][3])))
                     )
             conn.execute(
                 "SELECT setval(sequence::regclass, value, called) "
@@ -225,8 +232,18 @@ class CloneKeeper:
         return self.current
 
     def release(self) -> None:
-        """After a test: reset the clone, or drop it when the test changed its schema."""
-        if self.current is not None and not reset_database(self.server, self.current):
+        """After a test: reset the clone, or drop it when the test changed its schema.
+
+        A reset that fails (the test dropped its database, left something the reset cannot
+        undo) also means a new clone: the next test must not inherit the state.
+        """
+        if self.current is None:
+            return
+        try:
+            clean = reset_database(self.server, self.current)
+        except psycopg.Error:
+            clean = False
+        if not clean:
             drop_database(self.server, self.current)
             self.current = None
 
@@ -256,6 +273,28 @@ def clone_database(server: TestServer, template: str) -> str:
             "WHERE d.datname = %s",
             (template,),
         ).fetchall()
+        # Nor the database's own grants (datacl): CONNECT for the product's roles only,
+        # TEMPORARY not for _ro, as `sigma-db roles apply` set them on the template.
+        grants = admin.execute(
+            "SELECT a.privilege_type, coalesce(r.rolname, 'PUBLIC') "
+            "FROM pg_database d, aclexplode(d.datacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+            "WHERE d.datname = %s AND a.grantee <> d.datdba",
+            (template,),
+        ).fetchall()
+        if admin.execute(
+            "SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (template,)
+        ).fetchone() == (True,):
+            admin.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+            )
+        for privilege, grantee in grants:
+            admin.execute(
+                sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                    sql.SQL(str(privilege)),
+                    sql.Identifier(name),
+                    sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(str(grantee)),
+                )
+            )
         for role, setting in settings:
             key, _, value = str(setting).partition("=")
             admin.execute(
