@@ -54,6 +54,29 @@ def downgrade() -> None:
 '''
 
 
+NOTES_REVISION = '''"""seeded rows referencing another seeded table"""
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+phase = "expand"
+
+
+def upgrade() -> None:
+    op.execute(
+        "CREATE TABLE pack_notes (id int CONSTRAINT pk_pack_notes PRIMARY KEY, "
+        "pack_id bigint NOT NULL CONSTRAINT fk_pack_notes_pack_id_packs REFERENCES packs (id))"
+    )
+    op.execute("INSERT INTO pack_notes VALUES (1, 1)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE pack_notes")
+'''
+
+
 @pytest.fixture(scope="module")
 def template(
     sigma_postgresql: TestServer, tmp_path_factory: pytest.TempPathFactory
@@ -63,6 +86,7 @@ def template(
     versions = repo / "migrations" / "versions"
     (versions / "0002_seed_a_default_pack.py").write_text(SEED_REVISION, encoding="utf-8")
     (versions / "0003_seed_currencies.py").write_text(CURRENCIES_REVISION, encoding="utf-8")
+    (versions / "0004_seed_pack_notes.py").write_text(NOTES_REVISION, encoding="utf-8")
     return build_template(sigma_postgresql, "lab", repo / "alembic.ini")
 
 
@@ -89,6 +113,7 @@ def test_data_is_reset_seeds_restored_sequences_rewound(
     first = keeper.acquire()
     assert packs(template, first) == [(1, "seeded")]
     with connect(template, first) as conn:
+        conn.execute("DELETE FROM pack_notes")
         conn.execute("DELETE FROM packs")
         conn.execute("INSERT INTO packs (name) VALUES ('mine'), ('also mine')")
         conn.execute("INSERT INTO audit_logs (occurred_at, actor, action) VALUES (now(), 'a', 'b')")
@@ -219,8 +244,8 @@ def test_the_version_table_and_ledger_are_reset_too(
     second = keeper.acquire()
     assert second == first
     with connect_as(template.settings(second, "migrator")) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
-        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (3,)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (4,)
 
 
 def test_clones_keep_the_databases_grants(keeper: CloneKeeper, template: ProductTemplate) -> None:
@@ -239,3 +264,18 @@ def test_clones_keep_the_databases_grants(keeper: CloneKeeper, template: Product
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("CREATE TEMP TABLE scratch (id int)")
+
+
+def test_seeded_rows_emptied_through_a_foreign_key_are_restored(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    # Only packs changes; TRUNCATE packs CASCADE also empties pack_notes, seeded and unchanged.
+    first = keeper.acquire()
+    with connect(template, first) as conn:
+        conn.execute("INSERT INTO packs (name) VALUES ('extra')")
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first
+    with connect(template, second) as conn:
+        assert conn.execute("SELECT id, pack_id FROM pack_notes").fetchall() == [(1, 1)]
+    assert packs(template, second) == [(1, "seeded")]

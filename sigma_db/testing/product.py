@@ -60,13 +60,27 @@ CREATE TABLE sigma_testing.data_tables AS
            row_number() OVER (ORDER BY n.nspname, c.relname) AS number,
            ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                   AND a.attgenerated = '' ORDER BY a.attnum) AS columns
+                   AND a.attgenerated = '' ORDER BY a.attnum) AS columns,
+           c.oid AS relation, NULL::text AS fingerprint, '{{}}'::bigint[] AS cascade
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = ANY({schemas}::text[]) AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+UPDATE sigma_testing.data_tables d SET cascade = ARRAY(
+    WITH RECURSIVE reached(relation) AS (
+        SELECT d.relation
+        UNION
+        SELECT k.conrelid FROM pg_catalog.pg_constraint k
+        JOIN reached ON k.confrelid = reached.relation WHERE k.contype = 'f')
+    SELECT t.number FROM sigma_testing.data_tables t JOIN reached USING (relation));
 """
 """The version table and the ledger are data tables too: a test that stamps or repairs (no
 DDL) must not leave the next test at another revision. ``columns`` leaves out generated
-columns, which PostgreSQL computes again when seeded rows are restored."""
+columns, which PostgreSQL computes again when seeded rows are restored. ``cascade`` lists the
+tables a ``TRUNCATE ... CASCADE`` of this one also empties (it and those referencing it, as
+far as foreign keys go). ``fingerprint``, for a seeded table, is a hash of its rows: the reset
+restores only seeded tables whose rows changed."""
+
+_FINGERPRINT = "(SELECT md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) FROM {} r)"
+"""One value for a table's rows, the same whatever order they were written in."""
 
 
 @dataclass(frozen=True)
@@ -147,11 +161,17 @@ def _instrument(server: TestServer, database: str, schemas: list[str]) -> None:
                 continue
             conn.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(_seed(number), target))
             conn.execute(
-                "UPDATE sigma_testing.data_tables SET seeded = true "
-                "WHERE schema_name = %s AND table_name = %s",
-                (schema, table),
+                sql.SQL(
+                    "UPDATE sigma_testing.data_tables SET seeded = true, fingerprint = {} "
+                    "WHERE number = %s"
+                ).format(_fingerprint(target)),
+                (number,),
             )
         conn.execute("TRUNCATE sigma_testing.ddl_events")
+
+
+def _fingerprint(table: sql.Identifier) -> sql.Composed:
+    return sql.SQL(_FINGERPRINT).format(table)
 
 
 def _seed(number: int) -> sql.Identifier:
@@ -175,21 +195,33 @@ def reset_database(server: TestServer, database: str) -> bool:
             if ddl != (False,):
                 return False
             rows = conn.execute(
-                "SELECT schema_name, table_name, seeded, number, columns "
-                "FROM sigma_testing.data_tables"
+                "SELECT schema_name, table_name, seeded, number, columns, fingerprint, cascade "
+                "FROM sigma_testing.data_tables ORDER BY number"
             ).fetchall()
             if not rows:
                 return True
             tables = [sql.Identifier(schema, table) for schema, table, *_ in rows]
+            # Changed: rows in a table the template left empty, or a seeded table whose rows
+            # differ from the template's.
+            changed = [
+                sql.SQL("{} <> {}").format(_fingerprint(table), sql.Literal(row[5]))
+                if row[2]
+                else sql.SQL("EXISTS (SELECT FROM {})").format(table)
+                for table, row in zip(tables, rows, strict=True)
+            ]
             probe = sql.SQL(" UNION ALL ").join(
-                sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(i), table)
-                for i, table in enumerate(tables)
+                sql.SQL("SELECT {} WHERE {}").format(sql.Literal(i), test)
+                for i, test in enumerate(changed)
             )
             dirty = {int(row[0]) for row in conn.execute(probe)}
-            chosen = sorted(dirty | {i for i, row in enumerate(rows) if row[2]})
+            number_to_index = {int(row[3]): i for i, row in enumerate(rows)}
+            chosen = sorted(
+                {number_to_index[int(n)] for i in dirty for n in rows[i][6] if n in number_to_index}
+                | dirty
+            )
             if chosen:
-                # CASCADE may also empty tables referencing these: those hold no template rows,
-                # or are seeded and so restored below.
+                # Emptied with the tables referencing them (what CASCADE reaches is chosen too),
+                # so seeded ones among those are restored below.
                 conn.execute(
                     sql.SQL("TRUNCATE {} CASCADE").format(
                         sql.SQL(", ").join(tables[i] for i in chosen)
