@@ -12,69 +12,46 @@ from sigma_db.scaffold import new_product
 from sigma_db.testing import TestServer
 from sigma_db.testing.product import CloneKeeper, ProductTemplate, build_template
 
-SEED_REVISION = '''"""seed a default pack"""
+REVISION = '''"""{doc}"""
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{number:04d}"
+down_revision = "{number_before:04d}"
 branch_labels = None
 depends_on = None
-phase = "backfill"
+phase = "{phase}"
 
 
 def upgrade() -> None:
-    op.execute("INSERT INTO packs (name) VALUES ('seeded')")
+{upgrade}
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM packs WHERE name = 'seeded'")
+    pass
 '''
 
-
-CURRENCIES_REVISION = '''"""seeded rows with a generated column"""
-from alembic import op
-
-revision = "0003"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
-phase = "expand"
-
-
-def upgrade() -> None:
-    op.execute(
-        "CREATE TABLE currencies (code text CONSTRAINT pk_currencies PRIMARY KEY, "
-        "code_lower text GENERATED ALWAYS AS (lower(code)) STORED)"
-    )
-    op.execute("INSERT INTO currencies (code) VALUES ('EUR'), ('USD')")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE currencies")
-'''
-
-
-NOTES_REVISION = '''"""seeded rows referencing another seeded table"""
-from alembic import op
-
-revision = "0004"
-down_revision = "0003"
-branch_labels = None
-depends_on = None
-phase = "expand"
-
-
-def upgrade() -> None:
-    op.execute(
-        "CREATE TABLE pack_notes (id int CONSTRAINT pk_pack_notes PRIMARY KEY, "
-        "pack_id bigint NOT NULL CONSTRAINT fk_pack_notes_pack_id_packs REFERENCES packs (id))"
-    )
-    op.execute("INSERT INTO pack_notes VALUES (1, 1)")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE pack_notes")
-'''
+# Revisions after the generated 0001_init, each leaving rows the reset must restore.
+SEEDS = [
+    ("seed a default pack", "backfill", ["INSERT INTO packs (name) VALUES ('seeded')"]),
+    (
+        "seeded rows with a generated column",
+        "expand",
+        [
+            "CREATE TABLE currencies (code text CONSTRAINT pk_currencies PRIMARY KEY, "
+            "code_lower text GENERATED ALWAYS AS (lower(code)) STORED)",
+            "INSERT INTO currencies (code) VALUES ('EUR'), ('USD')",
+        ],
+    ),
+    (
+        "seeded rows referencing another seeded table",
+        "expand",
+        [
+            "CREATE TABLE pack_notes (id int CONSTRAINT pk_pack_notes PRIMARY KEY, pack_id "
+            "bigint NOT NULL CONSTRAINT fk_pack_notes_pack_id_packs REFERENCES packs (id))",
+            "INSERT INTO pack_notes VALUES (1, 1)",
+        ],
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +61,12 @@ def template(
     repo = tmp_path_factory.mktemp("lab") / "lab-service"
     new_product("lab", repo)
     versions = repo / "migrations" / "versions"
-    (versions / "0002_seed_a_default_pack.py").write_text(SEED_REVISION, encoding="utf-8")
-    (versions / "0003_seed_currencies.py").write_text(CURRENCIES_REVISION, encoding="utf-8")
-    (versions / "0004_seed_pack_notes.py").write_text(NOTES_REVISION, encoding="utf-8")
+    for number, (doc, phase, statements) in enumerate(SEEDS, start=2):
+        upgrade = "\n".join(f"    op.execute({statement!r})" for statement in statements)
+        code = REVISION.format(
+            doc=doc, number=number, number_before=number - 1, phase=phase, upgrade=upgrade
+        )
+        (versions / f"{number:04d}_seed.py").write_text(code, encoding="utf-8")
     return build_template(sigma_postgresql, "lab", repo / "alembic.ini")
 
 
