@@ -242,12 +242,15 @@ def runnable_binaries(binaries: ServerBinaries, user: str | None) -> ServerBinar
     key = hashlib.sha256(f"{place}:{built.st_size}:{built.st_mtime_ns}".encode()).hexdigest()[:12]
     cache = _private_cache(_shared_directory(user))
     copy = cache / f"pginstall-{binaries.major}-{key}"
-    if not (copy / _COMPLETE).is_file():
+    marker = copy / _COMPLETE
+    if not marker.is_file():
         with open(cache / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (copy / _COMPLETE).is_file():
+            if not marker.is_file():
                 shutil.rmtree(copy, ignore_errors=True)  # incomplete: start over
                 _copy_installation(install, anchor, place, copy)
+    with contextlib.suppress(OSError):
+        marker.touch()  # in use: a temp cleaner that goes by age leaves it alone
     return ServerBinaries(copy / place / "bin", binaries.major)
 
 
@@ -290,10 +293,13 @@ def _private_cache(shared: Path) -> Path:
         and info.st_uid == os.geteuid()
         and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     ):
+        if not info.st_mode & stat.S_IXOTH:  # made, then the run died before its chmod
+            cache.chmod(0o755)
         return cache
     raise ServerError(
-        f"{cache} is not a directory of this user's that only it may write to (someone else "
-        "made it?); server binaries copied there could be replaced: remove it and run again."
+        f"{cache} is not a directory of this user's that only it may write to (made by "
+        "someone else, or on a file system that maps root to another user); server binaries "
+        "copied there could be replaced: remove it, or set TMPDIR to a local directory."
     )
 
 

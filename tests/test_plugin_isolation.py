@@ -51,6 +51,29 @@ SEEDS = [
             "INSERT INTO pack_notes VALUES (1, 1)",
         ],
     ),
+    (
+        "seeded rows in a table and one inheriting from it",
+        "expand",
+        [
+            "CREATE TABLE notes_base (id int, body text)",
+            "CREATE TABLE notes_child (extra text) INHERITS (notes_base)",
+            "INSERT INTO notes_base VALUES (1, 'base')",
+            "INSERT INTO notes_child VALUES (2, 'child', 'x')",
+        ],
+    ),
+    (
+        "a product trigger on TRUNCATE",
+        "expand",
+        [
+            "CREATE TABLE wipes (name text)",
+            "CREATE TABLE flags (id int)",
+            "INSERT INTO flags VALUES (1)",
+            "CREATE FUNCTION note_wipe() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO wipes VALUES (TG_TABLE_NAME); RETURN NULL; END $$",
+            "CREATE TRIGGER flags_wiped AFTER TRUNCATE ON flags "
+            "FOR EACH STATEMENT EXECUTE FUNCTION note_wipe()",
+        ],
+    ),
 ]
 
 
@@ -224,8 +247,8 @@ def test_the_version_table_and_ledger_are_reset_too(
     second = keeper.acquire()
     assert second == first
     with connect_as(template.settings(second, "migrator")) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
-        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (4,)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (6,)
 
 
 def test_clones_keep_the_databases_grants(keeper: CloneKeeper, template: ProductTemplate) -> None:
@@ -259,3 +282,56 @@ def test_seeded_rows_emptied_through_a_foreign_key_are_restored(
     with connect(template, second) as conn:
         assert conn.execute("SELECT id, pack_id FROM pack_notes").fetchall() == [(1, 1)]
     assert packs(template, second) == [(1, "seeded")]
+
+
+def test_seeded_rows_keep_their_order_after_a_test_changed_them_back(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    # Tests that read without ORDER BY must not depend on which tests ran before them.
+    first = keeper.acquire()
+    with connect(template, first) as conn:
+        fresh = conn.execute("SELECT code FROM currencies").fetchall()
+        conn.execute("UPDATE currencies SET code = 'XXX' WHERE code = 'EUR'")
+        conn.execute("UPDATE currencies SET code = 'EUR' WHERE code = 'XXX'")
+    keeper.release()
+    with connect(template, keeper.acquire()) as conn:
+        assert conn.execute("SELECT code FROM currencies").fetchall() == fresh
+
+
+def test_inheriting_tables_get_their_own_rows_back(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    first = keeper.acquire()
+    with connect(template, first) as conn:
+        conn.execute("UPDATE ONLY notes_base SET body = 'changed'")
+    keeper.release()
+    with connect(template, keeper.acquire()) as conn:
+        assert conn.execute("SELECT id, body FROM ONLY notes_base").fetchall() == [(1, "base")]
+        assert conn.execute("SELECT * FROM notes_child").fetchall() == [(2, "child", "x")]
+
+
+def test_the_reset_fires_no_product_trigger(keeper: CloneKeeper, template: ProductTemplate) -> None:
+    first = keeper.acquire()
+    with connect(template, first) as conn:
+        conn.execute("INSERT INTO flags VALUES (2)")
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first
+    with connect(template, second) as conn:
+        assert conn.execute("SELECT count(*) FROM wipes").fetchone() == (0,)
+        assert conn.execute("SELECT id FROM flags").fetchall() == [(1,)]
+
+
+def test_a_database_grant_a_test_changed_means_a_new_copy(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    # Event triggers do not see GRANT ... ON DATABASE or ALTER DATABASE.
+    first = keeper.acquire()
+    ro = template.login("ro")
+    with template.server.connect() as admin:
+        admin.execute(f'REVOKE CONNECT ON DATABASE "{first}" FROM edge_lab_ro')
+    keeper.release()
+    second = keeper.acquire()
+    assert second != first
+    with connect_as(template.settings(second, "ro")) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (ro,)

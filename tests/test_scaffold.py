@@ -238,7 +238,8 @@ def test_plugin_usage_errors(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*sigma_db_alembic_ini = 'missing.ini': no file*"])
-    pytester.makeini("[pytest]\nsigma_db_product = Lab-X\n")
+    pytester.makefile(".ini", alembic="")
+    pytester.makeini("[pytest]\nsigma_db_product = Lab-X\nsigma_db_alembic_ini = alembic.ini\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*sigma_db_product = 'Lab-X': product name 'Lab-X' must be*"])
@@ -260,7 +261,7 @@ def test_broken_migrations_stop_the_run_with_one_message(pytester: pytest.Pytest
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
-        ["*sigma_db: the product's migrations failed in the test template: revision 0002*"]
+        ["*sigma_db: building the test template: the product's migrations failed: revision 0002*"]
     )
     assert result.stdout.str().count("no_such_table") <= 2  # one message, not one per test
 

@@ -61,6 +61,8 @@ def pytest_configure(config: pytest.Config) -> None:
             f"sigma_db_alembic_ini = {configured!r}: no file {Path(config.rootpath, configured)}; "
             "point it at the product's alembic.ini, relative to the pytest rootdir."
         )
+    if not configured:
+        return  # a project that does not use the product fixtures pays no import here
     from sigma_db.errors import ConfigurationError
     from sigma_db.topology import Product
 
@@ -89,6 +91,7 @@ def sigma_db_template(
     if not configured:
         return None
     from sigma_db.errors import SigmaDBError
+    from sigma_db.migrations.errors import MigrationError
     from sigma_db.testing.product import build_template
 
     product = str(request.config.getini("sigma_db_product"))
@@ -96,7 +99,8 @@ def sigma_db_template(
         return build_template(sigma_postgresql, product, Path(request.config.rootpath, configured))
     except SigmaDBError as exc:
         # No test of the product can run: say why once, not in a traceback for every test.
-        pytest.exit(f"sigma_db: the product's migrations failed in the test template: {exc}", 1)
+        what = "the product's migrations failed" if isinstance(exc, MigrationError) else "failed"
+        pytest.exit(f"sigma_db: building the test template: {what}: {exc}", 1)
 
 
 @pytest.fixture(scope="session")

@@ -61,26 +61,21 @@ CREATE TABLE sigma_testing.data_tables AS
            ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                    AND a.attgenerated = '' ORDER BY a.attnum) AS columns,
-           c.oid AS relation, NULL::text AS fingerprint, '{{}}'::bigint[] AS cascade
+           c.relkind = 'r' AS plain,
+           c.relname IN ('alembic_version', 'migration_runs') AS bookkeeping
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = ANY({schemas}::text[]) AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
-UPDATE sigma_testing.data_tables d SET cascade = ARRAY(
-    WITH RECURSIVE reached(relation) AS (
-        SELECT d.relation
-        UNION
-        SELECT k.conrelid FROM pg_catalog.pg_constraint k
-        JOIN reached ON k.confrelid = reached.relation WHERE k.contype = 'f')
-    SELECT t.number FROM sigma_testing.data_tables t JOIN reached USING (relation));
+CREATE TABLE sigma_testing.touched (table_name text NOT NULL);
+CREATE FUNCTION sigma_testing.note_touch() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS
+    $$ BEGIN INSERT INTO sigma_testing.touched VALUES (TG_TABLE_NAME); RETURN NULL; END $$;
 """
 """The version table and the ledger are data tables too: a test that stamps or repairs (no
-DDL) must not leave the next test at another revision. ``columns`` leaves out generated
-columns, which PostgreSQL computes again when seeded rows are restored. ``cascade`` lists the
-tables a ``TRUNCATE ... CASCADE`` of this one also empties (it and those referencing it, as
-far as foreign keys go). ``fingerprint``, for a seeded table, is a hash of its rows: the reset
-restores only seeded tables whose rows changed."""
-
-_FINGERPRINT = "(SELECT md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) FROM {} r)"
-"""One value for a table's rows, the same whatever order they were written in."""
+DDL) must not leave the next test at another revision. Restoring them after every test cost
+about 10 ms a test, so a statement trigger notes when a test touched them (``touched``) and
+only then are they restored. ``columns`` leaves out generated columns, which PostgreSQL
+computes again when seeded rows are restored; ``plain`` tables are read ``ONLY``, without the
+rows of tables inheriting from them."""
 
 
 @dataclass(frozen=True)
@@ -151,35 +146,48 @@ def _instrument(server: TestServer, database: str, schemas: list[str]) -> None:
     with _admin(server, database) as conn, conn.transaction():
         conn.execute(sql.SQL(_INSTRUMENT).format(schemas=sql.Literal(schemas)))
         tables = conn.execute(
-            "SELECT schema_name, table_name, number FROM sigma_testing.data_tables"
+            "SELECT schema_name, table_name, number, plain, bookkeeping "
+            "FROM sigma_testing.data_tables"
         ).fetchall()
-        for schema, table, number in tables:
+        for schema, table, number, plain, bookkeeping in tables:
             target = sql.Identifier(schema, table)
-            if conn.execute(
-                sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target)
-            ).fetchone() != (True,):
+            if bookkeeping:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TRIGGER sigma_testing_touched AFTER INSERT OR UPDATE OR DELETE "
+                        "OR TRUNCATE ON {} FOR EACH STATEMENT "
+                        "EXECUTE FUNCTION sigma_testing.note_touch()"
+                    ).format(target)
+                )
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER sigma_testing_touched").format(
+                        target
+                    )
+                )
+            rows = sql.SQL("ONLY {}" if plain else "{}").format(target)
+            if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(rows)).fetchone() != (
+                True,
+            ):
                 continue
-            conn.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(_seed(number), target))
+            conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(_seed(number), rows))
             conn.execute(
-                sql.SQL(
-                    "UPDATE sigma_testing.data_tables SET seeded = true, fingerprint = {} "
-                    "WHERE number = %s"
-                ).format(_fingerprint(target)),
-                (number,),
+                "UPDATE sigma_testing.data_tables SET seeded = true "
+                "WHERE schema_name = %s AND table_name = %s",
+                (schema, table),
             )
         conn.execute("TRUNCATE sigma_testing.ddl_events")
-
-
-def _fingerprint(table: sql.Identifier) -> sql.Composed:
-    return sql.SQL(_FINGERPRINT).format(table)
 
 
 def _seed(number: int) -> sql.Identifier:
     return sql.Identifier(_BOOKKEEPING, f"seed_{number}")
 
 
-def reset_database(server: TestServer, database: str) -> bool:
-    """Put a used clone's data back to the template's; False when it must be re-cloned."""
+def reset_database(server: TestServer, database: str, template: str | None = None) -> bool:
+    """Put a used clone's data back to the template's; False when it must be re-cloned.
+
+    With ``template``, also False when the database's own grants or settings no longer match
+    the template's (``GRANT ... ON DATABASE`` and ``ALTER DATABASE`` fire no event trigger).
+    """
     try:
         with _admin(server, database) as conn:
             # Connections the test left open would carry session state (advisory locks,
@@ -194,42 +202,41 @@ def reset_database(server: TestServer, database: str) -> bool:
             ddl = conn.execute("SELECT EXISTS (SELECT FROM sigma_testing.ddl_events)").fetchone()
             if ddl != (False,):
                 return False
+            if template is not None and _database_state_differs(conn, template):
+                return False
             rows = conn.execute(
-                "SELECT schema_name, table_name, seeded, number, columns, fingerprint, cascade "
-                "FROM sigma_testing.data_tables ORDER BY number"
+                "SELECT schema_name, table_name, seeded, number, columns, bookkeeping, "
+                "table_name IN (SELECT table_name FROM sigma_testing.touched) "
+                "FROM sigma_testing.data_tables"
             ).fetchall()
             if not rows:
                 return True
             tables = [sql.Identifier(schema, table) for schema, table, *_ in rows]
-            # Changed: rows in a table the template left empty, or a seeded table whose rows
-            # differ from the template's.
-            changed = [
-                sql.SQL("{} <> {}").format(_fingerprint(table), sql.Literal(row[5]))
-                if row[2]
-                else sql.SQL("EXISTS (SELECT FROM {})").format(table)
-                for table, row in zip(tables, rows, strict=True)
-            ]
+            # The version table and the ledger only when a test touched them; any other table
+            # when it holds rows, and seeded ones always (their rows come back in the
+            # template's order).
+            watched = [i for i, row in enumerate(rows) if not row[5]]
             probe = sql.SQL(" UNION ALL ").join(
-                sql.SQL("SELECT {} WHERE {}").format(sql.Literal(i), test)
-                for i, test in enumerate(changed)
+                sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(i), tables[i])
+                for i in watched
             )
-            dirty = {int(row[0]) for row in conn.execute(probe)}
-            number_to_index = {int(row[3]): i for i, row in enumerate(rows)}
+            dirty = {int(row[0]) for row in conn.execute(probe)} if watched else set()
             chosen = sorted(
-                {number_to_index[int(n)] for i in dirty for n in rows[i][6] if n in number_to_index}
-                | dirty
+                dirty
+                | {i for i in watched if rows[i][2]}
+                | {i for i, row in enumerate(rows) if row[5] and row[6]}
             )
+            # Replica before the TRUNCATE: the product's own triggers (ON TRUNCATE too) must
+            # not fire, and the seeds, the template's consistent rows, skip FK checks.
+            conn.execute("SET LOCAL session_replication_role = replica")
             if chosen:
-                # Emptied with the tables referencing them (what CASCADE reaches is chosen too),
-                # so seeded ones among those are restored below.
+                # CASCADE may also empty tables referencing these: those hold no template rows,
+                # or are seeded and so restored below.
                 conn.execute(
                     sql.SQL("TRUNCATE {} CASCADE").format(
                         sql.SQL(", ").join(tables[i] for i in chosen)
                     )
                 )
-                # The seeds are the template's own consistent rows: skip FK checks so the
-                # order of restoring them does not matter.
-                conn.execute("SET LOCAL session_replication_role = replica")
             for i in chosen:
                 if rows[i][2]:
                     columns = sql.SQL(", ").join(sql.Identifier(name) for name in rows[i][4])
@@ -242,9 +249,26 @@ def reset_database(server: TestServer, database: str) -> bool:
                 "SELECT setval(sequence::regclass, value, called) "
                 "FROM sigma_testing.sequence_values"
             )
+            conn.execute("DELETE FROM sigma_testing.touched")
         return True
     except psycopg.errors.LockNotAvailable:
         return False  # a connection the test left open holds a lock: re-clone instead
+
+
+_DATABASE_STATE = """
+SELECT ARRAY(SELECT a::text FROM pg_catalog.pg_database d, unnest(d.datacl) a
+             WHERE d.datname = %(name)s ORDER BY 1),
+       ARRAY(SELECT s.setrole::text || ':' || c FROM pg_catalog.pg_db_role_setting s
+             JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c
+             WHERE d.datname = %(name)s ORDER BY 1)
+"""
+
+
+def _database_state_differs(conn: psycopg.Connection[Any], template: str) -> bool:
+    """Whether the connected database's grants or settings differ from ``template``'s."""
+    mine = conn.execute(_DATABASE_STATE, {"name": conn.info.dbname}).fetchone()
+    theirs = conn.execute(_DATABASE_STATE, {"name": template}).fetchone()
+    return mine != theirs
 
 
 @dataclass
@@ -272,7 +296,7 @@ class CloneKeeper:
         if self.current is None:
             return
         try:
-            clean = reset_database(self.server, self.current)
+            clean = reset_database(self.server, self.current, self.template)
         except psycopg.Error:
             clean = False
         if not clean:
@@ -301,14 +325,14 @@ def clone_database(server: TestServer, template: str) -> str:
         )
         settings = admin.execute(
             "SELECT r.rolname, unnest(s.setconfig) FROM pg_db_role_setting s "
-            "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
-            "WHERE d.datname = %s",
+            "LEFT JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d "
+            "ON d.oid = s.setdatabase WHERE d.datname = %s",
             (template,),
         ).fetchall()
         # Nor the database's own grants (datacl): CONNECT for the product's roles only,
         # TEMPORARY not for _ro, as `sigma-db roles apply` set them on the template.
         grants = admin.execute(
-            "SELECT a.privilege_type, coalesce(r.rolname, 'PUBLIC') "
+            "SELECT a.privilege_type, coalesce(r.rolname, 'PUBLIC'), a.is_grantable "
             "FROM pg_database d, aclexplode(d.datacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
             "WHERE d.datname = %s AND a.grantee <> d.datdba",
             (template,),
@@ -319,22 +343,27 @@ def clone_database(server: TestServer, template: str) -> str:
             admin.execute(
                 sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
             )
-        for privilege, grantee in grants:
+        for privilege, grantee, grantable in grants:
             admin.execute(
-                sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
                     sql.SQL(str(privilege)),
                     sql.Identifier(name),
                     sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(str(grantee)),
+                    sql.SQL(" WITH GRANT OPTION" if grantable else ""),
                 )
             )
         for role, setting in settings:
             key, _, value = str(setting).partition("=")
+            target = (
+                sql.SQL("DATABASE {}").format(sql.Identifier(name))  # ALTER DATABASE ... SET
+                if role is None
+                else sql.SQL("ROLE {} IN DATABASE {}").format(
+                    sql.Identifier(str(role)), sql.Identifier(name)
+                )
+            )
             admin.execute(
-                sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
-                    sql.Identifier(str(role)),
-                    sql.Identifier(name),
-                    sql.Identifier(key),
-                    _setting_value(key, value),
+                sql.SQL("ALTER {} SET {} = {}").format(
+                    target, sql.Identifier(key), _setting_value(key, value)
                 )
             )
     return name
