@@ -269,57 +269,58 @@ def test_clones_keep_the_databases_grants(keeper: CloneKeeper, template: Product
         conn.execute("CREATE TEMP TABLE scratch (id int)")
 
 
+def next_test_after(keeper: CloneKeeper, template: ProductTemplate, *statements: str) -> str:
+    """Run ``statements`` as _rw in one test's database; the database the next test gets."""
+    first = keeper.acquire()
+    with connect(template, first) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    keeper.release()
+    second = keeper.acquire()
+    assert second == first  # reset in place: no DDL
+    return second
+
+
+def query(template: ProductTemplate, database: str, sql: str) -> list[tuple[object, ...]]:
+    with connect(template, database) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def test_seeded_rows_emptied_through_a_foreign_key_are_restored(
     keeper: CloneKeeper, template: ProductTemplate
 ) -> None:
     # Only packs changes; TRUNCATE packs CASCADE also empties pack_notes, seeded and unchanged.
-    first = keeper.acquire()
-    with connect(template, first) as conn:
-        conn.execute("INSERT INTO packs (name) VALUES ('extra')")
-    keeper.release()
-    second = keeper.acquire()
-    assert second == first
-    with connect(template, second) as conn:
-        assert conn.execute("SELECT id, pack_id FROM pack_notes").fetchall() == [(1, 1)]
-    assert packs(template, second) == [(1, "seeded")]
+    database = next_test_after(keeper, template, "INSERT INTO packs (name) VALUES ('extra')")
+    assert query(template, database, "SELECT id, pack_id FROM pack_notes") == [(1, 1)]
+    assert packs(template, database) == [(1, "seeded")]
 
 
 def test_seeded_rows_keep_their_order_after_a_test_changed_them_back(
     keeper: CloneKeeper, template: ProductTemplate
 ) -> None:
     # Tests that read without ORDER BY must not depend on which tests ran before them.
-    first = keeper.acquire()
-    with connect(template, first) as conn:
-        fresh = conn.execute("SELECT code FROM currencies").fetchall()
-        conn.execute("UPDATE currencies SET code = 'XXX' WHERE code = 'EUR'")
-        conn.execute("UPDATE currencies SET code = 'EUR' WHERE code = 'XXX'")
-    keeper.release()
-    with connect(template, keeper.acquire()) as conn:
-        assert conn.execute("SELECT code FROM currencies").fetchall() == fresh
+    fresh = query(template, keeper.acquire(), "SELECT code FROM currencies")
+    database = next_test_after(
+        keeper,
+        template,
+        "UPDATE currencies SET code = 'XXX' WHERE code = 'EUR'",
+        "UPDATE currencies SET code = 'EUR' WHERE code = 'XXX'",
+    )
+    assert query(template, database, "SELECT code FROM currencies") == fresh
 
 
 def test_inheriting_tables_get_their_own_rows_back(
     keeper: CloneKeeper, template: ProductTemplate
 ) -> None:
-    first = keeper.acquire()
-    with connect(template, first) as conn:
-        conn.execute("UPDATE ONLY notes_base SET body = 'changed'")
-    keeper.release()
-    with connect(template, keeper.acquire()) as conn:
-        assert conn.execute("SELECT id, body FROM ONLY notes_base").fetchall() == [(1, "base")]
-        assert conn.execute("SELECT * FROM notes_child").fetchall() == [(2, "child", "x")]
+    database = next_test_after(keeper, template, "UPDATE ONLY notes_base SET body = 'changed'")
+    assert query(template, database, "SELECT id, body FROM ONLY notes_base") == [(1, "base")]
+    assert query(template, database, "SELECT * FROM notes_child") == [(2, "child", "x")]
 
 
 def test_the_reset_fires_no_product_trigger(keeper: CloneKeeper, template: ProductTemplate) -> None:
-    first = keeper.acquire()
-    with connect(template, first) as conn:
-        conn.execute("INSERT INTO flags VALUES (2)")
-    keeper.release()
-    second = keeper.acquire()
-    assert second == first
-    with connect(template, second) as conn:
-        assert conn.execute("SELECT count(*) FROM wipes").fetchone() == (0,)
-        assert conn.execute("SELECT id FROM flags").fetchall() == [(1,)]
+    database = next_test_after(keeper, template, "INSERT INTO flags VALUES (2)")
+    assert query(template, database, "SELECT count(*) FROM wipes") == [(0,)]
+    assert query(template, database, "SELECT id FROM flags") == [(1,)]
 
 
 def test_a_database_grant_a_test_changed_means_a_new_copy(
