@@ -242,16 +242,22 @@ def runnable_binaries(binaries: ServerBinaries, user: str | None) -> ServerBinar
     key = hashlib.sha256(f"{place}:{built.st_size}:{built.st_mtime_ns}".encode()).hexdigest()[:12]
     cache = _private_cache(_shared_directory(user))
     copy = cache / f"pginstall-{binaries.major}-{key}"
-    marker = copy / _COMPLETE
-    if not marker.is_file():
+    bindir = copy / place / "bin"
+
+    def complete() -> bool:
+        # The marker, and the programs themselves: a temp cleaner going by age takes files one
+        # at a time, so a copy missing any of them is made again.
+        return (copy / _COMPLETE).is_file() and all(
+            (bindir / name).is_file() for name in ("postgres", "pg_ctl", "initdb")
+        )
+
+    if not complete():
         with open(cache / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not marker.is_file():
+            if not complete():
                 shutil.rmtree(copy, ignore_errors=True)  # incomplete: start over
                 _copy_installation(install, anchor, place, copy)
-    with contextlib.suppress(OSError):
-        marker.touch()  # in use: a temp cleaner that goes by age leaves it alone
-    return ServerBinaries(copy / place / "bin", binaries.major)
+    return ServerBinaries(bindir, binaries.major)
 
 
 _COMPLETE = ".sigma-db-complete"

@@ -90,7 +90,16 @@ def template(
             doc=doc, number=number, number_before=number - 1, phase=phase, upgrade=upgrade
         )
         (versions / f"{number:04d}_seed.py").write_text(code, encoding="utf-8")
-    return build_template(sigma_postgresql, "lab", repo / "alembic.ini")
+    built = build_template(sigma_postgresql, "lab", repo / "alembic.ini")
+    with sigma_postgresql.connect() as admin:  # settings stored as quoted lists, and a literal
+        for setting in (
+            "search_path = 'a,b', app",
+            "temp_tablespaces = 'pg_default'",
+            "session_preload_libraries = 'plpgsql'",
+            "statement_timeout = '5min'",
+        ):
+            admin.execute(f'ALTER DATABASE "{built.database}" SET {setting}')
+    return built
 
 
 @pytest.fixture
@@ -336,3 +345,22 @@ def test_a_database_grant_a_test_changed_means_a_new_copy(
     assert second != first
     with connect_as(template.settings(second, "ro")) as conn:
         assert conn.execute("SELECT session_user").fetchone() == (ro,)
+
+
+def test_clones_carry_the_templates_settings_and_are_reused(
+    keeper: CloneKeeper, template: ProductTemplate
+) -> None:
+    # A setting copied wrong would differ from the template's at every reset: a new copy per
+    # test, or (a library list copied as one name) no connection at all.
+    settings = (
+        "SELECT s.setrole, s.setconfig FROM pg_db_role_setting s JOIN pg_database d "
+        "ON d.oid = s.setdatabase WHERE d.datname = %s ORDER BY 1"
+    )
+    for _ in range(3):
+        database = keeper.acquire()
+        assert packs(template, database) == [(1, "seeded")]
+        keeper.release()
+    assert keeper.clones_made == 1
+    with template.server.connect() as admin:
+        mine = admin.execute(settings, (database,)).fetchall()
+        assert mine == admin.execute(settings, (template.database,)).fetchall()

@@ -238,8 +238,7 @@ def test_plugin_usage_errors(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*sigma_db_alembic_ini = 'missing.ini': no file*"])
-    pytester.makefile(".ini", alembic="")
-    pytester.makeini("[pytest]\nsigma_db_product = Lab-X\nsigma_db_alembic_ini = alembic.ini\n")
+    pytester.makeini("[pytest]\nsigma_db_product = Lab-X\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*sigma_db_product = 'Lab-X': product name 'Lab-X' must be*"])

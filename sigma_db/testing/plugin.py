@@ -61,12 +61,12 @@ def pytest_configure(config: pytest.Config) -> None:
             f"sigma_db_alembic_ini = {configured!r}: no file {Path(config.rootpath, configured)}; "
             "point it at the product's alembic.ini, relative to the pytest rootdir."
         )
-    if not configured:
-        return  # a project that does not use the product fixtures pays no import here
+    product = str(config.getini("sigma_db_product"))
+    if not configured and product == "lab":
+        return  # a project that does not use the product options pays no import here
     from sigma_db.errors import ConfigurationError
     from sigma_db.topology import Product
 
-    product = str(config.getini("sigma_db_product"))
     try:
         Product.named(product)
     except ConfigurationError as exc:

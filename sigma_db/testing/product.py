@@ -256,19 +256,22 @@ def reset_database(server: TestServer, database: str, template: str | None = Non
 
 
 _DATABASE_STATE = """
-SELECT ARRAY(SELECT a::text FROM pg_catalog.pg_database d, unnest(d.datacl) a
-             WHERE d.datname = %(name)s ORDER BY 1),
-       ARRAY(SELECT s.setrole::text || ':' || c FROM pg_catalog.pg_db_role_setting s
-             JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c
-             WHERE d.datname = %(name)s ORDER BY 1)
+SELECT d.datname,
+       ARRAY(SELECT format('%%s %%s %%s', a.grantee, a.privilege_type, a.is_grantable)
+             FROM aclexplode(d.datacl) a ORDER BY 1) AS grants,
+       ARRAY(SELECT s.setrole::text || ':' || c FROM pg_catalog.pg_db_role_setting s,
+             unnest(s.setconfig) c WHERE s.setdatabase = d.oid ORDER BY 1) AS settings,
+       d.datconnlimit, d.datdba
+FROM pg_catalog.pg_database d WHERE d.datname IN (current_database(), %(template)s)
 """
+"""What the template and the copy must share beyond their contents: grants (who granted them
+aside: the copy's are re-granted), database and role settings, connection limit, owner."""
 
 
 def _database_state_differs(conn: psycopg.Connection[Any], template: str) -> bool:
     """Whether the connected database's grants or settings differ from ``template``'s."""
-    mine = conn.execute(_DATABASE_STATE, {"name": conn.info.dbname}).fetchone()
-    theirs = conn.execute(_DATABASE_STATE, {"name": template}).fetchone()
-    return mine != theirs
+    states = [row[1:] for row in conn.execute(_DATABASE_STATE, {"template": template})]
+    return len(states) != 2 or states[0] != states[1]
 
 
 @dataclass
@@ -369,12 +372,59 @@ def clone_database(server: TestServer, template: str) -> str:
     return name
 
 
+_LIST_SETTINGS = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+"""Settings PostgreSQL stores as a list of double-quoted names (GUC_LIST_QUOTE), as pg_dump's
+``variable_is_guc_list_quote`` knows them: stored ``"a,b", app`` is two names, not a string."""
+
+
 def _setting_value(key: str, value: str) -> sql.Composable:
-    """A stored setting as SQL: ``search_path`` is a list of identifiers, the rest a literal."""
-    if key != "search_path":
+    """A stored setting as SQL, the way pg_dump writes it back.
+
+    A list setting element by element, any other one as one literal.
+    """
+    if key.lower() not in _LIST_SETTINGS:
         return sql.Literal(value)
-    parts = [part.strip().strip('"') for part in value.split(",") if part.strip()]
-    return sql.SQL(", ").join(sql.Identifier(part) for part in parts)
+    return sql.SQL(", ").join(sql.Literal(name) for name in _split_list(value))
+
+
+def _split_list(value: str) -> list[str]:
+    """``a, "b,c", "we""ird"`` -> ``['a', 'b,c', 'we"ird']`` (PostgreSQL's flattened list)."""
+    names: list[str] = []
+    position = 0
+    while position < len(value):
+        while position < len(value) and value[position] in " ,":
+            position += 1
+        if position >= len(value):
+            break
+        if value[position] == '"':
+            end = position + 1
+            name = ""
+            while end < len(value):
+                if value[end] == '"':
+                    if value[end + 1 : end + 2] == '"':
+                        name += '"'
+                        end += 2
+                        continue
+                    break
+                name += value[end]
+                end += 1
+            names.append(name)
+            position = end + 1
+        else:
+            end = value.find(",", position)
+            end = len(value) if end < 0 else end
+            names.append(value[position:end].strip())
+            position = end
+    return names or [""]
 
 
 def drop_database(server: TestServer, name: str) -> None:
