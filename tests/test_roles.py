@@ -549,6 +549,42 @@ def test_partition_maintenance_as_the_migrator_moves_rows_out_of_default(
         assert conn.execute("SELECT count(*) FROM signals").fetchone() == (1,)
 
 
+def test_partition_maintenance_as_a_superuser_makes_the_migrators_partitions(
+    provisioned: Provisioned,
+) -> None:
+    # Run by hand as postgres, maintenance made partitions postgres owned: _rw could not
+    # write to them, and the migrator's next run could not detach them ("must be owner").
+    from datetime import UTC, datetime, timedelta
+
+    from sigma_db import create_engine
+    from sigma_db.partitions import PartitionManager
+    from sigma_db.partitions.examples import ExampleBase, Signal
+
+    engine = create_engine(provisioned.settings(MIGRATOR))
+    ExampleBase.metadata.create_all(engine, tables=[Signal.__table__])
+    engine.dispose()
+    later = datetime.now(UTC) + timedelta(days=20)
+    report = PartitionManager(provisioned.admin, Signal).maintain(later)
+    assert report.problem_lines() == []
+    with provisioned.admin_connection() as admin:
+        owners = admin.execute(
+            "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'app.signals'::regclass"
+        ).fetchall()
+    assert owners == [(provisioned.target.roles[MIGRATOR],)]
+    with provisioned.connect(RW) as conn:
+        conn.execute(
+            "INSERT INTO signals (observed_at, symbol, value) VALUES (%s, 'A', 1)",
+            (later,),
+        )
+    assert (
+        PartitionManager(provisioned.settings(MIGRATOR), Signal)
+        .maintain(later + timedelta(days=400))
+        .problem_lines()
+        == []
+    )
+
+
 def test_rw_may_create_temporary_tables_ro_may_not(provisioned: Provisioned) -> None:
     with provisioned.connect(RW) as conn:
         conn.execute("CREATE TEMP TABLE staging (id int)")

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 
+from psycopg import sql
 from sqlalchemy.engine import Engine
 
 from sigma_db.errors import ConfigurationError, DatabaseUnavailableError
@@ -544,6 +545,10 @@ class PartitionManager:
     # --- execution --------------------------------------------------------------------------
 
     def _execute(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
+        with _as_owner_of(conn, plan.table):
+            return self._execute_as_owner(conn, plan, say)
+
+    def _execute_as_owner(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
         outcome = TableOutcome(plan.table, problems=list(plan.problems))
         creates: list[PartitionAction] = []
         for action in plan.actions:
@@ -965,3 +970,30 @@ def _move_statements(
 def _chunks(items: Sequence[PartitionAction], size: int) -> Iterable[Sequence[PartitionAction]]:
     for index in range(0, len(items), size):
         yield items[index : index + size]
+
+
+_OWNER = """
+SELECT pg_get_userbyid(c.relowner), current_user, pg_has_role(current_user, c.relowner, 'MEMBER')
+FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(%s)
+"""
+
+
+@contextmanager
+def _as_owner_of(conn: Any, table: str) -> Iterator[None]:
+    """Act as the table's owner (the migrator role) when the login is another member of it.
+
+    Run as a superuser, maintenance created partitions owned by that superuser, with none of
+    the default privileges the migrator's objects get: ``_rw`` could not write to them, and
+    the migrator's next run could not comment and detach them ("must be owner"). ``SET ROLE``
+    makes them what a migrator's run makes.
+    """
+    row = conn.execute(_OWNER, (table,)).fetchone()
+    if row is None or row[0] == row[1] or not row[2]:
+        yield
+        return
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(row[0])))
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("RESET ROLE")
