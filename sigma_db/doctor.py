@@ -222,7 +222,19 @@ def _own_tables(
     conn: psycopg.Connection[Any], kind: RoleKind, user: str, group: str, schemas: list[str]
 ) -> list[str]:
     checked = (*_EXPECTED[RoleKind.RW], *_NEVER_FOR_RW)
-    columns = ", ".join(f"has_table_privilege(c.oid, '{p}')" for p in checked)  # fixed words
+    # What the role has on the whole table (for what it lacks), and what it may do at all (for
+    # what it must not): on any column too, and as the login itself, which RESET ROLE restores.
+    whole = [f"has_table_privilege(c.oid, '{p}')" for p in checked]  # fixed words
+    anyhow = [
+        f"({check}(c.oid, '{p}') OR {check}(session_user, c.oid, '{p}'))"
+        for p in checked
+        for check in [
+            "has_any_column_privilege"
+            if p in ("SELECT", "INSERT", "UPDATE", "REFERENCES")
+            else "has_table_privilege"
+        ]
+    ]
+    columns = ", ".join([*whole, *anyhow])
     extra: dict[tuple[str, ...], list[str]] = defaultdict(list)
     missing: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for row in conn.execute(
@@ -233,12 +245,13 @@ def _own_tables(
         [schemas],
     ):
         name, table, owns = row[0], row[1], row[-1]
-        has = dict(zip(checked, row[2:-1], strict=True))
+        has = dict(zip(checked, row[2 : 2 + len(checked)], strict=True))
+        may = dict(zip(checked, row[2 + len(checked) : -1], strict=True))
         if owns:
             extra[("OWNER",)].append(name)
             continue
         allowed = _EXPECTED[kind]
-        over = tuple(p for p in checked if has[p] and p not in allowed)
+        over = tuple(p for p in checked if may[p] and p not in allowed)
         if over:
             extra[over].append(name)
         expected = allowed if table else ("SELECT",)
@@ -261,6 +274,13 @@ def _own_tables(
         problems.append(
             f"{user} lacks {', '.join(privileges)} on {shown}, which {group} needs; {_FIX}."
         )
+    if kind is RoleKind.RO:
+        temporary = conn.execute(
+            "SELECT has_database_privilege(current_database(), 'TEMPORARY') "
+            "OR has_database_privilege(session_user, current_database(), 'TEMPORARY')"
+        ).fetchone()
+        if temporary == (True,):
+            problems.append(f"{user} promises read-only but may create temporary tables; {_FIX}.")
     return problems
 
 

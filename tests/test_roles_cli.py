@@ -219,6 +219,32 @@ def test_doctor_reports_privileges_beyond_the_name(run, provisioned: Provisioned
     assert "sigma-db roles apply" in err
 
 
+def test_doctor_sees_column_grants_the_login_itself_and_temporary_tables(
+    run, provisioned: Provisioned
+) -> None:
+    # A _ro login that could write said "ok": a column grant to the group, a grant to the
+    # login itself (RESET ROLE brings it back), and TEMPORARY on the database.
+    roles = provisioned.target.roles
+    login = provisioned.logins[RoleKind.RO]
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE TABLE probes (id int, name text)")
+        conn.execute("CREATE TABLE notes (id int)")
+    checks = [
+        (f"GRANT UPDATE (name) ON app.probes TO {roles[RoleKind.RO]}", "write to app.probes"),
+        (f"GRANT INSERT ON app.notes TO {login}", "write to app.notes"),
+        (
+            f"GRANT TEMPORARY ON DATABASE {provisioned.admin.name} TO {roles[RoleKind.RO]}",
+            "create temporary tables",
+        ),
+    ]
+    for grant, said in checks:
+        with provisioned.admin_connection() as admin:
+            admin.execute(grant)
+        code, _, err = run(provisioned.settings(RoleKind.RO), "doctor")
+        assert code == 1, grant
+        assert f"promises read-only but may {said}" in err, err
+
+
 def test_doctor_flags_truncate_and_missing_privileges(run, provisioned: Provisioned) -> None:
     roles = provisioned.target.roles
     with provisioned.connect(RoleKind.MIGRATOR) as conn:
