@@ -58,6 +58,9 @@ class Relation:
     """A sequence owned by a column (identity, serial): its owner moves with its table's."""
     column_acl: dict[str, set[Grant]] = field(default_factory=dict)
     """Column-level grants (``GRANT UPDATE (col) ...``), which the table's ACL does not show."""
+    grant_options: set[str | None] = field(default_factory=set)
+    """Roles holding a privilege WITH GRANT OPTION, which lets them hand it on (to PUBLIC, to
+    another product's roles) in grants only they, not the owner, can revoke."""
 
 
 @dataclass
@@ -230,13 +233,13 @@ def _default_acl(
 def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relation]:
     relations: dict[tuple[str, str], Relation] = {}
     not_extension = _NOT_EXTENSION.format(cls="'pg_class'", oid="c.oid")
-    for schema, name, kind, owner, follows, grantee, privilege in conn.execute(
+    for schema, name, kind, owner, follows, grantee, privilege, grantable in conn.execute(
         "SELECT n.nspname, c.relname, c.relkind::text, pg_get_userbyid(c.relowner), "  # noqa: S608
         "  c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend t "
         "    WHERE t.classid = 'pg_class'::regclass "
         "    AND t.objid = c.oid AND t.refclassid = 'pg_class'::regclass "
         "    AND t.deptype IN ('a', 'i')), "
-        f"  {_GRANTEE}, a.privilege_type "
+        f"  {_GRANTEE}, a.privilege_type, a.is_grantable "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault("
         "  CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))) a "
@@ -248,6 +251,8 @@ def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relati
             (schema, name), Relation(schema, name, kind, owner, set(), follows)
         )
         entry.acl.add((grantee, privilege))
+        if grantable and grantee != owner:
+            entry.grant_options.add(grantee)
     for schema, name, column, grantee, privilege in conn.execute(
         f"SELECT n.nspname, c.relname, att.attname, {_GRANTEE}, a.privilege_type "  # noqa: S608
         "FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid "

@@ -541,6 +541,18 @@ class _Planner:
                     role=migrator,
                     **where,
                 )
+            for grantee in sorted(relation.grant_options - {migrator}, key=str):
+                # First, and CASCADE: the grants this role made from its option go with it;
+                # as the owner, the REVOKEs below could not reach them.
+                self.emit(
+                    "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON "
+                    + ("SEQUENCE" if sequence else "TABLE")
+                    + " {schema}.{name} FROM {grantee} CASCADE",
+                    f"drift: {'PUBLIC' if grantee is None else grantee} may grant its "
+                    f"privileges on {relation.schema}.{relation.name} to others",
+                    grantee=self.grantee(grantee),
+                    **where,
+                )
             # The owner's entries move to the new owner with ALTER … OWNER.
             acl = self.by_grantee(
                 grant for grant in relation.acl if grant[0] not in (relation.owner, migrator)

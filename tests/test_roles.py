@@ -440,6 +440,30 @@ def test_grants_to_other_products_and_public_are_revoked(
             assert _public_or_foreign_grants(admin, relation, own) == []
 
 
+def test_a_grant_option_and_the_grants_made_from_it_are_revoked(
+    provisioned: Provisioned,
+) -> None:
+    # The owner's REVOKE cannot reach a grant _rw made from its grant option: apply printed
+    # the same REVOKE ... FROM PUBLIC on every run, and PUBLIC kept reading.
+    rw = provisioned.target.roles[RW]
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute("CREATE TABLE secrets (id int)")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT SELECT ON app.secrets TO {rw} WITH GRANT OPTION")
+    with provisioned.connect(RW) as conn:
+        conn.execute("GRANT SELECT ON app.secrets TO PUBLIC")
+    plan = sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    assert "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON TABLE" in plan.render()
+    with provisioned.admin_connection() as admin:
+        row = admin.execute(
+            "SELECT has_table_privilege('public', 'app.secrets', 'SELECT'), "
+            "has_table_privilege(%s, 'app.secrets', 'SELECT WITH GRANT OPTION')",
+            (rw,),
+        ).fetchone()
+    assert row == (False, False)
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+
+
 def test_objects_not_owned_by_the_migrator_are_handed_to_it(provisioned: Provisioned) -> None:
     """A table the superuser made, or one _rw owns, would let _rw ALTER/DROP: fix the owner."""
     roles = provisioned.target.roles
