@@ -164,6 +164,8 @@ def _remedy(settings: DatabaseSettings, reason: str) -> str:
         return f"DB_HOST={settings.host} does not resolve; fix DB_HOST."
     if "ssl" in lowered:
         return "Check DB_SSLMODE against what the server supports."
+    if "connection refused" in lowered:  # libpq already asks whether the server is running
+        return "Check DB_HOST and DB_PORT (the server refused). For a local one: sigma-db dev up."
     return (
         "Is the server running and reachable at DB_HOST:DB_PORT? For a local one: sigma-db dev up."
     )

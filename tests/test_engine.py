@@ -151,6 +151,7 @@ def test_unreachable_server_is_one_clear_error(db_settings: DatabaseSettings) ->
     message = str(exc.value)
     assert f"127.0.0.1:{closed_port}" in message
     assert "sigma-db dev up" in message
+    assert message.count("Is the server running") <= 1  # libpq asks already; no echo
     assert db_settings.secret() not in message
     assert isinstance(exc.value.__cause__, psycopg.OperationalError)
 

@@ -103,7 +103,7 @@ def test_rows_left_in_default_exit_1_with_one_line_per_table(
     assert result.returncode == 1
     problems = [line for line in result.stderr.splitlines() if line]
     assert len(problems) == 1
-    assert problems[0].startswith("problem: app.signals: 1 rows in DEFAULT partition")
+    assert problems[0].startswith("problem: app.signals: 1 row in DEFAULT partition")
     assert "Traceback" not in result.stderr
 
 

@@ -535,7 +535,7 @@ class PartitionManager:
             total = sum(plan.unplaced.values())
             windows = ", ".join(w.suffix for w in sorted(plan.unplaced))
             plan.problems.append(
-                f"{total} rows in DEFAULT partition {default.name if default else '?'} cannot be "
+                f"{_rows(total)} in DEFAULT partition {default.name if default else '?'} cannot be "
                 f"placed (windows {windows}: older than the retention, beyond premake, or "
                 "covered by another partition); see 'When the DEFAULT partition alerts' in the "
                 "partitioning guide"
@@ -579,7 +579,9 @@ class PartitionManager:
             if self._transaction(conn, plan, statements, outcome, what=chunk[0].partition):
                 outcome.created += len(chunk)
                 say(
-                    f"{plan.table}: created {len(chunk)} partitions "
+                    f"{plan.table}: created {chunk[0].partition}"
+                    if len(chunk) == 1
+                    else f"{plan.table}: created {len(chunk)} partitions "
                     f"({chunk[0].partition} .. {chunk[-1].partition})"
                 )
 
@@ -997,3 +999,7 @@ def _as_owner_of(conn: Any, table: str) -> Iterator[None]:
     finally:
         if not conn.closed:
             conn.execute("RESET ROLE")
+
+
+def _rows(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
