@@ -73,6 +73,8 @@ class Routine:
     arguments: tuple[tuple[str, str], ...]
     """Identity argument types as (type schema, type name)."""
     acl: set[Grant]
+    grant_options: set[str | None] = field(default_factory=set)
+    """Roles holding EXECUTE WITH GRANT OPTION (see :attr:`Relation.grant_options`)."""
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Catalog:
     schema_owner: dict[str, str]
     schema_acl: dict[str, set[Grant]]
     """Entries other than the schema owner's."""
+    schema_grant_options: dict[str, set[str | None]]
+    """Per schema, roles other than its owner holding a privilege WITH GRANT OPTION."""
     public_schema_acl: set[Grant] | None
     default_acl: dict[tuple[str, str | None, str], set[Grant]]
     """(owning role, schema or None for database-wide, object type) → entries; a key exists
@@ -189,9 +193,11 @@ def _database_acl(conn: psycopg.Connection[Any]) -> set[Grant]:
 def _schemas(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, Any]:
     schema_owner: dict[str, str] = {}
     schema_acl: dict[str, set[Grant]] = defaultdict(set)
+    grant_options: dict[str, set[str | None]] = defaultdict(set)
     public_schema_acl: set[Grant] | None = None
-    for schema, owner, grantee, privilege in conn.execute(
-        f"SELECT n.nspname, pg_get_userbyid(n.nspowner), {_GRANTEE}, a.privilege_type "  # noqa: S608
+    for schema, owner, grantee, privilege, grantable in conn.execute(
+        f"SELECT n.nspname, pg_get_userbyid(n.nspowner), {_GRANTEE}, a.privilege_type, "  # noqa: S608
+        "a.is_grantable "
         "FROM pg_namespace n "
         "CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a "
         "WHERE n.nspname = ANY(%s) OR n.nspname = 'public'",
@@ -205,9 +211,12 @@ def _schemas(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, Any
             schema_owner[schema] = owner
             if grantee != owner:
                 schema_acl[schema].add((grantee, privilege))
+                if grantable:
+                    grant_options[schema].add(grantee)
     return {
         "schema_owner": schema_owner,
         "schema_acl": schema_acl,
+        "schema_grant_options": grant_options,
         "public_schema_acl": public_schema_acl,
     }
 
@@ -271,25 +280,28 @@ def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relati
 def _routines(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Routine]:
     routines: dict[int, Routine] = {}
     not_extension = _NOT_EXTENSION.format(cls="'pg_proc'", oid="p.oid")
-    for oid, schema, name, owner, type_schemas, type_names, grantee, privilege in conn.execute(
+    for row in conn.execute(
         "SELECT p.oid, n.nspname, p.proname, pg_get_userbyid(p.proowner), "  # noqa: S608
         "  ARRAY(SELECT tn.nspname FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS x(t, i) "
         "    JOIN pg_type ty ON ty.oid = x.t JOIN pg_namespace tn ON tn.oid = ty.typnamespace "
         "    ORDER BY x.i), "
         "  ARRAY(SELECT ty.typname FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS x(t, i) "
         "    JOIN pg_type ty ON ty.oid = x.t ORDER BY x.i), "
-        f"  {_GRANTEE}, a.privilege_type "
+        f"  {_GRANTEE}, a.privilege_type, a.is_grantable "
         "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
         "WHERE n.nspname = ANY(%s) AND p.prokind IN ('f', 'p', 'w') "
         f"AND {not_extension} ORDER BY 2, 3, 1",
         [schemas],
     ):
+        oid, schema, name, owner, type_schemas, type_names, grantee, privilege, grantable = row
         entry = routines.setdefault(
             oid,
             Routine(schema, name, owner, tuple(zip(type_schemas, type_names, strict=True)), set()),
         )
         entry.acl.add((grantee, privilege))
+        if grantable and grantee != owner:
+            entry.grant_options.add(grantee)
     return list(routines.values())
 
 

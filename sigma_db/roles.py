@@ -387,6 +387,16 @@ class _Planner:
                     role=migrator,
                 )
                 acl = {grant for grant in acl if grant[0] != migrator}
+            options = self.catalog.schema_grant_options.get(schema, set()) - {migrator}
+            for grantee in sorted(options, key=str):
+                self.emit(
+                    "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON SCHEMA {schema} FROM {grantee} "
+                    "CASCADE",
+                    f"drift: {'PUBLIC' if grantee is None else grantee} may grant its "
+                    f"privileges on schema {schema} to others",
+                    schema=schema,
+                    grantee=self.grantee(grantee),
+                )
             for grantee, have in sorted(self.by_grantee(acl).items(), key=_grantee_order):
                 if grantee in want:
                     continue
@@ -624,6 +634,15 @@ class _Planner:
                     f"{label} is owned by {routine.owner}, not {migrator} (its owner may "
                     "replace and drop it)",
                     role=migrator,
+                    **signature,
+                )
+            for grantee in sorted(routine.grant_options - {migrator}, key=str):
+                self.emit(
+                    "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON ROUTINE {schema}.{name}({args}) "
+                    "FROM {grantee} CASCADE",
+                    f"drift: {'PUBLIC' if grantee is None else grantee} may grant EXECUTE on "
+                    f"{label} to others",
+                    grantee=self.grantee(grantee),
                     **signature,
                 )
             acl = self.by_grantee(

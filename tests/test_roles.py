@@ -462,6 +462,16 @@ def test_a_grant_option_and_the_grants_made_from_it_are_revoked(
         ).fetchone()
     assert row == (False, False)
     assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+    # The same for a schema and a routine.
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT USAGE ON SCHEMA app TO {rw} WITH GRANT OPTION")
+        admin.execute(f"GRANT EXECUTE ON FUNCTION app.answer() TO {rw} WITH GRANT OPTION")
+    plan = sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    assert "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON SCHEMA" in plan.render()
+    assert "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON ROUTINE" in plan.render()
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
 
 
 def test_objects_not_owned_by_the_migrator_are_handed_to_it(provisioned: Provisioned) -> None:
