@@ -388,6 +388,8 @@ class _Planner:
                 )
                 acl = {grant for grant in acl if grant[0] != migrator}
             options = self.catalog.schema_grant_options.get(schema, set()) - {migrator}
+            if options:  # wanted grants made from an option go with the CASCADE below
+                acl = {grant for grant in acl if grant[0] not in want}
             for grantee in sorted(options, key=str):
                 self.emit(
                     "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON SCHEMA {schema} FROM {grantee} "
@@ -551,7 +553,8 @@ class _Planner:
                     role=migrator,
                     **where,
                 )
-            for grantee in sorted(relation.grant_options - {migrator}, key=str):
+            cascading = relation.grant_options - {migrator}
+            for grantee in sorted(cascading, key=str):
                 # First, and CASCADE: the grants this role made from its option go with it;
                 # as the owner, the REVOKEs below could not reach them.
                 self.emit(
@@ -571,7 +574,9 @@ class _Planner:
                 role = target.roles[kind]
                 want = (SEQUENCE_PRIVILEGES if sequence else TABLE_PRIVILEGES)[kind]
                 have = acl.pop(role, set())
-                if want - have:
+                # A wanted grant may be one the CASCADE above takes (made from the option):
+                # grant again rather than count on it.
+                if want - have or cascading:
                     needs_all[(role, relation.schema)].add("SEQUENCES" if sequence else "TABLES")
                 if have - want:
                     self.emit(
@@ -592,7 +597,8 @@ class _Planner:
                 )
                 for grantee, have in sorted(column_acl.items(), key=_grantee_order):
                     self.emit(
-                        "REVOKE {privs} ON TABLE {schema}.{name} FROM {grantee}",
+                        # CASCADE: grants made from it (with a grant option) would block it
+                        "REVOKE {privs} ON TABLE {schema}.{name} FROM {grantee} CASCADE",
                         f"drift: {'PUBLIC' if grantee is None else grantee} may "
                         f"{', '.join(sorted(have))} on column "
                         f"{relation.schema}.{relation.name}.{column}",
@@ -636,7 +642,8 @@ class _Planner:
                     role=migrator,
                     **signature,
                 )
-            for grantee in sorted(routine.grant_options - {migrator}, key=str):
+            cascading = routine.grant_options - {migrator}
+            for grantee in sorted(cascading, key=str):
                 self.emit(
                     "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON ROUTINE {schema}.{name}({args}) "
                     "FROM {grantee} CASCADE",
@@ -650,7 +657,7 @@ class _Planner:
             )
             for kind in (RoleKind.RW, RoleKind.RO):
                 role = target.roles[kind]
-                if FUNCTION_PRIVILEGES[kind] - acl.pop(role, set()):
+                if FUNCTION_PRIVILEGES[kind] - acl.pop(role, set()) or cascading:
                     needs_all[(role, routine.schema)].add("ROUTINES")
             for grantee, have in sorted(acl.items(), key=_grantee_order):
                 self.emit(

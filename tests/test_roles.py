@@ -474,6 +474,30 @@ def test_a_grant_option_and_the_grants_made_from_it_are_revoked(
     assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
 
 
+def test_one_apply_repairs_grants_made_from_an_option(provisioned: Provisioned) -> None:
+    # _ro's SELECT, granted by _rw from its option, goes with the CASCADE: granted again in
+    # the same apply. A column grant made from a column option no longer blocks the REVOKE.
+    rw, ro = provisioned.target.roles[RW], provisioned.target.roles[RO]
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute("CREATE TABLE legacy (id int, name text)")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT ALL ON app.legacy TO {rw} WITH GRANT OPTION")
+        admin.execute(f"GRANT UPDATE (name) ON app.legacy TO {ro} WITH GRANT OPTION")
+    with provisioned.connect(RW) as conn:
+        conn.execute(f"GRANT SELECT ON app.legacy TO {ro}")
+    with provisioned.connect(RO) as conn:
+        conn.execute("GRANT UPDATE (name) ON app.legacy TO PUBLIC")
+    sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    with provisioned.connect(RO) as conn:
+        assert conn.execute("SELECT count(*) FROM legacy").fetchone() == (0,)
+    with provisioned.admin_connection() as admin:
+        row = admin.execute(
+            "SELECT has_column_privilege('public', 'app.legacy', 'name', 'UPDATE')"
+        ).fetchone()
+    assert row == (False,)
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+
+
 def test_objects_not_owned_by_the_migrator_are_handed_to_it(provisioned: Provisioned) -> None:
     """A table the superuser made, or one _rw owns, would let _rw ALTER/DROP: fix the owner."""
     roles = provisioned.target.roles
@@ -583,11 +607,11 @@ def test_partition_maintenance_as_the_migrator_moves_rows_out_of_default(
         assert conn.execute("SELECT count(*) FROM signals").fetchone() == (1,)
 
 
-def test_partition_maintenance_as_a_superuser_makes_the_migrators_partitions(
+def test_partition_maintenance_as_a_superuser_hands_its_partitions_to_the_owner(
     provisioned: Provisioned,
 ) -> None:
-    # Run by hand as postgres, maintenance made partitions postgres owned: _rw could not
-    # write to them, and the migrator's next run could not detach them ("must be owner").
+    # Run by hand as postgres, maintenance made partitions postgres owned, and the migrator's
+    # next run could not detach them ("must be owner"); they are handed to the parent's owner.
     from datetime import UTC, datetime, timedelta
 
     from sigma_db import create_engine

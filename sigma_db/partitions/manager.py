@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 
+import psycopg
 from psycopg import sql
 from sqlalchemy.engine import Engine
 
@@ -545,10 +546,11 @@ class PartitionManager:
     # --- execution --------------------------------------------------------------------------
 
     def _execute(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
-        with _as_owner_of(conn, plan.table):
-            return self._execute_as_owner(conn, plan, say)
+        outcome = self._execute_actions(conn, plan, say)
+        _hand_partitions_to_owner(conn, plan.table, outcome)
+        return outcome
 
-    def _execute_as_owner(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
+    def _execute_actions(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
         outcome = TableOutcome(plan.table, problems=list(plan.problems))
         creates: list[PartitionAction] = []
         for action in plan.actions:
@@ -974,31 +976,33 @@ def _chunks(items: Sequence[PartitionAction], size: int) -> Iterable[Sequence[Pa
         yield items[index : index + size]
 
 
-_OWNER = """
-SELECT pg_get_userbyid(c.relowner), current_user, pg_has_role(current_user, c.relowner, 'MEMBER')
-FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(%s)
+_STRAY_OWNERS = """
+SELECT format('%%I.%%I', n.nspname, c.relname), pg_get_userbyid(p.relowner)
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE i.inhparent = to_regclass(%s) AND c.relowner <> p.relowner
+  AND pg_has_role(current_user, c.relowner, 'MEMBER')
+  AND pg_has_role(current_user, p.relowner, 'MEMBER')
+ORDER BY 1
 """
 
 
-@contextmanager
-def _as_owner_of(conn: Any, table: str) -> Iterator[None]:
-    """Act as the table's owner (the migrator role) when the login is another member of it.
+def _hand_partitions_to_owner(conn: Any, table: str, outcome: TableOutcome) -> None:
+    """Give partitions another login made (a superuser's run) to the parent's owner.
 
-    Run as a superuser, maintenance created partitions owned by that superuser, with none of
-    the default privileges the migrator's objects get: ``_rw`` could not write to them, and
-    the migrator's next run could not comment and detach them ("must be owner"). ``SET ROLE``
-    makes them what a migrator's run makes.
+    Partitions belong to their creator: run as ``postgres``, maintenance made partitions that
+    the migrator's later runs could not comment and detach ("must be owner"). Only what this
+    login may hand over is handed over; the migrator cannot take a superuser's tables.
     """
-    row = conn.execute(_OWNER, (table,)).fetchone()
-    if row is None or row[0] == row[1] or not row[2]:
-        yield
-        return
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(row[0])))
-    try:
-        yield
-    finally:
-        if not conn.closed:
-            conn.execute("RESET ROLE")
+    for child, owner in conn.execute(_STRAY_OWNERS, (table,)).fetchall():
+        try:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.SQL(child), sql.Identifier(owner))
+            )
+        except psycopg.Error as exc:
+            outcome.problems.append(f"{child}: {' '.join(str(exc).split())}")
 
 
 def _rows(count: int) -> str:
