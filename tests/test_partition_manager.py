@@ -353,6 +353,27 @@ def test_without_default_partition_retention_detaches_concurrently(
     assert report.outcomes[0].dropped == len(retire)
 
 
+def test_a_detach_left_pending_holds_back_the_tables_other_detaches(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    # A report's snapshot keeps DETACH ... CONCURRENTLY from finishing: the partition is left
+    # detach pending, and PostgreSQL refuses a second pending detach on the table. That was
+    # reported as "partition X already pending detach" under the next partition's name.
+    _NoDefaultBase.metadata.create_all(engine)
+    manager = PartitionManager(db_settings, Tick, lock_timeout=timedelta(milliseconds=200))
+    later = NOW + timedelta(days=5)
+    assert len([a for a in manager.plan(later).tables[0].actions if a.kind == "retire"]) >= 2
+    with engine.connect() as report:
+        report.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        report.execute(text("SELECT count(*) FROM ticks"))
+        problems = manager.maintain(later).problem_lines()
+    assert any("left detach pending, which the next run finishes" in p for p in problems)
+    assert any("finishes detaching (one pending detach per table)" in p for p in problems)
+    assert not any("already pending detach" in p for p in problems), problems
+    finished = manager.maintain(later)
+    assert finished.ok, finished.problem_lines()
+
+
 def test_interrupted_concurrent_detach_is_finalized(
     db_settings: DatabaseSettings, engine: Engine
 ) -> None:

@@ -183,6 +183,9 @@ class TableOutcome:
     detached: int = 0
     dropped: int = 0
     problems: list[str] = field(default_factory=list)
+    pending_detach: str | None = None
+    """A partition this run left "detach pending" (its concurrent detach timed out): PostgreSQL
+    allows one per table, so the table's other detaches wait for the next run."""
 
     def summary(self) -> str:
         """One line: counts of what was done."""
@@ -655,12 +658,38 @@ class PartitionManager:
         if before and not self._transaction(conn, plan, before, outcome, what=action.partition):
             return
 
+        concurrent = " CONCURRENTLY" in detach
+        if concurrent and outcome.pending_detach is not None:
+            outcome.problems.append(
+                f"{action.partition}: waits until {outcome.pending_detach} finishes detaching "
+                "(one pending detach per table); the next run finishes that, then retires this"
+            )
+            return
+
         def body() -> None:
             conn.execute(detach)
 
+        # Once a concurrent detach timed out after its first step, the partition is "detach
+        # pending" and the same statement again fails: one attempt, the next run finishes it.
         if not self._with_retries(
-            conn, plan, body, outcome, what=action.partition, transaction=False
+            conn,
+            plan,
+            body,
+            outcome,
+            what=action.partition,
+            transaction=False,
+            attempts=1 if concurrent else _LOCK_RETRIES,
         ):
+            schema = plan.table.rpartition(".")[0]
+            child = f"{schema}.{action.partition}" if schema else action.partition
+            pending = conn.execute(
+                "SELECT inhdetachpending FROM pg_catalog.pg_inherits "
+                "WHERE inhrelid = to_regclass(%s)",
+                (child,),
+            ).fetchone()
+            if concurrent and pending == (True,):
+                outcome.pending_detach = action.partition
+                outcome.problems[-1] += "; it is left detach pending, which the next run finishes"
             return
         outcome.detached += 1
         if after:
@@ -694,10 +723,11 @@ class PartitionManager:
         *,
         what: str,
         transaction: bool = True,
+        attempts: int = _LOCK_RETRIES,
     ) -> bool:
         import psycopg
 
-        for attempt in range(1, _LOCK_RETRIES + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 if transaction:
                     with conn.transaction():
@@ -707,7 +737,7 @@ class PartitionManager:
                 return True
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
                 # A deadlock with an application's statement aborts one side; ours retries.
-                if attempt == _LOCK_RETRIES:
+                if attempt == attempts:
                     if isinstance(exc, psycopg.errors.DeadlockDetected):
                         outcome.problems.append(
                             f"{what}: deadlock with another session after {attempt} attempts; "
@@ -715,9 +745,10 @@ class PartitionManager:
                         )
                         logger.warning("%s: %s", plan.table, outcome.problems[-1])
                         return False
+                    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
                     outcome.problems.append(
                         f"{what}: lock not granted within lock_timeout "
-                        f"{self.lock_timeout.total_seconds():g}s after {attempt} attempts (the "
+                        f"{self.lock_timeout.total_seconds():g}s after {tries} (the "
                         "table is busy); the next run retries"
                     )
                     logger.warning("%s: %s", plan.table, outcome.problems[-1])
