@@ -43,6 +43,7 @@ __all__ = [
     "pg_ctl",
     "runnable_binaries",
     "server_user",
+    "temp_directories",
 ]
 
 _FALLBACK_USER = "sigma_postgres"
@@ -309,9 +310,14 @@ def _private_cache(shared: Path) -> Path:
     )
 
 
+def temp_directories() -> tuple[Path, ...]:
+    """Where a server's files may go, in order of preference: ``TMPDIR``, /tmp, /var/tmp."""
+    return (Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"))  # noqa: S108
+
+
 def _shared_directory(user: str | None) -> Path:
     """A temporary directory the server user can enter: ``TMPDIR`` if it can, else /tmp."""
-    for candidate in (Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")):  # noqa: S108
+    for candidate in temp_directories():
         if candidate.is_dir() and first_closed_directory(candidate, user) is None:
             return candidate
     raise ServerError(

@@ -28,6 +28,7 @@ from sigma_db.server import (
     pg_ctl,
     runnable_binaries,
     server_user,
+    temp_directories,
 )
 from sigma_db.settings import DatabaseSettings
 
@@ -208,9 +209,7 @@ _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, NUL included
 
 def _server_parent(parent: Path | None, os_user: str | None) -> Path:
     """Where the server's directory goes: one the server user can enter, with a short path."""
-    asked = [parent] if parent is not None else []
-    defaults = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")]  # noqa: S108
-    for candidate in asked or defaults:
+    for candidate in (parent,) if parent is not None else temp_directories():
         closed = first_closed_directory(candidate, os_user)
         fits = len(str(candidate)) + len(_SOCKET_NAME) <= _SOCKET_PATH_MAX
         if candidate.is_dir() and closed is None and fits and _may_execute(candidate, os_user):

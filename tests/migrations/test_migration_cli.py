@@ -88,13 +88,19 @@ def test_migrate_then_dry_run_is_clean(
     assert in_repo.query("SELECT count(*) FROM app.migration_runs") == [(1,)]
 
 
-def test_edited_applied_revision_fails_dry_run_until_repaired(
-    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
-) -> None:
+def applied_then_edited(in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The first revision locked and applied, then edited (a column renamed): its file."""
     path = in_repo.add("init", SIGNALS)
     run(["migrations", "lock"], capsys)
     run(["migrate"], capsys)
     path.write_text(path.read_text().replace('"name"', '"title"'))
+    return path
+
+
+def test_edited_applied_revision_fails_dry_run_until_repaired(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    applied_then_edited(in_repo, capsys)
     code, _, err = run(["migrate", "--dry-run"], capsys)
     assert code == 1
     problems = [line for line in err.splitlines() if line.startswith("problem:")]
@@ -304,10 +310,7 @@ def test_repair_when_the_database_is_at_an_unknown_revision(
 def test_repair_reads_the_lock_file_before_writing_the_ledger(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = in_repo.add("init", SIGNALS)
-    run(["migrations", "lock"], capsys)
-    run(["migrate"], capsys)
-    path.write_text(path.read_text().replace('"name"', '"title"'))
+    applied_then_edited(in_repo, capsys)
     lock = in_repo.root / "migrations" / "checksums.lock"
     lock.write_text(lock.read_text() + "garbage\n")
     each_fails_with(
