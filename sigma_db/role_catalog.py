@@ -58,6 +58,9 @@ class Relation:
     """A sequence owned by a column (identity, serial): its owner moves with its table's."""
     column_acl: dict[str, set[Grant]] = field(default_factory=dict)
     """Column-level grants (``GRANT UPDATE (col) ...``), which the table's ACL does not show."""
+    column_grantors: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    """Per column, roles other than the owner that made column grants (grantor → privileges):
+    made from a grant option, which revoking the option on the table does not reach."""
     grant_options: set[str | None] = field(default_factory=set)
     """Roles holding a privilege WITH GRANT OPTION, which lets them hand it on (to PUBLIC, to
     another product's roles) in grants only they, not the owner, can revoke."""
@@ -87,6 +90,8 @@ class Catalog:
     roles: dict[str, RoleRow]
     member_of: dict[str, set[str]]
     database_acl: set[Grant]
+    database_grant_options: set[str]
+    """Roles other than the database's owner holding a privilege on it WITH GRANT OPTION."""
     schema_owner: dict[str, str]
     schema_acl: dict[str, set[Grant]]
     """Entries other than the schema owner's."""
@@ -96,6 +101,8 @@ class Catalog:
     default_acl: dict[tuple[str, str | None, str], set[Grant]]
     """(owning role, schema or None for database-wide, object type) → entries; a key exists
     exactly when a ``pg_default_acl`` row does (database-wide rows replace the built-in default)."""
+    default_grant_options: dict[tuple[str, str | None, str], set[Grant]]
+    """The entries of :attr:`default_acl` given WITH GRANT OPTION."""
     relations: list[Relation]
     routines: list[Routine]
     settings: dict[str, dict[str, str]]
@@ -127,9 +134,9 @@ def read(
         database=database,
         roles=_roles(conn, names),
         member_of=_memberships(conn, [*names, admin]),
-        database_acl=_database_acl(conn),
+        **_database_acl(conn),
         **_schemas(conn, schema_list),
-        default_acl=_default_acl(conn, sorted(set(migrators)), schema_list),
+        **_default_acl(conn, sorted(set(migrators)), schema_list),
         relations=_relations(conn, schema_list),
         routines=_routines(conn, schema_list),
         settings=_settings(conn, names),
@@ -179,15 +186,18 @@ def _memberships(conn: psycopg.Connection[Any], members: list[str]) -> dict[str,
     return member_of
 
 
-def _database_acl(conn: psycopg.Connection[Any]) -> set[Grant]:
-    return {
-        (grantee, privilege)
-        for grantee, privilege in conn.execute(
-            f"SELECT {_GRANTEE}, a.privilege_type FROM pg_database d "  # noqa: S608 - fixed text
-            "CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
-            "WHERE d.datname = current_database() AND a.grantee <> d.datdba"
-        )
-    }
+def _database_acl(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    acl: set[Grant] = set()
+    grant_options: set[str] = set()
+    for grantee, privilege, grantable in conn.execute(
+        f"SELECT {_GRANTEE}, a.privilege_type, a.is_grantable FROM pg_database d "  # noqa: S608
+        "CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
+        "WHERE d.datname = current_database() AND a.grantee <> d.datdba"
+    ):
+        acl.add((grantee, privilege))
+        if grantable and grantee is not None:
+            grant_options.add(grantee)
+    return {"database_acl": acl, "database_grant_options": grant_options}
 
 
 def _schemas(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, Any]:
@@ -223,12 +233,13 @@ def _schemas(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, Any
 
 def _default_acl(
     conn: psycopg.Connection[Any], migrators: list[str], schemas: list[str]
-) -> dict[tuple[str, str | None, str], set[Grant]]:
+) -> dict[str, Any]:
     """Per-schema rows of any role in ``schemas``, and the migrators' database-wide rows."""
     default_acl: dict[tuple[str, str | None, str], set[Grant]] = {}
-    for owner, schema, objtype, grantee, privilege in conn.execute(
+    grant_options: dict[tuple[str, str | None, str], set[Grant]] = defaultdict(set)
+    for owner, schema, objtype, grantee, privilege, grantable in conn.execute(
         f"SELECT r.rolname, n.nspname, d.defaclobjtype::text, {_GRANTEE}, "  # noqa: S608
-        "a.privilege_type FROM pg_default_acl d "
+        "a.privilege_type, a.is_grantable FROM pg_default_acl d "
         "JOIN pg_roles r ON r.oid = d.defaclrole "
         "LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace "
         "CROSS JOIN LATERAL aclexplode(d.defaclacl) a "
@@ -236,7 +247,9 @@ def _default_acl(
         [schemas, migrators],
     ):
         default_acl.setdefault((owner, schema, objtype), set()).add((grantee, privilege))
-    return default_acl
+        if grantable:
+            grant_options[(owner, schema, objtype)].add((grantee, privilege))
+    return {"default_acl": default_acl, "default_grant_options": grant_options}
 
 
 def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relation]:
@@ -262,8 +275,9 @@ def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relati
         entry.acl.add((grantee, privilege))
         if grantable and grantee != owner:
             entry.grant_options.add(grantee)
-    for schema, name, column, grantee, privilege in conn.execute(
-        f"SELECT n.nspname, c.relname, att.attname, {_GRANTEE}, a.privilege_type "  # noqa: S608
+    for schema, name, column, grantee, privilege, grantor in conn.execute(
+        f"SELECT n.nspname, c.relname, att.attname, {_GRANTEE}, a.privilege_type, "  # noqa: S608
+        "pg_get_userbyid(a.grantor) "
         "FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "CROSS JOIN LATERAL aclexplode(att.attacl) a "
@@ -272,8 +286,11 @@ def _relations(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Relati
         [schemas],
     ):
         if (schema, name) in relations:
-            columns = relations[(schema, name)].column_acl
-            columns.setdefault(column, set()).add((grantee, privilege))
+            relation = relations[(schema, name)]
+            relation.column_acl.setdefault(column, set()).add((grantee, privilege))
+            if grantor != relation.owner:
+                grantors = relation.column_grantors.setdefault(column, {})
+                grantors.setdefault(grantor, set()).add(privilege)
     return list(relations.values())
 
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from sigma_db import role_catalog
 from sigma_db.errors import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
 from sigma_db.identifiers import check_identifier
-from sigma_db.role_catalog import Catalog, Grant
+from sigma_db.role_catalog import Catalog, Grant, Relation
 from sigma_db.topology import Product, Topology
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ DATABASE_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
     RoleKind.RW: frozenset({"CONNECT", "TEMPORARY"}),
     RoleKind.RO: frozenset({"CONNECT"}),
 }
+_REVOKE_OPTION = "REVOKE GRANT OPTION"
 _DEFAULT_ACL_KINDS = (
     ("r", "TABLES", TABLE_PRIVILEGES),
     ("S", "SEQUENCES", SEQUENCE_PRIVILEGES),
@@ -323,6 +324,16 @@ class _Planner:
     def database(self, target: ProductRoles) -> None:
         db = self.catalog.database
         acl = self.by_grantee(self.catalog.database_acl)
+        cascading = self.catalog.database_grant_options
+        for grantee in sorted(cascading):
+            # Nothing is granted on a database WITH GRANT OPTION. CASCADE, as for tables: the
+            # grants made from the option (CONNECT to PUBLIC, say) are out of the owner's reach.
+            self.emit(
+                "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON DATABASE {db} FROM {grantee} CASCADE",
+                f"drift: {grantee} may grant its privileges on database {db} to others",
+                db=db,
+                grantee=grantee,
+            )
         if acl.get(None):
             self.emit(
                 "REVOKE ALL ON DATABASE {db} FROM PUBLIC",
@@ -331,11 +342,14 @@ class _Planner:
             )
         for kind, name in target.roles.items():
             want, have = DATABASE_PRIVILEGES[kind], acl.get(name, set())
-            if want - have:
+            # A wanted grant may have been made from an option the CASCADE takes: grant again.
+            missing = want if cascading else want - have
+            if missing:
                 self.emit(
                     "GRANT {privs} ON DATABASE {db} TO {role}",
-                    f"{name} needs {', '.join(sorted(want - have))} on {db}",
-                    privs=self.privileges(want - have),
+                    f"{name} needs {', '.join(sorted(missing))} on {db}"
+                    + (" (again, after the CASCADE)" if cascading else ""),
+                    privs=self.privileges(missing),
                     db=db,
                     role=name,
                 )
@@ -474,25 +488,37 @@ class _Planner:
             other_keyword = _DEFAULT_ACL_KEYWORDS.get(objtype)
             if in_schema is None or in_schema not in schemas or other_keyword is None:
                 continue
+            options = self.catalog.default_grant_options.get((owner, in_schema, objtype), set())
             for grantee, have in sorted(self.by_grantee(acl).items(), key=_grantee_order):
-                if grantee in own or grantee == owner:
+                if grantee == owner:
+                    continue
+                if grantee in own:
+                    optional = frozenset(p for g, p in options if g == grantee)
+                    if optional:
+                        pending[(owner, _REVOKE_OPTION, other_keyword, grantee, optional)].append(
+                            in_schema
+                        )
                     continue
                 pending[(owner, "REVOKE", other_keyword, grantee, frozenset(have))].append(
                     in_schema
                 )
         for (owner, verb, keyword, grantee, privileges), where in pending.items():
             what = f"new {keyword.lower()} {owner} creates in {', '.join(where)}"
+            listed = ", ".join(sorted(privileges))
+            if verb == "GRANT":
+                action, reason = (
+                    "GRANT {privs} ON " + keyword + " TO {grantee}",
+                    (f"{grantee} needs {listed} on {what}"),
+                )
+            elif verb == _REVOKE_OPTION:
+                action = "REVOKE GRANT OPTION FOR {privs} ON " + keyword + " FROM {grantee}"
+                reason = f"drift: {grantee} could grant its {listed} on {what} to others"
+            else:
+                action = "REVOKE {privs} ON " + keyword + " FROM {grantee}"
+                reason = f"{'PUBLIC' if grantee is None else grantee} gets {listed} on {what}"
             self.emit(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schemas} "
-                + (
-                    "GRANT {privs} ON " + keyword + " TO {grantee}"
-                    if verb == "GRANT"
-                    else "REVOKE {privs} ON " + keyword + " FROM {grantee}"
-                ),
-                f"{grantee} needs {', '.join(sorted(privileges))} on {what}"
-                if verb == "GRANT"
-                else f"{'PUBLIC' if grantee is None else grantee} gets "
-                f"{', '.join(sorted(privileges))} on {what}",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schemas} " + action,
+                reason,
                 owner=owner,
                 schemas=self.ident_list(where),
                 privs=self.privileges(privileges),
@@ -513,7 +539,19 @@ class _Planner:
             if acl is None:
                 builtin = _BUILTIN_PUBLIC_DEFAULTS.get(objtype, frozenset())
                 acl = {(None, privilege) for privilege in builtin}
+            options = self.catalog.default_grant_options.get((migrator, None, objtype), set())
             for grantee, have in sorted(self.by_grantee(acl).items(), key=_grantee_order):
+                optional = {p for g, p in options if g == grantee}
+                if grantee in own and optional:
+                    self.emit(
+                        "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} REVOKE GRANT OPTION FOR {privs} "
+                        "ON " + keyword + " FROM {grantee}",
+                        f"drift: {grantee} could grant its {', '.join(sorted(optional))} on new "
+                        f"{keyword.lower()} {migrator} creates anywhere in this database to others",
+                        owner=migrator,
+                        privs=self.privileges(optional),
+                        grantee=self.grantee(grantee),
+                    )
                 if grantee in own:
                     continue
                 if grantee is None and objtype == "T":
@@ -589,6 +627,11 @@ class _Planner:
                         grantee=self.grantee(role),
                         **where,
                     )
+            for column, grantors in sorted(relation.column_grantors.items()):
+                for grantor, privileges in sorted(grantors.items()):
+                    if grantor == migrator:
+                        continue  # becomes the owner's with ALTER … OWNER
+                    self._revoke_column_grants_made_by(relation, column, grantor, privileges)
             for column, grants in sorted(relation.column_acl.items()):
                 # Nothing is granted per column: any such grant is drift (it is how a role
                 # could write a table its table-level privileges say it may only read).
@@ -683,6 +726,38 @@ class _Planner:
                     schema=schema,
                     role=role,
                 )
+
+    def _revoke_column_grants_made_by(
+        self, relation: Relation, column: str, grantor: str, privileges: set[str]
+    ) -> None:
+        """Take back the column grants ``grantor`` made (from a grant option on the table).
+
+        Neither the owner's REVOKE nor revoking the table's grant option with CASCADE reaches
+        them, and PostgreSQL 15 refuses ``GRANTED BY`` another role. A column grant option of
+        its own, revoked with CASCADE, takes them: this works as the owner, without SET ROLE.
+        """
+        where = {"schema": relation.schema, "name": relation.name}
+        columns = self.sql.SQL(", ").join(
+            self.sql.SQL("{} ({})").format(self.sql.SQL(privilege), self.sql.Identifier(column))
+            for privilege in sorted(privileges)
+        )
+        label = f"{relation.schema}.{relation.name}.{column}"
+        listed = ", ".join(sorted(privileges))
+        self.emit(
+            "GRANT {privs} ON TABLE {schema}.{name} TO {grantor} WITH GRANT OPTION",
+            f"drift: {grantor} granted {listed} on column {label} to others, out of the owner's "
+            "reach: give it the column's grant option, to revoke with CASCADE next",
+            privs=columns,
+            grantor=grantor,
+            **where,
+        )
+        self.emit(
+            "REVOKE {privs} ON TABLE {schema}.{name} FROM {grantor} CASCADE",
+            f"takes back the column grants {grantor} made on {label}",
+            privs=columns,
+            grantor=grantor,
+            **where,
+        )
 
     # -- settings
 

@@ -10,6 +10,7 @@ import pytest
 from _connect import connect
 
 from sigma_db import DatabaseSettings, __version__
+from sigma_db.testing import TestServer
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -52,9 +53,13 @@ def test_doctor_healthy(db_settings: DatabaseSettings) -> None:
     assert "********" in result.stdout
 
 
-def test_doctor_missing_database(db_settings: DatabaseSettings) -> None:
+def test_doctor_missing_database(
+    db_settings: DatabaseSettings, sigma_postgresql: TestServer
+) -> None:
     result = run("doctor", env=as_env(db_settings) | {"DB_SCHEMA": "public"})
     assert result.returncode == 0, result.stderr
+    with sigma_postgresql.connect("postgres") as admin:  # an earlier test may have made it
+        admin.execute("DROP DATABASE IF EXISTS edge_products WITH (FORCE)")
     env = as_env(db_settings) | {
         "DB_NAME": "edge_products",
         "DB_SCHEMA": "sim",

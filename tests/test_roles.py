@@ -498,6 +498,72 @@ def test_one_apply_repairs_grants_made_from_an_option(provisioned: Provisioned) 
     assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
 
 
+def test_column_and_database_grants_made_from_an_option_are_revoked(
+    provisioned: Provisioned,
+) -> None:
+    # Revoking _rw's table-level option with CASCADE leaves the column grants it made, and the
+    # owner's REVOKE cannot reach them (nor CONNECT _rw gave PUBLIC from a database option):
+    # apply printed the same REVOKEs on every run, and PUBLIC kept them.
+    rw, ro = provisioned.target.roles[RW], provisioned.target.roles[RO]
+    db = provisioned.admin.name
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute("CREATE TABLE wallets (id int, owner_name text, balance int)")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT SELECT, UPDATE ON app.wallets TO {rw} WITH GRANT OPTION")
+        admin.execute(f'GRANT CONNECT ON DATABASE "{db}" TO {rw} WITH GRANT OPTION')
+    with provisioned.connect(RW) as conn:
+        conn.execute("GRANT SELECT (owner_name) ON app.wallets TO PUBLIC")
+        conn.execute(f"GRANT UPDATE (balance) ON app.wallets TO {ro}")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{db}" TO PUBLIC')
+        conn.execute(f'GRANT CONNECT ON DATABASE "{db}" TO {ro}')  # ro's own CONNECT, via _rw
+    with provisioned.admin_connection() as admin:
+        admin.execute(f'REVOKE CONNECT ON DATABASE "{db}" FROM {ro}')  # now only via _rw
+    plan = sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    assert "REVOKE GRANT OPTION FOR ALL PRIVILEGES ON DATABASE" in plan.render()
+    with provisioned.admin_connection() as admin:
+        row = admin.execute(
+            "SELECT has_column_privilege('public', 'app.wallets', 'owner_name', 'SELECT'), "
+            "has_column_privilege(%s, 'app.wallets', 'balance', 'UPDATE'), "
+            "has_database_privilege('public', current_database(), 'CONNECT'), "
+            "has_database_privilege(%s, current_database(), 'CONNECT WITH GRANT OPTION')",
+            (ro, rw),
+        ).fetchone()
+    assert row == (False, False, False, False)
+    with provisioned.connect(RO) as conn:  # the CASCADE took ro's CONNECT; apply gave it back
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+
+
+def test_default_privileges_given_with_grant_option_lose_the_option(
+    provisioned: Provisioned,
+) -> None:
+    rw, migrator = provisioned.target.roles[RW], provisioned.target.roles[MIGRATOR]
+    with provisioned.admin_connection() as admin:
+        admin.execute(
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {migrator} IN SCHEMA app "
+            f"GRANT SELECT ON TABLES TO {rw} WITH GRANT OPTION"
+        )
+        admin.execute(
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {migrator} "
+            f"GRANT USAGE ON SEQUENCES TO {rw} WITH GRANT OPTION"
+        )
+    text = sync_roles(provisioned.admin, [provisioned.target], apply=True).render()
+    assert 'IN SCHEMA "app" REVOKE GRANT OPTION FOR SELECT ON TABLES' in text
+    assert "REVOKE GRANT OPTION FOR USAGE ON SEQUENCES" in text
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute("CREATE TABLE fresh (id bigint GENERATED ALWAYS AS IDENTITY)")
+        conn.execute("CREATE SEQUENCE audit.fresh_seq")
+    with provisioned.admin_connection() as admin:
+        row = admin.execute(
+            "SELECT has_table_privilege(%s, 'app.fresh', 'SELECT'), "
+            "has_table_privilege(%s, 'app.fresh', 'SELECT WITH GRANT OPTION'), "
+            "has_sequence_privilege(%s, 'audit.fresh_seq', 'USAGE WITH GRANT OPTION')",
+            (rw, rw, rw),
+        ).fetchone()
+    assert row == (True, False, False)
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+
+
 def test_objects_not_owned_by_the_migrator_are_handed_to_it(provisioned: Provisioned) -> None:
     """A table the superuser made, or one _rw owns, would let _rw ALTER/DROP: fix the owner."""
     roles = provisioned.target.roles
