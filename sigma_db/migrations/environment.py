@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,12 +37,11 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
 from alembic.script.revision import RevisionError
-from sqlalchemy import MetaData, bindparam, func, select, text
+from sqlalchemy import MetaData, bindparam, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SAWarning, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.dml import Insert, UpdateBase
-from sqlalchemy.sql.elements import TextClause
 
 from sigma_db.errors import ConfigurationError, SigmaDBError
 from sigma_db.identifiers import quote
@@ -130,6 +130,9 @@ range it refuses to run rather than risk a migration or a dry run that silently 
 ALEMBIC_PIN = "alembic>={}.{},<{}.{}".format(*ALEMBIC_RANGE[0], *ALEMBIC_RANGE[1])
 
 _TIMEOUTS = ("lock_timeout", "statement_timeout")
+_MAY_SET_TIMEOUTS = re.compile(r"timeout|\breset\b|\bdiscard\b", re.IGNORECASE)
+"""SQL that may change the session's timeouts (``SET``, ``set_config``, ``RESET ALL``, ...)."""
+_SESSION_NEUTRAL = "'sigma_db.saved_"
 _LEDGER_VALUES = (
     "revision",
     "operation",
@@ -357,7 +360,7 @@ class _Run:
                 self._static(
                     create_schema_statement(self.schema) + ";",
                     f"SET search_path = {', '.join(map(quote, self.topology.search_path))};",
-                    f"SELECT pg_advisory_lock({key});",
+                    _offline_lock_wait(key) + ";",
                 )
             with self.env.begin_transaction():
                 self.env.run_migrations()
@@ -448,6 +451,9 @@ class _Run:
                             )
                         return found[0]
 
+                    # SQL a revision sends itself (op.execute, or op.get_bind().execute in a
+                    # data migration) may SET the timeouts: state them again after it.
+                    event.listen(connection, "before_cursor_execute", self._note_statement)
                     self._configure(metadata, scope, offline=False, connection=connection)
                     with self.env.begin_transaction():
                         self.env.run_migrations()
@@ -456,6 +462,14 @@ class _Run:
                     release_advisory_lock(connection, key)
         finally:
             engine.dispose()
+
+    def _note_statement(self, *args: Any) -> None:
+        """``before_cursor_execute``: forget the session's timeouts after SQL that may set them."""
+        statement = args[2]
+        if not isinstance(statement, str) or _SESSION_NEUTRAL in statement:
+            return  # the helpers' own SETs, which they undo (sigma_db.migrations.ops._timeouts)
+        if _MAY_SET_TIMEOUTS.search(statement):
+            self.session = None
 
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
         """Take the advisory lock, create a missing schema (not for ``current``), find the ledger.
@@ -547,8 +561,6 @@ class _Run:
         prefix = f"WITH sigma_db_ledger AS ({ledger_sql}) "
 
         def exec_with_ledger(construct: Any, *args: Any, **kw: Any) -> Any:
-            if isinstance(construct, str | TextClause):
-                self.session = None  # the revision's own SQL may SET the timeouts: state them again
             row = self.pending
             if row is None or args or kw or not _moves_version_table(construct, migration):
                 return send(construct, *args, **kw)
@@ -634,6 +646,10 @@ class _Run:
             if settings:
                 migration.execute(text("; ".join(settings)))
             self.session = wanted
+            if migration.as_sql and self.bookkeeping:
+                migration.impl.static_output(
+                    _expected_version_check(migration, step) + migration.impl.command_terminator
+                )
             self.started[script.revision] = time.perf_counter()
             if self.bookkeeping:
                 self.pending = _LedgerRow(script, operation)
@@ -736,6 +752,58 @@ class _LedgerRow:
 
     script: Script
     operation: Operation
+
+
+def _offline_lock_wait(key: int) -> str:
+    """Offline: take the runners' advisory lock the way :func:`acquire_advisory_lock` does.
+
+    A blocking ``SELECT pg_advisory_lock`` holds its snapshot while it waits, and an online
+    runner's ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot: the two deadlock. The
+    loop commits between tries (PostgreSQL 14+ lets go of the snapshot there), so it holds none
+    for longer than one try and a short sleep.
+    """
+    return (
+        f"DO $sigma_db$ BEGIN WHILE NOT pg_try_advisory_lock({key}) LOOP COMMIT; "
+        "PERFORM pg_sleep(0.05); END LOOP; END $sigma_db$"
+    )
+
+
+def _expected_version_check(migration: MigrationContext, step: RevisionStep) -> str:
+    """Offline: a ``DO`` block failing the revision unless the version table is where expected.
+
+    That is the revision before it for an upgrade, the revision itself for a downgrade. Online,
+    Alembic checks the version table's rowcount. A script piped into psql has no such check:
+    run beside an online runner (which applied the revision meanwhile), or on after a failed
+    revision without ``ON_ERROR_STOP``, it would apply revisions a second time or out of order.
+    Inside the transaction, so a failed check leaves nothing behind.
+    """
+    expected = ",".join(sorted(step.from_revisions)) or None
+    table = (
+        f"{quote(migration.version_table_schema)}.{quote(migration.version_table)}"
+        if migration.version_table_schema
+        else quote(migration.version_table)
+    )
+    # RAISE's format: the found version goes in at the one %, the rest is literal.
+    said = [
+        part.replace("'", "''").replace("%", "%%")
+        for part in (
+            f"revision {step.revision.revision} expects the database at "
+            f"{expected or 'no revision'}, but its version table says ",
+            "; it was migrated meanwhile, or an earlier revision of this script failed: run the "
+            "dry run, render the script again from the database's revision, and run that",
+        )
+    ]
+    message = "%".join(said)
+    found = f"SELECT string_agg(version_num, ',' ORDER BY version_num) INTO found FROM {table}"  # noqa: S608 - quoted
+    return (
+        f"DO $sigma_db$ DECLARE found text; BEGIN IF to_regclass('{table}') IS NOT NULL THEN "
+        f"{found}; END IF; IF found IS DISTINCT FROM {_sql_literal(expected)} THEN "
+        f"RAISE EXCEPTION '{message}', coalesce(found, 'no revision'); END IF; END $sigma_db$"
+    )
+
+
+def _sql_literal(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
 def _script_of(step: MigrationInfo, revision: str) -> Script | None:

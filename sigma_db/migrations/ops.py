@@ -183,17 +183,22 @@ def _invalid(index_name: str, table: str) -> bool:
 
 
 @contextmanager
-def _timeouts(lock_timeout: str, statement_timeout: str) -> Iterator[None]:
-    """The two timeouts for the block, then the revision's again (kept in session settings).
+def _timeouts(lock_timeout: str | None, statement_timeout: str) -> Iterator[None]:
+    """The timeouts for the block (``None``: left as is), then the revision's again.
 
-    Plain SQL, so the offline script does the same without knowing the revision's values.
+    Kept in session settings, in plain SQL, so the offline script does the same without knowing
+    the revision's values.
     """
     saved = ("sigma_db.saved_lock_timeout", "sigma_db.saved_statement_timeout")
+    lock = (
+        ""
+        if lock_timeout is None
+        else (f", set_config('lock_timeout', {_literal(lock_timeout)}, false)")
+    )
     _session_neutral(
         f"SELECT set_config('{saved[0]}', current_setting('lock_timeout'), false), "
         f"set_config('{saved[1]}', current_setting('statement_timeout'), false), "
-        f"set_config('lock_timeout', {_literal(lock_timeout)}, false), "
-        f"set_config('statement_timeout', {_literal(statement_timeout)}, false)"
+        f"set_config('statement_timeout', {_literal(statement_timeout)}, false){lock}"
     )
     try:
         yield
@@ -270,11 +275,14 @@ def run_in_batches(statement: str | TextClause, *, batch_size: int = 1000) -> in
             )
             if BATCH_TAG in sql:
                 raise ConfigurationError(f"run_in_batches: the statement contains {BATCH_TAG}.")
-            op.execute(
-                "DO $sigma_db$ DECLARE changed bigint; BEGIN LOOP "
-                f"EXECUTE {BATCH_TAG}{sql}{BATCH_TAG}; GET DIAGNOSTICS changed = ROW_COUNT; "
-                "EXIT WHEN changed = 0; COMMIT; END LOOP; END $sigma_db$"
-            )
+            # statement_timeout would bound the whole loop (one statement to the server), not
+            # each batch as online: the loop runs without it, the lock_timeout still applies.
+            with _timeouts(None, "0"):
+                op.execute(
+                    "DO $sigma_db$ DECLARE changed bigint; BEGIN LOOP "
+                    f"EXECUTE {BATCH_TAG}{sql}{BATCH_TAG}; GET DIAGNOSTICS changed = ROW_COUNT; "
+                    "EXIT WHEN changed = 0; COMMIT; END LOOP; END $sigma_db$"
+                )
             return 0
         total = batches = 0
         while True:

@@ -176,6 +176,27 @@ def test_a_revisions_own_set_does_not_carry_into_the_next(repo: ProductRepo) -> 
     ]
 
 
+@pytest.mark.parametrize(
+    "own_sql",
+    [
+        "op.get_bind().execute(sa.text(\"SET lock_timeout = '1ms'\"))",  # a data migration
+        "op.get_bind().exec_driver_sql(\"SELECT set_config('lock_timeout', '1ms', false)\")",
+        'op.execute("RESET ALL")',
+    ],
+)
+def test_timeouts_set_past_op_execute_do_not_carry_into_the_next(
+    repo: ProductRepo, own_sql: str
+) -> None:
+    repo.add("init", TIMEOUTS_PROBE.format(rev="0001"))
+    repo.add("own set", own_sql)
+    repo.add("after", TIMEOUTS_PROBE.format(rev="0003"))
+    repo.upgrade()
+    assert repo.query("SELECT * FROM app.seen ORDER BY rev") == [
+        ("0001", "5s", "15min"),
+        ("0003", "5s", "15min"),
+    ]
+
+
 def test_bad_timeout_value_is_one_clear_error(repo: ProductRepo) -> None:
     repo.add("init", "pass", extra='lock_timeout = "5 s\'; DROP TABLE x; --"')
     with pytest.raises(MigrationError, match=r"0001_init.py: lock_timeout = .* is not a duration"):
@@ -304,6 +325,10 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
         if statement.startswith(("DO $$ BEGIN IF to_regnamespace(", "SET search_path", "SELECT")):
             # The standalone preamble (online: the schema exists, the login's search_path and
             # the lock are SELECTs) and the final unlock.
+            continue
+        if statement.startswith(("DO $sigma_db$ BEGIN WHILE NOT", "DO $sigma_db$ DECLARE found")):
+            # What the online run does in Python: poll for the lock, and check the version
+            # table's rowcount (offline, each revision checks the version it expects).
             continue
         if statement.startswith("DO $sigma_db$"):
             # Offline a backfill loops in a DO block; online Python loops the same statement.
@@ -452,7 +477,8 @@ def test_offline_sql_applies_on_its_own(repo: ProductRepo) -> None:
         'DO $$ BEGIN IF to_regnamespace(\'"app"\') IS NULL THEN CREATE SCHEMA "app"; END IF; '
         "END $$",
         'SET search_path = "app", "public"',
-        f"SELECT pg_advisory_lock({key})",
+        "DO $sigma_db$ BEGIN WHILE NOT pg_try_advisory_lock("
+        f"{key}) LOOP COMMIT; PERFORM pg_sleep(0.05); END LOOP; END $sigma_db$",
     ]
     assert statements[-1] == f"SELECT pg_advisory_unlock({key})"
     # A DBA pipes it into psql as a login whose search_path is the default, schema absent.
@@ -718,6 +744,80 @@ def test_offline_scripts_loop_backfills_and_stop_at_a_failed_index_build(
     assert "is missing or invalid: its concurrent build failed" in done.stderr
     assert repo.query("SELECT version_num FROM app.alembic_version") == [("0003",)]
     assert repo.query(LEDGER)[-1] == ("0003", "upgrade")
+
+
+def test_an_offline_backfill_is_not_bounded_by_the_statement_timeout_as_a_whole(
+    repo: ProductRepo, sigma_postgresql: TestServer
+) -> None:
+    # Offline the batches run in one DO statement: a 1 s statement_timeout meant for each batch
+    # cancelled the whole backfill after three batches of 0.3 s.
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query("INSERT INTO app.signals (name) SELECT 'n' || g FROM generate_series(1, 5) g")
+    repo.add(
+        "slow fill",
+        "ops.run_in_batches(\"UPDATE signals SET name = name || '!' || pg_sleep(0.3) "
+        "WHERE id IN (SELECT id FROM signals WHERE name NOT LIKE '%%!' LIMIT :batch_size)\", "
+        "batch_size=1)\n" + TIMEOUTS_PROBE.format(rev="0002"),
+        phase="backfill",
+        extra='statement_timeout = "1s"',
+    )
+    done = _psql(sigma_postgresql, repo.settings, repo.sql("0001:0002"))
+    assert "statement timeout" not in done.stderr
+    assert repo.query("SELECT count(*) FROM app.signals WHERE name LIKE '%!'") == [(5,)]
+    assert repo.query("SELECT * FROM app.seen") == [("0002", "5s", "1s")]  # restored after
+
+
+def test_an_offline_script_never_applies_a_revision_twice_or_out_of_order(
+    repo: ProductRepo, sigma_postgresql: TestServer
+) -> None:
+    # Online, Alembic checks the version table's rowcount; a script piped into psql did not:
+    # run after an online runner applied the same revision, it applied it again (two seed
+    # rows, two ledger rows); run on past a failed revision, it applied the next one.
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add("seed", "op.execute(\"INSERT INTO signals (name) VALUES ('seed')\")", phase="backfill")
+    script = repo.sql("0001:0002")
+    repo.upgrade()  # an online runner got there first
+    done = _psql(sigma_postgresql, repo.settings, script)
+    assert "revision 0002 expects the database at 0001, but its version table says 0002" in (
+        done.stderr
+    )
+    assert repo.query("SELECT count(*) FROM app.signals") == [(1,)]
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "upgrade")]
+    repo.add("broken", 'op.execute("CREATE TABLE t3 (id int)")\nop.execute("SELECT 1/0")')
+    repo.add("after", 'op.execute("CREATE TABLE t4 (id int)")')
+    done = _psql(sigma_postgresql, repo.settings, repo.sql("0002:0004"))  # no ON_ERROR_STOP
+    assert "division by zero" in done.stderr
+    assert "revision 0004 expects the database at 0003, but its version table says 0002" in (
+        done.stderr
+    )
+    assert repo.query("SELECT to_regclass('app.t3'), to_regclass('app.t4')") == [(None, None)]
+    assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
+    assert repo.query(LEDGER)[-1] == ("0002", "upgrade")
+
+
+def test_an_offline_script_waiting_for_the_lock_does_not_deadlock_an_index_build(
+    repo: ProductRepo, sigma_postgresql: TestServer
+) -> None:
+    # A blocking `SELECT pg_advisory_lock()` in the script held its snapshot while it waited,
+    # and the online runner's CREATE INDEX CONCURRENTLY, waiting for that snapshot, failed
+    # with "deadlock detected".
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.add("wait", 'op.execute("SELECT pg_sleep(1)")')
+    repo.add("index", 'ops.create_index_concurrently("ix_signals_name", "signals", ["name"])')
+    script = repo.sql("0001:0002")
+    with ThreadPoolExecutor(1) as pool:
+        online = pool.submit(repo.upgrade)
+        time.sleep(0.5)  # the online runner holds the lock, in 0002's pg_sleep
+        offline = _psql(sigma_postgresql, repo.settings, script)
+        assert online.result(timeout=60) == ["upgrade 0002", "upgrade 0003"]
+    assert "deadlock" not in offline.stderr
+    assert "expects the database at 0001, but its version table says 0003" in offline.stderr
+    assert repo.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'app.ix_signals_name'::regclass"
+    ) == [(True,)]
 
 
 def test_concurrent_index_on_tables_whose_names_need_quoting(repo: ProductRepo) -> None:
