@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import TIMESTAMP, Engine, String, func, select, text
+from sqlalchemy import (
+    TIMESTAMP,
+    BigInteger,
+    Engine,
+    ForeignKeyConstraint,
+    String,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sigma_db import (
@@ -347,7 +356,7 @@ def test_without_default_partition_retention_detaches_concurrently(
     plan = manager.plan(NOW + timedelta(days=5))
     retire = [a for a in plan.tables[0].actions if a.kind == "retire"]
     assert retire
-    assert all(a.statements[0].endswith("CONCURRENTLY") for a in retire)
+    assert all(a.statements[1].endswith("CONCURRENTLY") for a in retire)
     report = manager.maintain(NOW + timedelta(days=5))
     assert report.ok, report.problem_lines()
     assert report.outcomes[0].dropped == len(retire)
@@ -571,3 +580,238 @@ def test_runs_for_two_schemas_of_one_database_do_not_skip_each_other(
     assert not other.skipped
     assert other.ok, other.problem_lines()
     assert first[0].ok
+
+
+def detached_tables(engine: Engine) -> dict[str, str | None]:
+    """Plain (no longer partition) tables in the app schema -> their comment."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class "
+                "WHERE relnamespace = 'app'::regnamespace AND relkind = 'r' "
+                "AND NOT relispartition"
+            )
+        ).all()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def test_a_drop_cut_short_after_the_detach_is_finished_by_the_next_run(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    # A run killed (or whose DROP hit lock_timeout) after its DETACH committed left the expired
+    # partition as a plain table, which later runs never mentioned again.
+    add_signals(tables, NOW)
+    later = NOW + timedelta(days=30)
+    retire = [a for a in manager.plan(later).tables[0].actions if a.kind == "retire"]
+    mark = "sigma_db: detached partition of signals (expired: to drop)"
+    assert retire[0].statements == (
+        f'COMMENT ON TABLE "app"."{retire[0].partition}" IS \'{mark}\'',
+        f'ALTER TABLE "app"."signals" DETACH PARTITION "app"."{retire[0].partition}"',
+        f'DROP TABLE "app"."{retire[0].partition}"',
+    )
+    with tables.begin() as conn:  # what that run left: marked, detached, not dropped
+        conn.exec_driver_sql(retire[0].statements[0])
+        conn.exec_driver_sql(retire[0].statements[1])
+        # a kept archive and another table's leftover are not this table's to drop
+        conn.exec_driver_sql("CREATE TABLE signals_archive (id bigint)")
+        conn.exec_driver_sql(
+            "COMMENT ON TABLE signals_archive IS "
+            "'sigma_db: detached partition of signals (retention)'"
+        )
+        conn.exec_driver_sql("CREATE TABLE ticks_p20260101 (id bigint)")
+        conn.exec_driver_sql(
+            "COMMENT ON TABLE ticks_p20260101 IS "
+            "'sigma_db: detached partition of ticks (expired: to drop)'"
+        )
+    assert retire[0].partition in detached_tables(tables)
+
+    lines = manager.maintain(later, dry_run=True).plan.lines()  # type: ignore[union-attr]
+    assert (
+        f"app.signals: drop {retire[0].partition}, detached by an interrupted run (marked to drop)"
+        in lines
+    )
+    assert f'    DROP TABLE "app"."{retire[0].partition}";' in lines
+    report = manager.maintain(later)
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].dropped == len(retire)  # the leftover counts as dropped
+    left = detached_tables(tables)
+    assert retire[0].partition not in left
+    assert set(left) >= {"signals_archive", "ticks_p20260101"}
+    assert manager.maintain(later).outcomes[0].dropped == 0
+
+
+def test_a_detach_blocked_window_is_named_and_the_others_are_created(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    # expired="detach" kept some days as plain tables; then the retention was lengthened: those
+    # days' windows are back, their names taken. The whole batch of creates failed, and the
+    # error named the batch's first partition.
+    def events(retention: timedelta) -> tuple[type[DeclarativeBase], type]:
+        class Base(ProductBase, DeclarativeBase):
+            pass
+
+        class Event(DatePartitioned, IdentityPrimaryKey, Base):
+            __tablename__ = "events"
+            __partitioning__ = DatePartitioning(
+                column="at", interval="day", premake=3, retention=retention, expired="detach"
+            )
+            at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+
+        return Base, Event
+
+    base, short = events(timedelta(days=7))
+    base.metadata.create_all(engine)
+    start = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    assert PartitionManager(db_settings, short).maintain(start).ok
+    assert PartitionManager(db_settings, short).maintain(start + timedelta(days=3)).ok
+    kept = sorted(n for n in detached_tables(engine) if n.startswith("events_p"))
+    assert len(kept) == 3
+
+    with engine.begin() as conn:  # a late row for the first kept day waits in DEFAULT
+        conn.execute(
+            text("INSERT INTO events (at) VALUES (:at)"), {"at": start - timedelta(days=7)}
+        )
+
+    _, longer = events(timedelta(days=30))
+    later = start + timedelta(days=6)
+    report = PartitionManager(db_settings, longer).maintain(later)
+    (line,) = report.problem_lines()
+    for name in kept:
+        assert (
+            f"window {name.removeprefix('events_')}: name {name} taken by table app.{name} "
+            "(a detached partition kept by retention?): rename or drop it" in line
+        )
+    assert f"{kept[0]} (a detached" in line
+    assert "(DEFAULT keeps its 1 row until then)" in line
+    found = set(partitions(engine, "events"))
+    ahead = partition_name("events", window_containing(Interval.DAY, later + timedelta(days=3)))
+    assert ahead in found  # created, though other windows of its batch could not be
+    assert not found & set(kept)
+
+
+def test_a_row_reaching_default_during_the_run_fails_only_its_window(
+    manager: PartitionManager, tables: Engine
+) -> None:
+    # A row inserted into DEFAULT between planning and creating: that window's CREATE fails,
+    # and it alone; the next run moves the row.
+    later = NOW + timedelta(days=120)
+    plan = manager.plan(later).tables[1]
+    creates = [a for a in plan.actions if a.kind == "create"]
+    assert len(creates) >= 3
+    late = creates[-1]
+    assert late.window is not None
+
+    def insert_late_row(line: str) -> None:
+        if line.startswith("app.signals: created") and not where(tables, "audit_logs"):
+            with Session(tables) as session, session.begin():
+                session.add(AuditLog(occurred_at=late.window.start, actor="ops", action="late"))
+
+    report = manager.maintain(later, progress=insert_late_row)
+    (line,) = report.problem_lines()
+    assert line.startswith(f"app.audit_logs: {late.partition}: ")
+    assert "the next run moves them" in line
+    assert report.outcomes[1].created == len(creates) - 1
+    found = partitions(tables, "audit_logs")
+    assert {a.partition for a in creates[:-1]} <= set(found)
+    again = manager.maintain(later)
+    assert again.ok, again.problem_lines()
+    assert where(tables, "audit_logs") == {late.partition: 1}
+
+
+def test_a_partition_column_postgresql_quotes_is_recognised(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    # pg_get_partkeydef says RANGE ("timestamp"): compared as text, the table was refused.
+    class Base(ProductBase, DeclarativeBase):
+        pass
+
+    class Quote(DatePartitioned, IdentityPrimaryKey, Base):
+        __partitioning__ = DatePartitioning(column="timestamp", interval="day", premake=2)
+        timestamp: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+
+    Base.metadata.create_all(engine)
+    manager = PartitionManager(db_settings, Quote)
+    report = manager.maintain(NOW + timedelta(days=3))
+    assert report.ok, report.problem_lines()
+    assert report.outcomes[0].created > 0
+    assert manager.maintain(NOW + timedelta(days=3)).outcomes[0].created == 0
+
+
+def test_a_table_partitioned_otherwise_is_refused(
+    db_settings: DatabaseSettings, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE signals (id bigint, observed_at timestamptz, symbol text, "
+            "value double precision) PARTITION BY LIST (symbol)"
+        )
+    (line,) = PartitionManager(db_settings, Signal).maintain(NOW).problem_lines()
+    assert line == (
+        "app.signals: table is LIST (symbol), but the model declares PARTITION BY RANGE "
+        "(observed_at); recreate it partitioned (a plain table cannot be converted in place)"
+    )
+
+
+class _OrdersBase(ProductBase, DeclarativeBase):
+    pass
+
+
+_SHORT = DatePartitioning(
+    column="placed_at", interval="day", premake=2, retention=timedelta(days=3)
+)
+
+
+class Order(DatePartitioned, IdentityPrimaryKey, _OrdersBase):
+    __partitioning__ = _SHORT
+    placed_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+
+
+class Fill(DatePartitioned, IdentityPrimaryKey, _OrdersBase):
+    __partitioning__ = _SHORT
+    __table_args__ = (
+        ForeignKeyConstraint(["order_id", "placed_at"], ["orders.id", "orders.placed_at"]),
+    )
+    placed_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger)
+
+
+@pytest.mark.parametrize(
+    "models", [(Order, Fill), (Fill, Order)], ids=["orders-first", "fills-first"]
+)
+def test_a_foreign_key_between_partitioned_tables_retires_referencing_first(
+    db_settings: DatabaseSettings, engine: Engine, models: tuple[type, ...]
+) -> None:
+    # Retiring table by table, the referenced orders' day was detached while fills' same day
+    # still referenced it: "removing partition ... violates foreign key constraint", once per
+    # expiry.
+    _OrdersBase.metadata.create_all(engine)
+    with engine.begin() as conn:
+        order = conn.execute(
+            text("INSERT INTO orders (placed_at) VALUES (:at) RETURNING id"), {"at": NOW}
+        ).scalar()
+        conn.execute(
+            text("INSERT INTO fills (placed_at, order_id) VALUES (:at, :o)"),
+            {"at": NOW, "o": order},
+        )
+    report = PartitionManager(db_settings, *models).maintain(NOW + timedelta(days=10))
+    assert report.ok, report.problem_lines()
+    assert all(outcome.dropped > 0 for outcome in report.outcomes)
+    today = window_containing(Interval.DAY, NOW)
+    assert partition_name("orders", today) not in partitions(engine, "orders")
+
+
+def test_years_before_1000_get_their_own_dates(
+    db_settings: DatabaseSettings, tables: Engine
+) -> None:
+    # --now 0005-06-01: bounds were rendered '5-05-25 00:00:00+00', which PostgreSQL reads as
+    # another date, and the names lost their leading zeros.
+    manager = PartitionManager(db_settings, Signal)
+    year5 = datetime(5, 6, 1, 12, tzinfo=UTC)
+    assert manager.maintain(year5).ok
+    found = partitions(tables, "signals")
+    assert found["signals_p00050601"] == (
+        "FOR VALUES FROM ('0005-06-01 00:00:00+00') TO ('0005-06-02 00:00:00+00')"
+    )
+    again = manager.maintain(year5)
+    assert again.plan is not None
+    assert not again.plan.tables[0].actions

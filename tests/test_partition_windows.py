@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sigma_db import ConfigurationError
+from sigma_db.partitions.ddl import bound_literal
 from sigma_db.partitions.windows import (
     Interval,
     default_partition_name,
@@ -133,3 +134,20 @@ def test_long_names_are_shortened_by_the_frozen_rule() -> None:
     assert len(name.encode()) <= 63
     assert name != partition_name(table, day.next())  # the hash keeps windows apart
     assert len(default_partition_name(table).encode()) <= 63
+
+
+@pytest.mark.parametrize(
+    ("interval", "suffix"),
+    [(Interval.DAY, "p00050601"), (Interval.WEEK, "p0005w22"), (Interval.MONTH, "p000506")],
+)
+def test_years_before_1000_are_zero_padded_in_names_and_bounds(
+    interval: Interval, suffix: str
+) -> None:
+    # strftime's %Y does not pad on glibc: year 5 gave 'p50601' and the bound '5-06-01 ...',
+    # which PostgreSQL reads as another date.
+    window = window_containing(interval, datetime(5, 6, 1, 12, tzinfo=UTC))
+    assert window.suffix == suffix
+    assert bound_literal(datetime(5, 6, 1, tzinfo=UTC), key_is_date=False) == (
+        "'0005-06-01 00:00:00+00'"
+    )
+    assert bound_literal(datetime(5, 6, 1, tzinfo=UTC), key_is_date=True) == "'0005-06-01'"

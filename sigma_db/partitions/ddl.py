@@ -29,6 +29,7 @@ __all__ = [
     "create_default_sql",
     "create_partition_sql",
     "detach_sql",
+    "detached_comment",
     "detached_comment_sql",
     "drop_sql",
     "initial_partition_statements",
@@ -57,12 +58,13 @@ def bound_literal(moment: datetime, *, key_is_date: bool) -> str:
     """A partition bound as SQL text.
 
     ``'2026-11-27'`` for a date key; for timestamptz an instant with an explicit ``+00``, so the
-    session's TimeZone cannot move it.
+    session's TimeZone cannot move it. The year always has four digits: ``strftime``'s ``%Y``
+    does not pad on glibc, and PostgreSQL reads ``'5-06-01'`` as another date.
     """
     utc = moment.astimezone(UTC)
     if key_is_date:
         return f"'{utc.date().isoformat()}'"
-    return f"'{utc:%Y-%m-%d %H:%M:%S}+00'"
+    return f"'{utc.year:04d}-{utc:%m-%d %H:%M:%S}+00'"
 
 
 def create_partition_sql(
@@ -97,15 +99,28 @@ def detach_sql(
 
 
 DETACHED_COMMENT_PREFIX = "sigma_db: detached partition of "
-"""How the comment on a partition kept by ``expired="detach"`` starts.
+"""How the comment on a partition maintenance detaches starts.
 
 Such a table is a plain table in the product's schema once detached; the migrations' autogenerate
 filter (``sigma_db.migrations.autogenerate``) leaves tables with this comment alone, so neither
-``alembic check`` nor ``--autogenerate`` proposes to drop the archived data.
+``alembic check`` nor ``--autogenerate`` proposes to drop the archived data (nor a partition
+whose drop is still to come).
 """
 
 
-def detached_comment_sql(parent: str, child: str, schema: str | None) -> str:
+def detached_comment(parent: str, *, to_drop: bool) -> str:
+    """The comment marking a partition of ``parent`` before it is detached.
+
+    ``(retention)``: kept by ``expired="detach"``, never dropped by maintenance.
+    ``(expired: to drop)``: detached only to be dropped; should the run stop between the detach
+    and the drop, the next run finds the table by this exact comment and drops it.
+    """
+    return f"{DETACHED_COMMENT_PREFIX}{parent} ({'expired: to drop' if to_drop else 'retention'})"
+
+
+def detached_comment_sql(
+    parent: str, child: str, schema: str | None, *, to_drop: bool = False
+) -> str:
     """``COMMENT ON TABLE <child> IS 'sigma_db: detached partition of <parent> ...'``.
 
     Identifiers are checked by :func:`quote`, so the literal needs no further escaping.
@@ -113,7 +128,7 @@ def detached_comment_sql(parent: str, child: str, schema: str | None) -> str:
     quote(parent)
     return (
         f"COMMENT ON TABLE {qualified(schema, child)} IS "
-        f"'{DETACHED_COMMENT_PREFIX}{parent} (retention)'"
+        f"'{detached_comment(parent, to_drop=to_drop)}'"
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "DatePartitioning",
     "ExpiredPolicy",
     "PartitionedTable",
+    "column_problems",
     "partitioned_table",
 ]
 
@@ -257,28 +258,42 @@ class DatePartitioned:
         event.listen(table, "after_create", _create_initial_partitions)
 
 
-def _table_problems(table: Table, declaration: DatePartitioning) -> list[str]:
+def column_problems(
+    table: Table, declaration: DatePartitioning, *, declared_by: str = "__partitioning__"
+) -> list[str]:
+    """What is wrong with the partition column of ``table``: missing, or not timestamptz/date.
+
+    The model mixin and :func:`~sigma_db.partitions.create_partitions` (which takes a bare
+    ``Table``) both check this; ``declared_by`` is what the message says names the column.
+    """
     name = declaration.column
     column = table.c.get(name)
     if column is None:
         known = ", ".join(c.name for c in table.columns)
         return [
-            f"__partitioning__ names column {name!r}, but table {table.name} has no such column "
+            f"{declared_by} names column {name!r}, but table {table.name} has no such column "
             f"(it has: {known}); add it, e.g. {name}: Mapped[datetime] = "
             "mapped_column(TIMESTAMP(timezone=True), primary_key=True), or fix column=..."
         ]
-    problems: list[str] = []
     kind = column.type
     if isinstance(kind, DateTime) and not kind.timezone:
-        problems.append(
+        return [
             f"partition column {name!r} is a timestamp without time zone; boundaries are UTC "
             "instants, so declare it mapped_column(TIMESTAMP(timezone=True), ...)"
-        )
-    elif not isinstance(kind, DateTime | Date):
-        problems.append(
+        ]
+    if not isinstance(kind, DateTime | Date):
+        return [
             f"partition column {name!r} has type {kind!r}; use TIMESTAMP(timezone=True) "
             "(timestamptz) or Date"
-        )
+        ]
+    return []
+
+
+def _table_problems(table: Table, declaration: DatePartitioning) -> list[str]:
+    name = declaration.column
+    problems = column_problems(table, declaration)
+    if table.c.get(name) is None:
+        return problems
     key = [c.name for c in table.primary_key.columns]
     if name not in key:
         problems.append(

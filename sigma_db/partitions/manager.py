@@ -1,8 +1,10 @@
 """Partition maintenance: create what is missing, empty the DEFAULT partition, retire the expired.
 
-One run, for each date-partitioned table, in this order:
+One run, first for every date-partitioned table:
 
-1. **finalize** a ``DETACH ... CONCURRENTLY`` an earlier run left half done;
+1. **drop** what an earlier run detached to drop but did not drop (it stopped, or its ``DROP``
+   hit ``lock_timeout``): plain tables in the table's schema whose comment is exactly
+   ``sigma_db: detached partition of <table> (expired: to drop)``;
 2. **move** rows out of the DEFAULT partition: for each window holding rows there (and within
    retention, and not beyond ``now + premake``), in one transaction: lock the parent, then the
    DEFAULT partition (the order an application's INSERT takes them, so the two never deadlock),
@@ -10,15 +12,28 @@ One run, for each date-partitioned table, in this order:
    partition, insert the rows into it. PostgreSQL refuses to create a partition while the DEFAULT
    holds rows for its range (pg_partman #429); this is how pg_partman's ``partition_data_proc``
    gets round it too. Nothing is lost or duplicated: it commits whole or not at all;
-3. **create** every missing partition in ``[now - retention, now + premake]``, in batches;
-4. **retire** partitions whose *whole* range ends at or before ``now - retention``: detach,
-   then drop (or keep, ``expired="detach"``: marked first with a ``sigma_db: detached
-   partition of ...`` comment, which autogenerate leaves alone), each its own short
-   transaction so the parent is locked only for the detach. ``DETACH ... CONCURRENTLY`` is
+3. **create** every missing partition in ``[now - retention, now + premake]``, in batches (one
+   transaction, a savepoint per partition: a window that fails is named, the others are made);
+   a window whose partition name another table has (one ``expired="detach"`` kept, before the
+   retention was lengthened) is reported and skipped;
+
+then for every table again, tables that reference others by foreign key before those they
+reference (PostgreSQL refuses to detach a partition whose rows are still referenced):
+
+4. **finalize** a ``DETACH ... CONCURRENTLY`` an earlier run left half done;
+5. **retire** partitions whose *whole* range ends at or before ``now - retention``: mark, detach,
+   then drop (or keep, ``expired="detach"``), each its own short transaction so the parent is
+   locked only for the detach. The mark is a ``sigma_db: detached partition of ...`` comment,
+   which autogenerate leaves alone: ``(retention)`` on a partition kept, which is never
+   dropped; ``(expired: to drop)`` on one to drop, which step 1 of a later run finds should
+   this one stop before the drop. ``DETACH ... CONCURRENTLY`` is
    not allowed while the table has a DEFAULT partition (PostgreSQL's rule), so those tables use
    a plain ``DETACH`` under ``lock_timeout`` (it holds the parent's ACCESS EXCLUSIVE lock for
    about a millisecond);
    tables declared without a DEFAULT partition detach ``CONCURRENTLY``.
+
+Partitions another login made (a superuser's run) are handed to the parent's owner, with the
+parent's grants.
 
 Rows in the DEFAULT partition that no window may take (older than the retention, or beyond the
 premade range) stay there and are reported as a problem: the run's caller exits non-zero.
@@ -53,6 +68,7 @@ from sigma_db.partitions.ddl import (
     create_default_sql,
     create_partition_sql,
     detach_sql,
+    detached_comment,
     detached_comment_sql,
     drop_sql,
     physical_schema,
@@ -97,7 +113,7 @@ def maintenance_lock_key(database: str, schema: str) -> int:
 _LOCK_RETRIES: Final = 3
 _BOUNDS = re.compile(r"FOR VALUES FROM \((?P<lower>.+)\) TO \((?P<upper>.+)\)\Z")
 
-ActionKind = Literal["finalize", "move", "create", "create_default", "retire"]
+ActionKind = Literal["drop", "finalize", "move", "create", "create_default", "retire"]
 
 
 @dataclass(frozen=True)
@@ -117,11 +133,13 @@ class PartitionAction:
         """One line for people: what happens to which partition."""
         span = ""
         if self.window is not None:
-            span = f" [{self.window.start:%Y-%m-%d}, {self.window.end:%Y-%m-%d})"
+            span = f" [{self.window.start.date()}, {self.window.end.date()})"
         if self.kind == "move":
             return f"create {self.partition}{span} and move {self.rows} rows into it from DEFAULT"
         if self.kind == "create_default":
             return f"create DEFAULT partition {self.partition}"
+        if self.kind == "drop":
+            return f"drop {self.partition}, detached by an interrupted run (marked to drop)"
         drops = self.statements[-1].startswith("DROP TABLE")
         if self.kind == "finalize":
             then = " and drop it" if drops else " (kept as a plain table)"
@@ -242,11 +260,20 @@ class _Catalog:
 
     schema: str
     exists: bool
-    partitioned_by: str | None  # e.g. "RANGE (observed_at)"; None when not partitioned
+    partitioned_by: str | None  # e.g. 'RANGE ("timestamp")', for people; None: not partitioned
     partitions: tuple[_Existing, ...]
     default_rows: dict[date, int]  # window start date -> rows in DEFAULT
     columns: tuple[str, ...] = ()
     """The parent's stored columns in the database (not the model's): what a move copies."""
+    strategy: str | None = None
+    """``pg_partitioned_table.partstrat``: ``r`` for RANGE; None when not partitioned."""
+    key: tuple[str | None, ...] = ()
+    """The partition key's columns by name (None for an expression), from ``partattrs``."""
+    namespace: int = 0
+    """The schema's oid."""
+    marked_to_drop: tuple[str, ...] = ()
+    """Plain tables in the schema marked ``(expired: to drop)`` for this parent: partitions an
+    interrupted run detached but did not drop."""
 
 
 class PartitionManager:
@@ -303,6 +330,7 @@ class PartitionManager:
                 "e.g. PartitionManager(settings, Signal, AuditLog)."
             )
         self.tables: tuple[PartitionedTable, ...] = tuple(partitioned_table(m) for m in models)
+        self._retire_order = _referencing_first(self.tables)
         self.lock_timeout = lock_timeout
         self.batch_size = max(1, batch_size)
 
@@ -341,7 +369,7 @@ class PartitionManager:
                 return MaintenanceReport(None, [], skipped=True)
             try:
                 plan = self._plan(conn, moment)
-                outcomes = [self._execute(conn, table_plan, say) for table_plan in plan.tables]
+                outcomes = self._execute(conn, plan, say)
             finally:
                 _release(conn, keys)
         report = MaintenanceReport(plan, outcomes, seconds=time.monotonic() - started)
@@ -367,7 +395,9 @@ class PartitionManager:
         for partitioned in self.tables:
             schema = physical_schema(partitioned.table.schema, options)
             catalog = _read_catalog(conn, partitioned, schema)
-            plans.append(self._plan_table(partitioned, catalog, now))
+            plan = self._plan_table(partitioned, catalog, now)
+            _skip_taken_names(conn, catalog, plan)
+            plans.append(plan)
         return MaintenancePlan(now, self.environment, plans)
 
     def _plan_table(
@@ -382,7 +412,9 @@ class PartitionManager:
             )
             return plan
         expected = f"RANGE ({partitioned.partitioning.column})"
-        if catalog.partitioned_by != expected:
+        # By the catalog's columns, not pg_get_partkeydef's text: it quotes a key column named
+        # like a keyword (RANGE ("timestamp")).
+        if catalog.strategy != "r" or catalog.key != (partitioned.partitioning.column,):
             found = catalog.partitioned_by or "not partitioned"
             plan.problems.append(
                 f"table is {found}, but the model declares PARTITION BY {expected}; recreate it "
@@ -400,6 +432,10 @@ class PartitionManager:
             last = last.next()
         first = window_containing(interval, cutoff) if cutoff is not None else current
 
+        # 0. partitions an interrupted run detached to drop, and did not drop
+        for name in catalog.marked_to_drop:
+            plan.actions.append(PartitionAction("drop", name, (drop_sql(name, schema),)))
+
         managed: dict[PartitionWindow, _Existing] = {}
         foreign: list[_Existing] = []
         # Partitions made for another interval (the declaration changed): retention applies.
@@ -413,17 +449,17 @@ class PartitionManager:
                 # One made for an earlier interval, whose retirement was interrupted, too.
                 ours = pending or _earlier_interval_window(partitioned, existing)
                 expired_window = ours is not None and cutoff is not None and ours.end <= cutoff
+                to_drop = declaration.expired == "drop" and expired_window
+                # Marked first: kept, it must never look like a table to drop; to drop, the next
+                # run finds it should this one stop before the drop.
                 statements = [
+                    detached_comment_sql(partitioned.name, existing.name, schema, to_drop=to_drop),
                     detach_sql(
                         partitioned.name, existing.name, schema, concurrently=False, finalize=True
-                    )
+                    ),
                 ]
-                if declaration.expired == "drop" and expired_window:
+                if to_drop:
                     statements.append(drop_sql(existing.name, schema))
-                else:  # marked first: kept, it must never look like a table to drop
-                    statements.insert(
-                        0, detached_comment_sql(partitioned.name, existing.name, schema)
-                    )
                 plan.actions.append(
                     PartitionAction("finalize", existing.name, tuple(statements), ours)
                 )
@@ -517,15 +553,13 @@ class PartitionManager:
             for window, existing in expiring:
                 if window.end > cutoff:
                     continue
+                to_drop = declaration.expired == "drop"
                 statements = [
-                    detach_sql(partitioned.name, existing.name, schema, concurrently=concurrently)
+                    detached_comment_sql(partitioned.name, existing.name, schema, to_drop=to_drop),
+                    detach_sql(partitioned.name, existing.name, schema, concurrently=concurrently),
                 ]
-                if declaration.expired == "drop":
+                if to_drop:
                     statements.append(drop_sql(existing.name, schema))
-                else:  # marked first: kept, it must never look like a table to drop
-                    statements.insert(
-                        0, detached_comment_sql(partitioned.name, existing.name, schema)
-                    )
                 plan.actions.append(
                     PartitionAction(
                         "retire",
@@ -548,28 +582,42 @@ class PartitionManager:
 
     # --- execution --------------------------------------------------------------------------
 
-    def _execute(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
-        outcome = self._execute_actions(conn, plan, say)
-        _hand_partitions_to_owner(conn, plan.table, outcome)
-        return outcome
+    def _execute(self, conn: Any, plan: MaintenancePlan, say: _Progress) -> list[TableOutcome]:
+        """Every table's creates and moves first, then every table's retirements.
 
-    def _execute_actions(self, conn: Any, plan: TablePlan, say: _Progress) -> TableOutcome:
-        outcome = TableOutcome(plan.table, problems=list(plan.problems))
+        Retirements go referencing tables first: with a foreign key between two partitioned
+        tables (fills → orders), PostgreSQL refuses to detach an orders partition while a fills
+        partition still references its rows, and the fills partition of the same day expires in
+        the same run.
+        """
+        outcomes = [
+            TableOutcome(table.table, problems=list(table.problems)) for table in plan.tables
+        ]
+        for table, outcome in zip(plan.tables, outcomes, strict=True):
+            self._build(conn, table, outcome, say)
+        for index in self._retire_order:
+            for action in plan.tables[index].actions:
+                if action.kind in ("retire", "finalize"):
+                    self._retire(conn, plan.tables[index], action, outcomes[index], say)
+        for table, outcome in zip(plan.tables, outcomes, strict=True):
+            _hand_partitions_to_owner(conn, table.table, outcome)
+        return outcomes
+
+    def _build(self, conn: Any, plan: TablePlan, outcome: TableOutcome, say: _Progress) -> None:
+        """Drop what an interrupted run left to drop, move rows out of DEFAULT, create."""
         creates: list[PartitionAction] = []
         for action in plan.actions:
+            if action.kind in ("retire", "finalize"):
+                continue
             if action.kind == "create":
                 creates.append(action)
                 continue
             if creates:
                 self._create_batch(conn, plan, creates, outcome, say)
                 creates = []
-            if action.kind in ("retire", "finalize"):
-                self._retire(conn, plan, action, outcome, say)
-            else:
-                self._run_one(conn, plan, action, outcome, say)
+            self._run_one(conn, plan, action, outcome, say)
         if creates:
             self._create_batch(conn, plan, creates, outcome, say)
-        return outcome
 
     def _create_batch(
         self,
@@ -580,15 +628,56 @@ class PartitionManager:
         say: _Progress,
     ) -> None:
         for chunk in _chunks(creates, self.batch_size):
-            statements = [action.statements[0] for action in chunk]
-            if self._transaction(conn, plan, statements, outcome, what=chunk[0].partition):
-                outcome.created += len(chunk)
-                say(
-                    f"{plan.table}: created {chunk[0].partition}"
-                    if len(chunk) == 1
-                    else f"{plan.table}: created {len(chunk)} partitions "
-                    f"({chunk[0].partition} .. {chunk[-1].partition})"
-                )
+            self._create_chunk(conn, plan, chunk, outcome, say)
+
+    def _create_chunk(
+        self,
+        conn: Any,
+        plan: TablePlan,
+        chunk: Sequence[PartitionAction],
+        outcome: TableOutcome,
+        say: _Progress,
+    ) -> None:
+        """One transaction for the chunk, a savepoint for each partition in it.
+
+        A window that fails (rows for it reached DEFAULT after planning, its name taken since)
+        is reported under its own name and the chunk's other partitions are still created. A
+        lock not granted fails the chunk whole, which is retried, then reported, like any
+        statement.
+        """
+        created: list[PartitionAction] = []
+        failed: list[str] = []
+
+        def body() -> None:
+            created.clear()
+            failed.clear()
+            for action in chunk:
+                try:
+                    with conn.transaction():
+                        conn.execute(action.statements[0])
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                    raise
+                except psycopg.Error as exc:
+                    failed.append(_create_problem(action, exc))
+                else:
+                    created.append(action)
+
+        what = chunk[0].partition
+        if len(chunk) > 1:
+            what = f"{what} .. {chunk[-1].partition} ({len(chunk)} partitions)"
+        if not self._with_retries(conn, plan, body, outcome, what=what):
+            return
+        for problem in failed:
+            outcome.problems.append(problem)
+            logger.error("%s: %s", plan.table, problem)
+        outcome.created += len(created)
+        if len(created) == 1:
+            say(f"{plan.table}: created {created[0].partition}")
+        elif created:
+            say(
+                f"{plan.table}: created {len(created)} partitions "
+                f"({created[0].partition} .. {created[-1].partition})"
+            )
 
     def _run_one(
         self,
@@ -608,6 +697,8 @@ class PartitionManager:
         if self._transaction(conn, plan, action.statements, outcome, what=action.partition):
             if action.kind == "create_default":
                 outcome.created += 1
+            elif action.kind == "drop":
+                outcome.dropped += 1
             say(f"{plan.table}: {action.describe()}")
 
     def _move(
@@ -639,7 +730,7 @@ class PartitionManager:
         outcome: TableOutcome,
         say: _Progress,
     ) -> None:
-        """Mark (when kept), detach (or finalize a detach), drop: each its own transaction.
+        """Mark, detach (or finalize a detach), drop: each its own transaction.
 
         The detach is the only step that locks the parent, and it is quick; dropping a big table
         frees its files at commit, which takes time proportional to its size. Separate, the
@@ -653,17 +744,17 @@ class PartitionManager:
             action.statements[at],
             action.statements[at + 1 :],
         )
-        # A kept partition is marked before it is detached (the comment keeps autogenerate from
-        # proposing to drop it), so no crash can leave an unmarked plain table behind.
-        if before and not self._transaction(conn, plan, before, outcome, what=action.partition):
-            return
-
         concurrent = " CONCURRENTLY" in detach
         if concurrent and outcome.pending_detach is not None:
             outcome.problems.append(
                 f"{action.partition}: waits until {outcome.pending_detach} finishes detaching "
                 "(one pending detach per table); the next run finishes that, then retires this"
             )
+            return
+        # Marked before it is detached (the comment keeps autogenerate from proposing to drop a
+        # kept one, and lets the next run find one to drop), so no crash can leave an unmarked
+        # plain table behind.
+        if before and not self._transaction(conn, plan, before, outcome, what=action.partition):
             return
 
         def body() -> None:
@@ -694,7 +785,7 @@ class PartitionManager:
         outcome.detached += 1
         if after:
             if not self._transaction(conn, plan, after, outcome, what=action.partition):
-                outcome.problems[-1] += f"; it is detached: drop it by hand ({after[0]})"
+                outcome.problems[-1] += "; it is detached and marked to drop: the next run drops it"
                 return
             outcome.dropped += 1
         say(f"{plan.table}: {action.describe().replace('expired ', '', 1)}")
@@ -864,15 +955,22 @@ def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) 
     row = conn.execute(
         """
         SELECT c.oid, n.nspname,
-               CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END
+               CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
+               pt.partstrat::text,
+               ARRAY(SELECT a.attname::text
+                     FROM unnest(pt.partattrs::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                     LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                     ORDER BY k.ord),
+               n.oid
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid
         WHERE c.oid = to_regclass(%s)
         """,
         (qualified(schema, partitioned.name),),
     ).fetchone()
     if row is None:
         return _Catalog(schema or "", False, None, (), {})
-    oid, actual_schema, keydef = row
+    oid, actual_schema, keydef, strategy, key, namespace = row
     columns = tuple(
         str(name)
         for (name,) in conn.execute(
@@ -903,7 +1001,30 @@ def _read_catalog(conn: Any, partitioned: PartitionedTable, schema: str | None) 
             f"FROM {qualified(actual_schema, default.name)} GROUP BY 1"
         ).fetchall():
             default_rows[start] = rows
-    return _Catalog(actual_schema, True, keydef, partitions, default_rows, columns)
+    marked_to_drop = tuple(
+        str(name)
+        for (name,) in conn.execute(
+            """
+            SELECT relname FROM pg_class
+            WHERE relnamespace = %s AND relkind = 'r' AND NOT relispartition
+              AND obj_description(oid, 'pg_class') = %s
+            ORDER BY relname
+            """,
+            (namespace, detached_comment(partitioned.name, to_drop=True)),
+        ).fetchall()
+    )
+    return _Catalog(
+        actual_schema,
+        True,
+        keydef,
+        partitions,
+        default_rows,
+        columns,
+        strategy=strategy,
+        key=tuple(key or ()),
+        namespace=namespace,
+        marked_to_drop=marked_to_drop,
+    )
 
 
 def _existing(name: str, bound: str, pending: bool, key_is_date: bool) -> _Existing:
@@ -1002,6 +1123,93 @@ def _move_statements(
     )
 
 
+def _referencing_first(tables: Sequence[PartitionedTable]) -> list[int]:
+    """Indexes of ``tables``, each table before the tables it references by a foreign key.
+
+    Referenced tables come first in dependency order (as ``MetaData.sorted_tables`` has them);
+    retirements run in the reverse of that. Tables with no key between them keep their order,
+    reversed; a cycle of keys is cut where it closes.
+    """
+    index = {partitioned.table.fullname: i for i, partitioned in enumerate(tables)}
+    ordered: list[int] = []
+    seen: set[int] = set()
+
+    def visit(i: int) -> None:
+        seen.add(i)
+        for constraint in tables[i].table.foreign_key_constraints:
+            referred = constraint.elements[0].target_fullname.rpartition(".")[0]
+            j = index.get(referred)
+            if j is not None and j not in seen:
+                visit(j)
+        ordered.append(i)
+
+    for i in range(len(tables)):
+        if i not in seen:
+            visit(i)
+    return ordered[::-1]
+
+
+def _skip_taken_names(conn: Any, catalog: _Catalog, plan: TablePlan) -> None:
+    """Take out of ``plan`` the creates and moves whose partition name another relation has.
+
+    Typically a partition ``expired="detach"`` kept, once the retention was lengthened: its
+    window is back, and ``CREATE TABLE`` would fail on the name (and, in one transaction with
+    the other creates, take them down too). Said once, per window, with the fix. Tables marked
+    to drop are not in the way: this run drops them before it creates anything.
+    """
+    wanted = {a.partition: a for a in plan.actions if a.kind in ("create", "move")}
+    if not wanted:
+        return
+    taken = {
+        name: (kind, is_partition)
+        for name, kind, is_partition in conn.execute(
+            "SELECT relname, relkind::text, relispartition FROM pg_class "
+            "WHERE relnamespace = %s AND relname = ANY(%s)",
+            (catalog.namespace, list(wanted)),
+        ).fetchall()
+        if name not in catalog.marked_to_drop
+    }
+    for name, (kind, is_partition) in sorted(taken.items()):
+        action = wanted[name]
+        assert action.window is not None
+        where = f"{catalog.schema}.{name}"
+        if kind == "r" and not is_partition:
+            by = f"table {where} (a detached partition kept by retention?)"
+        else:
+            by = f"{'partition' if is_partition else _RELATION_KINDS.get(kind, 'relation')} {where}"
+        problem = (
+            f"window {action.window.suffix}: name {name} taken by {by}: rename or drop it, so "
+            "maintenance can create the window's partition"
+        )
+        if action.kind == "move":
+            problem += f" (DEFAULT keeps its {_rows(action.rows)} until then)"
+        plan.problems.append(problem)
+        plan.actions.remove(action)
+
+
+_RELATION_KINDS: Final = {
+    "p": "partitioned table",
+    "i": "index",
+    "I": "partitioned index",
+    "S": "sequence",
+    "v": "view",
+    "m": "materialized view",
+    "f": "foreign table",
+    "c": "composite type",
+}
+
+
+def _create_problem(action: PartitionAction, exc: psycopg.Error) -> str:
+    """The problem line for one partition that could not be created."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, psycopg.errors.CheckViolation):
+        message += (
+            "; rows for its window reached the DEFAULT partition during this run: the next run "
+            "moves them"
+        )
+    return f"{action.partition}: {message}"
+
+
 def _chunks(items: Sequence[PartitionAction], size: int) -> Iterable[Sequence[PartitionAction]]:
     for index in range(0, len(items), size):
         yield items[index : index + size]
@@ -1020,18 +1228,55 @@ ORDER BY 1
 """
 
 
+_PARENT_GRANTS = """
+SELECT CASE WHEN g.grantee = 0 THEN NULL ELSE pg_get_userbyid(g.grantee) END,
+       g.privilege_type, g.is_grantable
+FROM pg_catalog.pg_class p CROSS JOIN LATERAL pg_catalog.aclexplode(p.relacl) g
+WHERE p.oid = to_regclass(%s) AND g.grantee <> p.relowner
+ORDER BY 1 NULLS FIRST, 2
+"""
+
+_TABLE_PRIVILEGES: Final = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"}
+)
+
+
 def _hand_partitions_to_owner(conn: Any, table: str, outcome: TableOutcome) -> None:
-    """Give partitions another login made (a superuser's run) to the parent's owner.
+    """Hand partitions another login made (a superuser's run) to the parent's owner, grants too.
 
     Partitions belong to their creator: run as ``postgres``, maintenance made partitions that
     the migrator's later runs could not comment and detach ("must be owner"). Only what this
     login may hand over is handed over; the migrator cannot take a superuser's tables.
+
+    The owner's default privileges grant the product's roles access to what the owner creates,
+    not to what a superuser creates: such a partition had no grants at all, so ``_ro`` could not
+    read it directly and ``sigma-db roles check`` reported drift. It gets the parent's grants
+    (every entry but the owner's, ``PUBLIC`` and grant options included), in the transaction
+    that hands it over, so it is never left handed over without them.
     """
-    for child, owner in conn.execute(_STRAY_OWNERS, (table,)).fetchall():
+    strays = conn.execute(_STRAY_OWNERS, (table,)).fetchall()
+    if not strays:
+        return
+    grants: dict[tuple[str | None, bool], list[str]] = {}
+    for grantee, privilege, grantable in conn.execute(_PARENT_GRANTS, (table,)).fetchall():
+        if privilege in _TABLE_PRIVILEGES:
+            grants.setdefault((grantee, grantable), []).append(privilege)
+    for child, owner in strays:
+        target = sql.SQL(child)  # format('%I.%I') quoted it
         try:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.SQL(child), sql.Identifier(owner))
-            )
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} OWNER TO {}").format(target, sql.Identifier(owner))
+                )
+                for (grantee, grantable), privileges in grants.items():
+                    conn.execute(
+                        sql.SQL("GRANT {} ON TABLE {} TO {}{}").format(
+                            sql.SQL(", ").join(sql.SQL(p) for p in privileges),
+                            target,
+                            sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+                        )
+                    )
         except psycopg.Error as exc:
             outcome.problems.append(f"{child}: {' '.join(str(exc).split())}")
 

@@ -20,8 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
 
+from sigma_db.errors import ConfigurationError
 from sigma_db.partitions.ddl import initial_partition_statements, physical_schema
-from sigma_db.partitions.declaration import DatePartitioning, PartitionedTable, partitioned_table
+from sigma_db.partitions.declaration import (
+    DatePartitioning,
+    PartitionedTable,
+    column_problems,
+    partitioned_table,
+)
 
 if TYPE_CHECKING:
     from alembic.operations import Operations
@@ -41,10 +47,11 @@ def create_partitions(
     ``target`` is the ``DatePartitioned`` model, or the ``Table`` that ``op.create_table``
     returned together with its ``partitioning`` (which keeps the revision independent of
     later model changes). Offline (``--sql``) the statements are rendered for the time the SQL
-    is generated.
+    is generated. A ``partitioning`` the model mixin would refuse is refused here too, with the
+    same messages, before any statement runs.
     """
     if partitioning is not None and isinstance(target, Table):
-        partitioned = PartitionedTable(target, partitioning)
+        partitioned = _checked(target, partitioning)
     else:
         partitioned = partitioned_table(target)
     context = op.get_context()
@@ -54,3 +61,30 @@ def create_partitions(
     schema = physical_schema(partitioned.table.schema, options)
     for statement in initial_partition_statements(partitioned, schema, now):
         op.execute(statement)
+
+
+def _checked(table: Table, partitioning: object) -> PartitionedTable:
+    """``table`` with ``partitioning``, checked as a model's ``__partitioning__`` is.
+
+    A revision spells the declaration out instead of importing the model, so the mixin's check
+    at class definition never sees it: without this, ``interval="daily"`` surfaced as a bare
+    ``ValueError`` and ``premake=0`` was accepted.
+    """
+    where = f"create_partitions(op, {table.name}, ...)"
+    if not isinstance(partitioning, DatePartitioning):
+        raise ConfigurationError(
+            f"{where}: partitioning must be a DatePartitioning, not "
+            f"{type(partitioning).__name__}; pass e.g. "
+            "DatePartitioning(column='observed_at', interval='day', premake=7)."
+        )
+    problems = partitioning.problems()
+    if isinstance(partitioning.column, str) and partitioning.column:
+        problems += column_problems(table, partitioning, declared_by="the partitioning")
+    if len(problems) == 1:
+        raise ConfigurationError(f"{where}: {problems[0]}.")
+    if problems:
+        raise ConfigurationError(
+            [f"{problem}." for problem in problems],
+            heading=f"{where}: its partitioning has {len(problems)} problems:",
+        )
+    return PartitionedTable(table, partitioning)

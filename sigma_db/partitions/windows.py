@@ -68,13 +68,16 @@ class PartitionWindow:
 
     @property
     def suffix(self) -> str:
-        """The part of the partition name after ``<table>_``: ``p20261127``, ``p2026w48``..."""
+        """The part of the partition name after ``<table>_``: ``p20261127``, ``p2026w48``...
+
+        Years have four digits (``p00050601``): ``strftime``'s ``%Y`` does not pad on glibc.
+        """
         if self.interval is Interval.DAY:
-            return f"p{self.start:%Y%m%d}"
+            return f"p{self.start.year:04d}{self.start:%m%d}"
         if self.interval is Interval.WEEK:
             iso = self.start.isocalendar()
             return f"p{iso.year:04d}w{iso.week:02d}"
-        return f"p{self.start:%Y%m}"
+        return f"p{self.start.year:04d}{self.start:%m}"
 
     def contains(self, instant: datetime | date) -> bool:
         """Whether ``instant`` (an aware datetime, or a date) lies in ``[start, end)``."""
