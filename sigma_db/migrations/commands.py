@@ -58,16 +58,16 @@ def load_config(path: Path, settings: DatabaseSettings | None = None) -> Config:
 
 def migrate(config: Config, settings: DatabaseSettings, target: str = "head") -> list[str]:
     """Upgrade to ``target``; return ``"upgrade 0002"``-style lines for what was applied."""
-    load_revisions(config)
+    script = load_revisions(config)
     config.attributes[SETTINGS_KEY] = settings
     applied: list[str] = []
     config.attributes[APPLIED_KEY] = applied
-    check_target(target)
+    check_target(target, script)
     try:
         command.upgrade(config, target)
     except MigrationError:
         raise
-    except CommandError as exc:
+    except (CommandError, RevisionError) as exc:
         raise MigrationError(_explain(str(exc), target)) from exc
     return applied
 
@@ -156,6 +156,11 @@ def _explain(message: str, target: str) -> str:
         return f"--to {target}: no revision file declares it; name a revision number or head"
     if missing:
         return _unknown_database_revision(missing.group(1))
+    if target.startswith("+") and "Relative revision" in message:
+        return (
+            f"--to {target}: fewer revisions than that are pending; name a revision number, "
+            "head, or +N within what is pending (sigma-db migrate --dry-run lists them)"
+        )
     return message
 
 

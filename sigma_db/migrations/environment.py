@@ -658,8 +658,13 @@ class _Run:
             except MigrationError:
                 raise
             except Exception as exc:
-                if migration.as_sql:
-                    raise  # the dry run says which revision failed to render, and why
+                if migration.as_sql:  # no database: the revision's own code failed to render
+                    what = f"{type(exc).__name__}: {' '.join(str(exc).split()).rstrip('.')}"
+                    raise MigrationError(
+                        f"revision {script.revision} ({Path(script.path).name}): rendering its "
+                        f"SQL offline failed ({what}); fix the revision (code that reads data "
+                        "must check context.is_offline_mode())"
+                    ) from exc
                 raise MigrationError(_failure(script, exc, self.settings)) from exc
 
         return run_revision
@@ -868,14 +873,21 @@ def _failure(script: Script, exc: Exception, settings: DatabaseSettings | None =
         exc = exc.cause
     if isinstance(exc, DBAPIError):
         reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
-        statement = " ".join(str(exc.statement or "").split())
+        # psycopg's %(name)s placeholders shown the way the revision wrote them: :name
+        statement = re.sub(r"%\((\w+)\)s", r":\1", " ".join(str(exc.statement or "").split()))
         if len(statement) > 200:
             statement = statement[:199] + "…"
         what = f"{reason}; statement: {statement}"
         if isinstance(exc.params, Mapping) and "batch_size" in exc.params:
             # run_in_batches' own parameter; other values may be data, or secrets: not shown
             what += f" (with batch_size={exc.params['batch_size']!r})"
-        if settings is not None and getattr(exc.orig, "sqlstate", None) == "42501":
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
+            remedy = (
+                "The connection to the server was lost (a restart, a failover, or "
+                "pg_terminate_backend): run the migration again."
+            )
+        elif settings is not None and sqlstate == "42501":
             # insufficient_privilege, e.g. "must be owner of table": the login, not the revision
             from sigma_db.roles import RoleKind, group_role
 

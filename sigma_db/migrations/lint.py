@@ -139,7 +139,6 @@ def split_rendered(sql: str, files: Mapping[str, RevisionFile]) -> list[Rendered
     exactly what that revision runs: its transaction, ``SET`` timeouts, statements, version bump.
     """
     pglast = _pglast()
-    parsed = _parse(pglast, sql)
     marks: list[tuple[int, str]] = []
     position = sql.find(REVISION_MARK)
     while position >= 0:
@@ -147,6 +146,19 @@ def split_rendered(sql: str, files: Mapping[str, RevisionFile]) -> list[Rendered
         line_end = len(sql) if line_end < 0 else line_end
         marks.append((position, sql[position + len(REVISION_MARK) : line_end].strip()))
         position = sql.find(REVISION_MARK, line_end)
+    try:
+        parsed = _parse(pglast, sql)
+    except ConfigurationError as exc:
+        # Name the revision whose statements hold the error (op.execute("SELEC 1")).
+        where = exc.__cause__.args[1] if exc.__cause__ and len(exc.__cause__.args) > 1 else None
+        owner = [rev for start, rev in marks if isinstance(where, int) and start <= where]
+        if not owner:
+            raise
+        name = files[owner[-1]].path.name if owner[-1] in files else "?"
+        raise ConfigurationError(
+            f"revision {owner[-1]} ({name}): its SQL does not parse "
+            f"({exc.__cause__.args[0] if exc.__cause__ else exc}); fix the statement it executes"
+        ) from exc
     starts: list[int] = []
     for mark, _ in marks:
         start = mark

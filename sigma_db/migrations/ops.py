@@ -169,12 +169,13 @@ def create_index_concurrently(
         f"index {index} is missing or invalid: its concurrent build failed; drop it (DROP INDEX "
         "CONCURRENTLY IF EXISTS ...), fix the cause, run again"
     )
-    _session_neutral(
-        f"DO $${INDEX_CHECK_START}AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.indexrelid "  # noqa: S608
+    body = (
+        f"{INDEX_CHECK_START}AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.indexrelid "  # noqa: S608
         f"WHERE c.relname = {_literal(index_name)} AND i.indisvalid AND c.relnamespace = "
         f"(SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = to_regclass({_literal(table)}))"
-        f") THEN RAISE EXCEPTION USING MESSAGE = {_literal(message)}; END IF; END $$"
+        f") THEN RAISE EXCEPTION USING MESSAGE = {_literal(message)}; END IF; END "
     )
+    _session_neutral(f"DO {_dollar_quoted(body)}")
 
 
 def _invalid(index_name: str, table: str) -> bool:
@@ -220,6 +221,14 @@ def _session_neutral(sql: str) -> None:
         op.execute(sql)
     else:
         op.get_bind().execute(text(sql))
+
+
+def _dollar_quoted(body: str) -> str:
+    """``body`` between dollar quotes whose tag it does not contain (a name may hold ``$$``)."""
+    tag = "$$"
+    while tag in body:
+        tag = f"$sigma_db{len(tag)}$"
+    return f"{tag}{body}{tag}"
 
 
 def _quoted(name: str) -> str:

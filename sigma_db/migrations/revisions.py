@@ -28,6 +28,7 @@ from alembic.config import Config
 from alembic.operations.ops import MigrationScript
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from sigma_db.migrations.checksum import file_checksum
@@ -52,6 +53,9 @@ FILE_TEMPLATE = "%(rev)s_%(slug)s"
 
 _WIDTH = 4
 _NUMBERED = re.compile(rf"\d{{{_WIDTH},}}\Z")
+_REVISION_ID = re.compile(r"\w+\Z")
+_RELATIVE_UP = re.compile(r"\+[1-9]\d*\Z")
+_FUNCTIONS = ("upgrade", "downgrade")
 _DURATION = re.compile(r"(0|[1-9]\d{0,8})\s*(us|ms|s|min|h|d)?\Z")
 
 
@@ -103,6 +107,12 @@ def number_revisions(
         )
     taken = [rev.revision for rev in script.walk_revisions()]
     for directive in directives:
+        wanted = getattr(directive, "head", None) or "head"
+        if heads and wanted not in ("head", "heads", heads[0]):
+            raise MigrationError(
+                f"Cannot add a revision on {wanted}: revisions form one line, and a new one goes "
+                f"on its head, {heads[0]}; run alembic revision without --head/--splice"
+            )
         directive.rev_id = next_revision_id(taken)
         taken.append(directive.rev_id)
     # File names come from the id; set here so an alembic.ini without file_template still works.
@@ -136,12 +146,31 @@ def timeout_setting(module: Any, name: str, default: str | None) -> str | None:
     return text
 
 
-def check_target(target: str) -> None:
-    """Refuse an empty ``--to`` (in CI, usually a variable that is not set)."""
+def check_target(target: str, script: ScriptDirectory | None = None) -> None:
+    """Refuse an empty ``--to`` (in CI, usually a variable that is not set).
+
+    With ``script``, also what ``sigma-db migrate`` cannot upgrade to: a revision no file
+    declares, and Alembic's other forms (ranges, branches, relative downgrades), which it would
+    otherwise blame on the database or fail on with a bare assertion.
+    """
     if not target.strip():
         raise MigrationError(
             "--to is empty: name a revision number or head (is the variable behind it unset?)"
         )
+    if script is None or target in ("head", "heads") or _RELATIVE_UP.match(target):
+        return
+    usage = "name a revision number (e.g. 0003), head, or +N (N revisions ahead)"
+    if not _REVISION_ID.match(target):
+        raise MigrationError(
+            f"--to {target} is not a target migrate accepts; {usage} (migrate only upgrades: "
+            "alembic downgrade REVISION goes back)"
+        )
+    try:
+        found = script.get_revision(target)
+    except (CommandError, RevisionError):
+        found = None
+    if found is None:
+        raise MigrationError(f"--to {target}: no revision file declares it; {usage}")
 
 
 def script_directory(config: Config) -> ScriptDirectory:
@@ -150,6 +179,11 @@ def script_directory(config: Config) -> ScriptDirectory:
         return ScriptDirectory.from_config(config)
     except CommandError as exc:
         raise MigrationError(f"{exc}; check script_location in {config.config_file_name}.") from exc
+    except UnicodeDecodeError as exc:
+        raise MigrationError(
+            f"{config.config_file_name} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save it as UTF-8"
+        ) from exc
     except configparser.Error as exc:
         reason = " ".join(str(exc).split())
         raise MigrationError(
@@ -179,9 +213,11 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
             revisions = list(script.walk_revisions())
         except (CommandError, KeyError) as exc:
             # A down_revision naming no file: Alembic warns "Revision X referenced from Y is
-            # not present", then fails on the lookup.
+            # not present", then fails on the lookup. A duplicate id fails the walk too when a
+            # revision follows it.
             messages = [str(w.message) for w in caught] + [str(exc)]
-            return [_broken_chain(script, " ".join(messages))]
+            duplicates = [_duplicate(m, script) for m in messages if "more than once" in m]
+            return duplicates or [_broken_chain(script, " ".join(messages))]
         except Exception as exc:  # a revision file that does not import: name file and line
             return [_load_error(script, exc)]
     problems = [
@@ -204,6 +240,14 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
         if path.resolve() not in resolved:
             problems.append(f"{path.name} is not a revision Alembic can load; fix or remove it")
     for rev in revisions:
+        missing = [
+            f"{name}()" for name in _FUNCTIONS if not callable(getattr(rev.module, name, None))
+        ]
+        if missing:
+            problems.append(
+                f"{Path(rev.path).name} defines no {' or '.join(missing)}; every revision defines "
+                "upgrade() and downgrade() (one that cannot be undone raises in downgrade())"
+            )
         if not _NUMBERED.match(rev.revision):
             problems.append(
                 f"{Path(rev.path).name}: revision id {rev.revision!r} is not numbered; use the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,20 @@ from sample_repo import ProductRepo, make_repo
 
 from sigma_db import DatabaseSettings
 from sigma_db.testing import TestServer
+
+
+@pytest.fixture(autouse=True)
+def _no_handler_on_a_closed_stream() -> None:
+    """Drop log handlers an earlier test's env.py (``fileConfig``) left on its closed capture.
+
+    The template's env.py configures logging to the ``sys.stderr`` of the moment; under capsys
+    that stream is closed after the test, and anything logged before the next env.py runs (the
+    dry run reads the database first) printed a logging traceback into the next test's output.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
 
 
 @pytest.fixture

@@ -243,11 +243,45 @@ def test_to_blames_the_typo_not_the_database(
     code, _, err = run(["migrate", "--to", "9999"], capsys)
     assert code == 1
     assert error_line(err) == (
-        "sigma-db: error: --to 9999: no revision file declares it; name a revision number or head"
+        "sigma-db: error: --to 9999: no revision file declares it; name a revision number "
+        "(e.g. 0003), head, or +N (N revisions ahead)"
     )
     each_fails_with(
         "--to is empty", capsys, ["migrate", "--to", ""], ["migrate", "--dry-run", "--to", " "]
     )
+    # Alembic's other forms: a bare AssertionError, or "the database is at revision foo".
+    for target in ("0001-1", "foo@head", "0001:0002", "-1", "x'"):
+        each_fails_with(
+            f"--to {target} is not a target migrate accepts", capsys, ["migrate", "--to", target]
+        )
+    each_fails_with(
+        "--to +5: fewer revisions than that are pending", capsys, ["migrate", "--to", "+5"]
+    )
+
+
+def test_a_statement_that_does_not_parse_names_its_revision(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("typo", 'op.execute("SELEC 1")')
+    each_fails_with(
+        'revision 0002 (0002_typo.py): its SQL does not parse (syntax error at or near "SELEC")',
+        capsys,
+        ["migrate", "--dry-run"],
+    )
+
+
+def test_a_revision_losing_its_connection_says_to_run_again(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_repo.add("init", SIGNALS)
+    in_repo.add("killed", 'op.execute("SELECT pg_terminate_backend(pg_backend_pid())")')
+    code, _, err = run(["migrate"], capsys)
+    assert code == 1
+    line = error_line(err)
+    assert "revision 0002 (0002_killed.py) failed" in line
+    assert "The connection to the server was lost" in line
+    assert "Fix the revision" not in line
 
 
 def test_a_failed_migrate_says_which_revisions_it_committed_first(

@@ -670,7 +670,7 @@ def test_a_backfill_that_fails_after_some_batches_says_they_stay_committed(
         repo.upgrade()
     message = str(failed.value)
     assert "violates check constraint" in message
-    assert "LIMIT %(batch_size)s) (with batch_size=2)" in message
+    assert "LIMIT :batch_size) (with batch_size=2)" in message
     assert "the 1 batch(es) before it (2 row(s)) stay committed" in message
     assert "running the migration again resumes after them" in message
     assert repo.query("SELECT count(*) FROM app.signals WHERE name = upper(name)") == [(2,)]
@@ -826,6 +826,16 @@ def test_concurrent_index_on_tables_whose_names_need_quoting(repo: ProductRepo) 
     repo.add("index order", 'ops.create_index_concurrently("ix_order_x", "order", ["x"])')
     repo.add("index legacy", 'ops.create_index_concurrently("ix_legacy_y", "LegacyThing", ["y"])')
     assert repo.upgrade() == ["upgrade 0001", "upgrade 0002"]
+
+
+def test_a_concurrent_index_whose_name_holds_dollar_quotes(repo: ProductRepo) -> None:
+    # The check after the build is a DO $$ ... $$ block: the name ended it early.
+    repo.query("CREATE TABLE app.legacy (code text)")
+    repo.add("index", 'ops.create_index_concurrently("ix$$code", "legacy", ["code"])')
+    assert repo.upgrade() == ["upgrade 0001"]
+    assert repo.query(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'app.\"ix$$code\"'::regclass"
+    ) == [(True,)]
 
 
 def test_the_check_after_a_build_looks_beside_the_table(repo: ProductRepo) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.config import Config
 from sample_repo import ProductRepo
 
 from sigma_db import DatabaseSettings
@@ -87,6 +88,74 @@ def test_a_helper_module_in_versions_is_named_as_such(offline_repo: ProductRepo)
     assert str(caught.value).startswith(
         "helpers.py in migrations/versions is not a revision (it declares no revision = ...)"
     )
+
+
+def test_a_duplicate_id_with_a_revision_after_it_names_both_files(
+    offline_repo: ProductRepo,
+) -> None:
+    # With 0010 following one of the two 0009s, the walk failed and the message said "restore
+    # the missing revision file", naming none.
+    offline_repo.add("init")
+    offline_repo.add("a", revision="0002")
+    offline_repo.add("a2", revision="0003")
+    offline_repo.add("b", revision="0002", down="0001")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(MigrationError) as caught:
+            offline_repo.sql()
+    assert str(caught.value) == (
+        "revision 0002 is declared by more than one file (0002_a.py, 0002_b.py); give the newer "
+        "one the next free number"
+    )
+
+
+@pytest.mark.parametrize("missing", ["upgrade", "downgrade"])
+def test_a_revision_without_its_functions_names_its_file(
+    offline_repo: ProductRepo, missing: str
+) -> None:
+    offline_repo.add("init")
+    path = offline_repo.add("x")
+    path.write_text(path.read_text().replace(f"def {missing}()", f"def _{missing}()"))
+    with pytest.raises(MigrationError) as caught:
+        offline_repo.sql()
+    assert str(caught.value) == (
+        f"0002_x.py defines no {missing}(); every revision defines upgrade() and downgrade() "
+        "(one that cannot be undone raises in downgrade())"
+    )
+
+
+def test_a_new_revision_goes_on_the_head_only(offline_repo: ProductRepo) -> None:
+    offline_repo.add("init")
+    offline_repo.add("a")
+    with pytest.raises(MigrationError, match=r"on its head, 0002; run alembic revision without"):
+        command.revision(offline_repo.config(), "branch", head="0001", splice=True)
+    assert sorted(p.name for p in offline_repo.versions.glob("*.py")) == [
+        "0001_init.py",
+        "0002_a.py",
+    ]
+
+
+def test_a_revision_failing_to_render_offline_is_named(offline_repo: ProductRepo) -> None:
+    # An error from the revision's own code (here SQLAlchemy's, an index name over 63
+    # characters) was blamed on DB_* ("check DB_* (DB_USER must be a member of ...").
+    offline_repo.add("init", 'ops.create_index_concurrently("ix_' + "n" * 70 + '", "t", ["a"])')
+    with pytest.raises(MigrationError) as caught:
+        offline_repo.sql()
+    message = str(caught.value)
+    assert message.startswith("revision 0001 (0001_init.py): rendering its SQL offline failed (")
+    assert "exceeds maximum length of 63 characters" in message
+    assert "DB_" not in message
+
+
+def test_an_unreadable_alembic_ini_is_one_line(offline_repo: ProductRepo) -> None:
+    from sigma_db.migrations.revisions import load_revisions
+
+    ini = offline_repo.root / "alembic.ini"
+    ini.write_bytes(b"# r\xe9sum\xe9\n" + ini.read_bytes())
+    with pytest.raises(
+        MigrationError, match=r"alembic\.ini is not UTF-8 text .*; save it as UTF-8"
+    ):
+        load_revisions(Config(str(ini)))
 
 
 def test_a_revision_without_down_revision_names_its_file(offline_repo: ProductRepo) -> None:
