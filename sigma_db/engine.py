@@ -148,7 +148,9 @@ def _masked(text: str, secret: str | None) -> str:
 
 
 def _remedy(settings: DatabaseSettings, reason: str) -> str:
-    lowered = reason.lower()
+    # What the server or the network said, after libpq's "connection to server at ... failed:"
+    # (which names the host or socket path: a host called pg-ssl must not read as an SSL error).
+    lowered = reason.lower().rpartition("failed:")[2] or reason.lower()
     if "password authentication failed" in lowered or "no password supplied" in lowered:
         return "Check DB_USER and DB_PASSWORD (or DB_PASSWORD_FILE)."
     if "timeout expired" in lowered:
@@ -160,12 +162,33 @@ def _remedy(settings: DatabaseSettings, reason: str) -> str:
         return f"Create database {settings.name} or fix DB_NAME."
     if "does not exist" in lowered and "role" in lowered:
         return f"Create role {settings.user} (sigma-db roles apply) or fix DB_USER."
+    if "permission denied for database" in lowered:
+        return (
+            f"{settings.user} lacks CONNECT on {settings.name}: attach it to the product's "
+            "roles (sigma-db roles apply --login NAME:rw), or fix DB_USER or DB_NAME."
+        )
+    if (
+        "too many connections" in lowered
+        or "too many clients" in lowered
+        or ("connection slots are reserved" in lowered)
+    ):
+        return (
+            "The server, or the role's CONNECTION LIMIT, has no connection free: lower "
+            "DB_CONN_MAX or the number of processes, or raise the limit."
+        )
+    if "unsupported startup parameter" in lowered:
+        return (
+            "DB_HOST:DB_PORT is a connection pooler (PgBouncer?): set DB_POOLER=transaction, "
+            "or point DB_PORT at PostgreSQL itself."
+        )
     if "translate host name" in lowered or "name or service not known" in lowered:
         return f"DB_HOST={settings.host} does not resolve; fix DB_HOST."
     if "ssl" in lowered:
         return "Check DB_SSLMODE against what the server supports."
     if "connection refused" in lowered:  # libpq already asks whether the server is running
         return "Check DB_HOST and DB_PORT (the server refused). For a local one: sigma-db dev up."
+    if "is the server running" in lowered:  # no socket at that path: libpq asked already
+        return "Check DB_HOST and DB_PORT. For a local one: sigma-db dev up."
     return (
         "Is the server running and reachable at DB_HOST:DB_PORT? For a local one: sigma-db dev up."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -154,6 +155,51 @@ def test_unreachable_server_is_one_clear_error(db_settings: DatabaseSettings) ->
     assert message.count("Is the server running") <= 1  # libpq asks already; no echo
     assert db_settings.secret() not in message
     assert isinstance(exc.value.__cause__, psycopg.OperationalError)
+
+
+def test_what_the_server_answered_gets_its_own_fix(
+    db_settings: DatabaseSettings, sigma_postgresql: TestServer, tmp_path: Path
+) -> None:
+    # These ended in "Is the server running and reachable at DB_HOST:DB_PORT?", sending an
+    # operator to check the network when the server had answered with its reason.
+    login = f"nocon_{uuid.uuid4().hex[:8]}"
+    with sigma_postgresql.connect("postgres") as admin:
+        admin.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'pw' CONNECTION LIMIT 1")
+        admin.execute(f'REVOKE CONNECT ON DATABASE "{db_settings.name}" FROM PUBLIC')
+    try:
+        settings = db_settings.model_copy(update={"user": login, "password": SecretStr("pw")})
+        engine = create_engine(settings)
+        with pytest.raises(DatabaseUnavailableError) as denied:
+            engine.connect()
+        assert str(denied.value).endswith(
+            f"{login} lacks CONNECT on {db_settings.name}: attach it to the product's roles "
+            "(sigma-db roles apply --login NAME:rw), or fix DB_USER or DB_NAME."
+        )
+        engine.dispose()
+        with sigma_postgresql.connect("postgres") as admin:
+            admin.execute(f'GRANT CONNECT ON DATABASE "{db_settings.name}" TO {login}')
+        engine = create_engine(settings, pool_size=2)
+        try:
+            with engine.connect(), pytest.raises(DatabaseUnavailableError) as full:
+                engine.connect()  # the role's CONNECTION LIMIT 1 is taken
+        finally:
+            engine.dispose()
+        assert str(full.value).endswith(
+            "lower DB_CONN_MAX or the number of processes, or raise the limit."
+        )
+    finally:
+        with sigma_postgresql.connect("postgres") as admin:
+            admin.execute(f'GRANT CONNECT ON DATABASE "{db_settings.name}" TO PUBLIC')
+            admin.execute(f"DROP OWNED BY {login}; DROP ROLE {login}")
+    # A socket directory whose name holds "ssl": not an SSL problem.
+    engine = create_engine(db_settings.model_copy(update={"host": str(tmp_path / "pg_ssl_sock")}))
+    with pytest.raises(DatabaseUnavailableError) as missing:
+        engine.connect()
+    engine.dispose()
+    assert "DB_SSLMODE" not in str(missing.value)
+    assert str(missing.value).endswith(
+        "Check DB_HOST and DB_PORT. For a local one: sigma-db dev up."
+    )
 
 
 def test_silent_server_times_out_and_says_so(db_settings: DatabaseSettings) -> None:

@@ -62,8 +62,12 @@ def test_direct_mode_through_pgbouncer_is_refused_clearly(
     """Control: the startup-packet search_path is what PgBouncer rejects (pgbouncer #89)."""
     engine = create_engine(provisioned.settings(RW, host=pgbouncer.host, port=pgbouncer.port))
     try:
-        with pytest.raises(DatabaseUnavailableError, match="unsupported startup parameter"):
+        with pytest.raises(DatabaseUnavailableError, match="unsupported startup parameter") as e:
             engine.connect()
+        assert str(e.value).endswith(
+            "DB_HOST:DB_PORT is a connection pooler (PgBouncer?): set DB_POOLER=transaction, "
+            "or point DB_PORT at PostgreSQL itself."
+        )
     finally:
         engine.dispose()
 
