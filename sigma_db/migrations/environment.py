@@ -71,6 +71,7 @@ from sigma_db.migrations.ops import (
     create_schema_statement,
 )
 from sigma_db.migrations.revisions import (
+    missing_downgrade,
     number_revisions,
     revision_files,
     revision_phase,
@@ -515,7 +516,13 @@ class _Run:
                 warnings.filterwarnings(
                     "ignore", "Can't validate argument 'dialect_options'", SAWarning
                 )
-                steps = list(planned(heads, migration))
+                try:
+                    steps = list(planned(heads, migration))
+                except AttributeError as exc:  # a revision module without downgrade()
+                    problem = missing_downgrade(self.env.script, exc)
+                    if problem is None:
+                        raise
+                    raise MigrationError(problem) from exc
             revision_steps = [step for step in steps if isinstance(step, RevisionStep)]
             if revision_steps and self.bookkeeping and not migration.as_sql:
                 self._verify_history(migration)

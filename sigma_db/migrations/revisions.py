@@ -40,6 +40,7 @@ __all__ = [
     "RevisionFile",
     "check_target",
     "load_revisions",
+    "missing_downgrade",
     "next_revision_id",
     "number_revisions",
     "revision_files",
@@ -55,7 +56,7 @@ _WIDTH = 4
 _NUMBERED = re.compile(rf"\d{{{_WIDTH},}}\Z")
 _REVISION_ID = re.compile(r"\w+\Z")
 _RELATIVE_UP = re.compile(r"\+[1-9]\d*\Z")
-_FUNCTIONS = ("upgrade", "downgrade")
+_FUNCTIONS = "define upgrade() (and downgrade(), which raises if it cannot be undone)"
 _DURATION = re.compile(r"(0|[1-9]\d{0,8})\s*(us|ms|s|min|h|d)?\Z")
 
 
@@ -240,14 +241,8 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
         if path.resolve() not in resolved:
             problems.append(f"{path.name} is not a revision Alembic can load; fix or remove it")
     for rev in revisions:
-        missing = [
-            f"{name}()" for name in _FUNCTIONS if not callable(getattr(rev.module, name, None))
-        ]
-        if missing:
-            problems.append(
-                f"{Path(rev.path).name} defines no {' or '.join(missing)}; every revision defines "
-                "upgrade() and downgrade() (one that cannot be undone raises in downgrade())"
-            )
+        if not callable(getattr(rev.module, "upgrade", None)):
+            problems.append(f"{Path(rev.path).name} defines no upgrade(); {_FUNCTIONS}")
         if not _NUMBERED.match(rev.revision):
             problems.append(
                 f"{Path(rev.path).name}: revision id {rev.revision!r} is not numbered; use the "
@@ -314,6 +309,20 @@ def _load_error(script: ScriptDirectory, exc: Exception) -> str:
         line = frames[-1].lineno if frames else None
     where = f"{name}:{line}" if line else name
     return f"{where}: {type(exc).__name__}: {' '.join(message.split())}; fix the revision file"
+
+
+def missing_downgrade(script: ScriptDirectory, exc: AttributeError) -> str | None:
+    """The one-line error for downgrading past a revision without ``downgrade()``, if that is it.
+
+    Not a tree problem: a revision that is never reverted may leave it out, and only a
+    downgrade through it needs one.
+    """
+    if getattr(exc, "name", None) != "downgrade":
+        return None
+    return (
+        f"{_module_file(script, str(exc))} defines no downgrade(), so it cannot be reverted; "
+        f"{_FUNCTIONS}"
+    )
 
 
 def _module_file(script: ScriptDirectory, message: str) -> str:
