@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sigma_db.errors import ConfigurationError
+from sigma_db.identifiers import utf8_problem
 
 if TYPE_CHECKING:
     from sigma_db.roles import Login, ProductRoles
@@ -231,18 +232,36 @@ def _read_secret(password_env: str | None, password_file: Path | None) -> str:
                 f"--password-env {password_env}: that environment variable is not set or empty; "
                 f"export {password_env} with the password first."
             )
-        return value
-    assert password_file is not None
-    try:
-        value = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        source, where = f"--password-env {password_env}: the password", password_env
+    else:
+        assert password_file is not None
+        try:
+            value = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigurationError(
+                f"--password-file {password_file} is not UTF-8 text; save the password in it "
+                "as UTF-8."
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigurationError(
+                f"--password-file {password_file} cannot be read ({reason}); give a readable "
+                "file holding only the password."
+            ) from None
+        if not value:
+            raise ConfigurationError(
+                f"--password-file {password_file} is empty; put the password in it."
+            )
+        source, where = f"--password-file {password_file}", "the file"
+    # libpq ends the password at a NUL: the role would get a shorter password than intended.
+    if "\x00" in value:
         raise ConfigurationError(
-            f"--password-file {password_file} cannot be read ({reason}); give a readable file "
-            "holding only the password."
-        ) from None
-    if not value:
+            f"{source} contains a NUL byte, which libpq cannot send (the password would be cut "
+            f"there); put only the real password in {where}."
+        )
+    if utf8_problem(value) is not None:
         raise ConfigurationError(
-            f"--password-file {password_file} is empty; put the password in it."
+            f"{source} contains bytes that are not UTF-8; put the password in {where} as UTF-8 "
+            "text."
         )
     return value

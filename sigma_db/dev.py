@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma_db.errors import ConfigurationError
+from sigma_db.identifiers import identifier_problem
 from sigma_db.roles import Login, ProductRoles, RoleKind, RolePlan, group_role
 from sigma_db.server import (
     LocalServer,
@@ -101,7 +102,10 @@ class DevDatabase:
                     f"SIGMA_DB_DEV_PORT={text!r} is not a port; set a number from 1 to 65535."
                 )
             port, source = int(text), "SIGMA_DB_DEV_PORT"
-        recorded = _read_state(home).get("port")
+        try:
+            recorded = _read_state(home).get("port")
+        except ServerError:  # said by every command that uses the state; reset replaces it
+            recorded = None
         if port is None:
             return cls(home, int(recorded or DEFAULT_PORT))
         if recorded is not None and int(recorded) != port and cls(home, port).server.is_running():
@@ -187,8 +191,12 @@ class DevDatabase:
         return True
 
     def reset(self) -> DevStatus:
-        """Stop, delete the cluster and its passwords, and start afresh (all data is lost)."""
-        self.down()
+        """Stop, delete the cluster and its passwords, and start afresh (all data is lost).
+
+        Works whatever ``state.json`` holds: stopping needs no password, and a broken state
+        file is what the other commands send the user here to replace.
+        """
+        LocalServer(self.home / "cluster", self.port, superuser=_SUPERUSER).stop()
         shutil.rmtree(self.home / "cluster", ignore_errors=True)
         (self.home / _STATE).unlink(missing_ok=True)
         return self.up()
@@ -340,11 +348,37 @@ def _read_state(home: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
+        problem: str | None = exc.__class__.__name__
+    else:
+        problem = _state_problem(loaded)
+    if problem is not None:
         raise ServerError(
-            f"Cannot read {path} ({exc.__class__.__name__}); fix or delete it, or run "
-            "sigma-db dev reset."
-        ) from None
-    return loaded if isinstance(loaded, dict) else {}
+            f"Cannot read {path} ({problem}); fix or delete it, or run sigma-db dev reset."
+        )
+    return dict(loaded)
+
+
+def _state_problem(state: object) -> str | None:
+    """What makes a (hand-edited) state unusable, naming the key but never its value."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    port = state.get("port")
+    if port is not None and (type(port) is not int or not 1 <= port <= 65535):
+        return '"port" is not a number from 1 to 65535'
+    password = state.get("superuser_password")
+    if password is not None and (not isinstance(password, str) or not password):
+        return '"superuser_password" is not a non-empty string'
+    passwords = state.get("passwords", {})
+    if not isinstance(passwords, dict) or not all(
+        isinstance(value, str) and value for value in passwords.values()
+    ):
+        return '"passwords" is not an object of login names to non-empty strings'
+    products = state.get("products", [])
+    if not isinstance(products, list) or not all(
+        isinstance(key, str) and identifier_problem(key) is None for key in products
+    ):
+        return '"products" is not a list of product names'
+    return None
 
 
 def _port_in_use(port: int) -> bool:

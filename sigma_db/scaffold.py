@@ -60,7 +60,8 @@ def new_product(
     """Generate the repository of product ``name`` into ``destination``.
 
     ``sigma_db_requirement`` is what the generated ``pyproject.toml`` depends on (a version
-    specifier, or a ``sigma-db @ file://…`` path when testing this working tree).
+    specifier, or a ``sigma-db @ file://…`` path when testing this working tree): a PEP 508
+    requirement naming sigma-db.
     """
     product = Product.named(name)  # validates: lowercase identifier, not reserved, fits roles
     if destination.exists() and not destination.is_dir():
@@ -89,6 +90,7 @@ def new_product(
     package = f"{product.key}_service"
     example = _EXAMPLES.get(product.key, "Item")
     requirement = sigma_db_requirement or f"sigma-db>={__version__}"
+    test_requirement = _with_extra(requirement, "test")
     data = {
         "product": product.key,
         "title": product.title,
@@ -97,7 +99,7 @@ def new_product(
         "example_class": example,
         "example_table": table_name_for(example),
         "sigma_db_requirement": requirement,
-        "sigma_db_test_requirement": _with_extra(requirement, "test"),
+        "sigma_db_test_requirement": test_requirement,
     }
     try:
         destination.mkdir(parents=True, exist_ok=True)
@@ -136,8 +138,32 @@ def _generated_product(destination: Path) -> str | None:
 
 
 def _with_extra(requirement: str, extra: str) -> str:
-    """``sigma-db>=1`` → ``sigma-db[test]>=1``; ``sigma-db @ file://…`` likewise."""
-    name, sep, rest = requirement.partition("sigma-db")
-    if sep != "sigma-db" or name.strip():
-        raise ConfigurationError(f"sigma_db requirement {requirement!r} must start with sigma-db.")
-    return f"sigma-db[{extra}]{rest}"
+    """Check ``requirement`` names sigma-db; return it with ``extra``: ``sigma-db[test]>=1``.
+
+    Parsed with ``packaging`` (a dependency of copier, so present wherever ``new-product``
+    runs) rather than edited as text: the value is written into ``pyproject.toml``, so anything
+    but a requirement would make an invalid file, and extras or markers already there must be
+    kept.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    example = "e.g. 'sigma-db>=0.1.0' or 'sigma-db @ git+https://git.example/sigma_db@v0.1.0'"
+    if not requirement.isprintable():  # packaging lets a newline or NUL through in a URL
+        raise ConfigurationError(
+            "--sigma-db contains control characters or bytes that are not UTF-8; give one "
+            f"requirement on one line, {example}."
+        )
+    try:
+        parsed = Requirement(requirement)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigurationError(
+            f"--sigma-db {requirement!r} is not a requirement ({reason}); give {example}."
+        ) from None
+    if canonicalize_name(parsed.name) != "sigma-db":
+        raise ConfigurationError(
+            f"--sigma-db {requirement!r} names {parsed.name!r}, not sigma-db; give {example}."
+        )
+    parsed.extras.add(extra)
+    return str(parsed)

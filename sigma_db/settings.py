@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from sigma_db.errors import ConfigurationError
-from sigma_db.identifiers import identifier_problem
+from sigma_db.identifiers import identifier_problem, utf8_problem
 from sigma_db.topology import Environment, Topology, resolve_topology
 
 __all__ = ["DatabaseSettings", "SSLMode"]
@@ -48,7 +48,7 @@ _HINTS: dict[str, str] = {
     "DB_ENV": "one of dev, staging, prod",
     "DB_POOLER": "none (direct connections) or transaction (PgBouncer transaction pooling)",
     "DB_CONNECT_TIMEOUT": "seconds to wait for a connection, 2 to 300 (libpq's least), e.g. 5",
-    "DB_POOL_RECYCLE": "seconds before a pooled connection is replaced, e.g. 1800",
+    "DB_POOL_RECYCLE": "seconds before a pooled connection is replaced, e.g. 1800, or -1 for never",
     "DB_POOL_PRE_PING": "true or false",
     "DB_PRODUCT": "the product key, e.g. DB_PRODUCT=lab",
     "DB_APPLICATION_NAME": "at most 63 bytes of printable text, e.g. lab-api",
@@ -127,6 +127,35 @@ class DatabaseSettings(BaseSettings):
                 "DB_* in the environment."
             ) from None
 
+    @field_validator(
+        "host",
+        "name",
+        "user",
+        "password",
+        "schema_name",
+        "product",
+        "application_name",
+        mode="before",
+    )
+    @classmethod
+    def _is_utf8(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str):
+            problem = utf8_problem(text)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("pool_recycle")
+    @classmethod
+    def _recycle_is_not_zero(cls, value: int) -> int:
+        # SQLAlchemy replaces a connection older than pool_recycle seconds: with 0 that is
+        # every checkout, a new server connection (and TLS handshake) per request. Tools that
+        # read 0 as "never" make the mix-up easy.
+        if value == 0:
+            raise ValueError("0 would open a new connection on every checkout")
+        return value
+
     @field_validator("host")
     @classmethod
     def _host_is_plain(cls, value: str) -> str:
@@ -179,6 +208,18 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _file_is_readable(cls, value: Path | None) -> Path | None:
         if value is not None:
+            if not os.path.lexists(value):
+                # Not a path at all, perhaps the password itself: never echo it.
+                if "/" in str(value):
+                    fix = "set it to the path of a file holding only the password"
+                else:
+                    fix = (
+                        "with no '/' it looks more like a password than a path: put the password "
+                        "in DB_PASSWORD, or set DB_PASSWORD_FILE to the path of a file holding it"
+                    )
+                raise ValueError(
+                    f"DB_PASSWORD_FILE (value not shown) names no existing file; {fix}"
+                )
             problem = _password_file_problem(value)
             if problem is not None:
                 raise ValueError(problem)
@@ -307,7 +348,9 @@ def _read_password(path: Path) -> str:
 def _password_file_problem(path: Path) -> str | None:
     try:
         password = _read_password(path)
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        return "is not UTF-8 text; save the password in it as UTF-8"
+    except OSError as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         return f"cannot be read ({reason})"
     if not password:
@@ -358,6 +401,7 @@ def _env_name(field: str, alias: object) -> str:
 
 def _configuration_error(exc: ValidationError, env_file: object) -> ConfigurationError:
     problems: list[str] = []
+    missing = False
     fields = DatabaseSettings.model_fields
     for error in exc.errors(include_input=True, include_url=False):
         loc = error.get("loc", ())
@@ -375,6 +419,7 @@ def _configuration_error(exc: ValidationError, env_file: object) -> Configuratio
         hint = _HINTS.get(env_name, "a valid value")
         if error.get("type") == "missing" or error.get("input") is PydanticUndefined:
             problems.append(f"{env_name} is not set; set {hint}.")
+            missing = True
             continue
         if message.startswith(env_name):
             problems.append(f"{message}.")
@@ -386,6 +431,14 @@ def _configuration_error(exc: ValidationError, env_file: object) -> Configuratio
             looks_secret = "@" in shown or ":" in shown
             got = " (value not shown)" if looks_secret else f" (got {shown[:80]!r})"
         problems.append(f"{env_name}{got}: {message}; set {hint}.")
+    if missing and isinstance(env_file, str | os.PathLike) and os.path.isdir(env_file):
+        # Only now: a virtualenv named .env is common, and harmless when DB_* are all set.
+        problems.insert(
+            0,
+            f"{os.fspath(env_file)} is a directory, so no DB_* settings were read from it; "
+            "if it should hold them, make it a file of DB_*=value lines, else set them in "
+            "the environment.",
+        )
     return ConfigurationError(problems, heading=_heading(env_file))
 
 

@@ -120,3 +120,37 @@ def test_doctor_names_a_misspelled_variable(db_settings: DatabaseSettings) -> No
     assert "DB_SSL_MODE is set but is not a sigma_db setting; did you mean DB_SSLMODE?" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DB_PASSWORD": "S3cr3t\udcff"}, "DB_PASSWORD: contains bytes that are not UTF-8"),
+        ({"DB_PASSWORD_FILE": "S3cr3t"}, "DB_PASSWORD_FILE (value not shown) names no existing"),
+    ],
+)
+def test_doctor_with_a_password_it_cannot_use_is_one_line_that_hides_it(
+    env: dict[str, str], expected: str
+) -> None:
+    # $'S3cr3t\xff' from a shell; a password pasted into DB_PASSWORD_FILE.
+    result = run(
+        "doctor",
+        env={"DB_HOST": "localhost", "DB_PORT": "5432", "DB_NAME": "edge_lab", "DB_USER": "u"}
+        | env,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    heading, problem = result.stderr.splitlines()
+    assert heading.startswith("sigma-db: error: Invalid database settings")
+    assert problem.startswith(f"  - {expected}")
+    assert "S3cr3t" not in result.stdout + result.stderr
+
+
+def test_new_product_name_that_is_not_utf8_is_one_line(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    dest = tmp_path_factory.mktemp("new-product") / "x"
+    result = run("new-product", "\udcff", "--dest", str(dest))  # $'\xff' from a shell
+    assert result.returncode == 1
+    assert result.stderr.startswith("sigma-db: error: product name '\\udcff' contains bytes that")
+    assert len(result.stderr.splitlines()) == 1

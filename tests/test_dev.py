@@ -354,3 +354,58 @@ def test_up_points_next_at_the_product_given(
     assert code == 0, err
     assert asked == [products]
     assert out.splitlines()[-1] == f'next: eval "$(sigma-db dev env {shown})"'
+
+
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ('{"port": "abc"}', '"port" is not a number from 1 to 65535'),
+        ('{"port": true}', '"port" is not a number from 1 to 65535'),
+        ('{"passwords": []}', '"passwords" is not an object of login names to non-empty strings'),
+        (
+            '{"passwords": {"edge_lab_rw_dev": 5}}',
+            '"passwords" is not an object of login names to non-empty strings',
+        ),
+        ('{"superuser_password": ["x"]}', '"superuser_password" is not a non-empty string'),
+        ('{"products": "billing"}', '"products" is not a list of product names'),
+        ("[]", "not a JSON object"),
+        ("{", "JSONDecodeError"),
+    ],
+)
+@pytest.mark.parametrize("command", [("status",), ("env", "lab"), ("down",)])
+def test_a_hand_edited_state_is_one_clear_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    state: str,
+    problem: str,
+    command: tuple[str, ...],
+) -> None:
+    home = tmp_path / "dev"
+    home.mkdir()
+    (home / "state.json").write_text(state, encoding="utf-8")
+    code, out, err = _cli(capsys, "dev", "--home", str(home), *command)
+    assert code == 1, out
+    assert err == (
+        f"sigma-db: error: Cannot read {home / 'state.json'} ({problem}); fix or delete it, or "
+        "run sigma-db dev reset.\n"
+    )
+
+
+def test_reset_replaces_a_broken_state(dev_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Every command sends a broken state.json here: reset itself must not need to read it.
+    dev_home.mkdir()
+    (dev_home / "state.json").write_text('{"port": "abc", "passwords": []}', encoding="utf-8")
+    where = ("dev", "--home", str(dev_home), "--port", str(free_port()))
+    code, _, err = _cli(capsys, *where, "reset", "--yes")
+    assert code == 0, err
+    code, out, _ = _cli(capsys, *where, "status")
+    assert "dev database: running" in out
+
+
+def test_a_product_name_that_is_not_utf8_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _cli(capsys, "dev", "--home", str(tmp_path), "env", "lab\udcff")  # $'lab\xff'
+    assert code == 1
+    assert err.startswith("sigma-db: error: product name 'lab\\udcff' contains bytes that are not")
+    assert len(err.strip().splitlines()) == 1

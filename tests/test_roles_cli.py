@@ -175,6 +175,12 @@ def test_conflicting_login_is_one_line(
         (("--password-env", "A", "--password-file", "/x"), {"A": "b"}, "not both"),
         (("--all-products",), {}, "only applies to the consolidated"),
         (("--product", "sim"), {}, "does not match DB_NAME"),
+        (("--login", "x_api\udcff:rw"), {}, "contains bytes that are not UTF-8"),
+        (
+            ("--login", "x_api:rw", "--password-env", "PW"),
+            {"PW": "S3cr3t\udcff"},  # $'S3cr3t\xff' in a shell
+            "--password-env PW: the password contains bytes that are not UTF-8",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(
@@ -183,6 +189,31 @@ def test_bad_arguments_are_one_line(
     code, _, err = run(provisioned.admin, "roles", "plan", *args, **env)
     assert code == 1
     assert expected in _one_line_error(err)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"Str0ng\x00Tail-pw\n", "contains a NUL byte, which libpq cannot send"),
+        (b"Str0ng\xffTail-pw\n", "is not UTF-8 text"),
+    ],
+)
+def test_a_password_file_libpq_cannot_send_whole_is_refused(
+    run, provisioned: Provisioned, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    # libpq would end the password at the NUL: the login would get only "Str0ng".
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    login = f"{provisioned.topology.product.key}_nul"
+    args = ("--login", f"{login}:rw", "--password-file", str(secret))
+    code, out, err = run(provisioned.admin, "roles", "apply", *args)
+    assert code == 1, out
+    line = _one_line_error(err)
+    assert f"--password-file {secret} {expected}" in line
+    assert "Str0ng" not in out + err and "Tail-pw" not in out + err
+    with provisioned.admin_connection() as admin:
+        found = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login]).fetchone()
+    assert found is None
 
 
 def test_there_is_no_password_argument(run, provisioned: Provisioned) -> None:

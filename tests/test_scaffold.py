@@ -124,6 +124,39 @@ def test_cli_next_step_says_where_the_default_requirement_installs_from(
     assert "--force --sigma-db 'sigma-db @ git+https://" in lines[1]
 
 
+@pytest.mark.parametrize(
+    ("requirement", "expected"),
+    [
+        ('sigma-db"\\n[x]', "is not a requirement"),  # the shell's 'sigma-db"\n[x]'
+        ("numpy>=1", "names 'numpy', not sigma-db"),
+        ("sigma-db @ file:///tmp/x\n[x]", "control characters"),
+        ("sigma-db>=0.1\udcff", "not UTF-8"),
+    ],
+)
+def test_the_sigma_db_requirement_must_be_a_requirement_of_sigma_db(
+    tmp_path: Path, requirement: str, expected: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^--sigma-db .*{expected}.* e\.g\. 'sigma-db>="):
+        new_product("billing", tmp_path / "out", sigma_db_requirement=requirement)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_requirement_with_quotes_and_backslashes_is_written_as_valid_toml(
+    tmp_path: Path,
+) -> None:
+    import tomllib
+
+    marker = 'sigma_db[embedded] @ file:///C:\\src\\sigma_db ; python_version >= "3.11"'
+    new_product("billing", tmp_path / "out", sigma_db_requirement=marker)
+    with (tmp_path / "out" / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle)["project"]
+    assert project["dependencies"] == [marker]
+    assert project["optional-dependencies"]["test"] == [
+        'sigma_db[embedded,test] @ file:///C:\\src\\sigma_db ; python_version >= "3.11"',
+        "ruff>=0.6",
+    ]
+
+
 def test_new_product_gets_edge_name_and_item_example(tmp_path: Path) -> None:
     generated = new_product("billing", tmp_path / "billing")
     models = (tmp_path / "billing" / "billing_service" / "models.py").read_text(encoding="utf-8")

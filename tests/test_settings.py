@@ -140,10 +140,12 @@ def test_password_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_unreadable_password_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env.delenv("DB_PASSWORD")
-    env.setenv("DB_PASSWORD_FILE", str(tmp_path / "missing"))
+    env.setenv("DB_PASSWORD_FILE", str(tmp_path))  # a missing one: see test_..._not_echoed
     with pytest.raises(ConfigurationError) as exc:
         load()
-    assert "DB_PASSWORD_FILE" in str(exc.value) and "cannot be read" in str(exc.value)
+    assert f"DB_PASSWORD_FILE (got {str(tmp_path)!r}): cannot be read (Is a directory)" in str(
+        exc.value
+    )
 
 
 def test_empty_password_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -292,6 +294,19 @@ def test_connect_timeout_starts_at_libpqs_least(env: pytest.MonkeyPatch) -> None
     assert load().connect_timeout == 2
 
 
+def test_a_pool_recycle_of_zero_is_refused(env: pytest.MonkeyPatch) -> None:
+    # To SQLAlchemy 0 means a new server connection on every checkout, not "never".
+    env.setenv("DB_POOL_RECYCLE", "0")
+    with pytest.raises(ConfigurationError) as caught:
+        load()
+    assert "DB_POOL_RECYCLE (got '0'): 0 would open a new connection on every checkout" in str(
+        caught.value
+    )
+    assert "or -1 for never" in str(caught.value)
+    env.setenv("DB_POOL_RECYCLE", "-1")
+    assert load().pool_recycle == -1
+
+
 def test_the_heading_names_the_env_file_actually_read(
     env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -307,3 +322,73 @@ def test_the_heading_names_the_env_file_actually_read(
     assert str(exc.value).startswith("Invalid database settings (from arguments and environment):")
     with pytest.raises(ConfigurationError, match=r"_env_file /nonexistent/prod\.env is not a file"):
         DatabaseSettings(_env_file="/nonexistent/prod.env")
+
+
+NOT_UTF8 = "S3cr3t\udcff"  # how Python sees $'S3cr3t\xff' from a shell
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "DB_PASSWORD",
+        "DB_HOST",
+        "DB_NAME",
+        "DB_USER",
+        "DB_SCHEMA",
+        "DB_PRODUCT",
+        "DB_APPLICATION_NAME",
+    ],
+)
+def test_a_byte_that_is_not_utf8_is_one_clear_line(env: pytest.MonkeyPatch, variable: str) -> None:
+    env.setenv(variable, NOT_UTF8)
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    [line] = problems_of(exc)
+    assert line.startswith(variable)
+    assert "contains bytes that are not UTF-8" in line and "; set " in line
+    assert "codec" not in line
+    if variable == "DB_PASSWORD":
+        assert "S3cr3t" not in str(exc.value)
+
+
+def test_a_password_file_that_is_not_utf8_says_so(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("DB_PASSWORD")
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"S3cr3t\xff\n")
+    env.setenv("DB_PASSWORD_FILE", str(secret))
+    with pytest.raises(ConfigurationError, match=r"DB_PASSWORD_FILE.*is not UTF-8 text") as exc:
+        load()
+    assert "S3cr3t" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [("S3cr3t", "looks more like a password than a path"), ("/run/S3cr3t", "set it to the path")],
+)
+def test_a_password_file_that_does_not_exist_is_not_echoed(
+    env: pytest.MonkeyPatch, value: str, hint: str
+) -> None:
+    # A password pasted into the _FILE variable: a plausible mix-up, and the value is the secret.
+    env.delenv("DB_PASSWORD")
+    env.setenv("DB_PASSWORD_FILE", value)
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    [line] = problems_of(exc)
+    assert line.startswith("DB_PASSWORD_FILE (value not shown) names no existing file; ")
+    assert hint in line
+    assert "S3cr3t" not in str(exc.value)
+
+
+def test_a_dotenv_directory_is_named_when_settings_are_missing(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").mkdir()
+    assert load().host == "db.internal"  # a virtualenv called .env: harmless when all is set
+    env.delenv("DB_USER")
+    with pytest.raises(ConfigurationError) as exc:
+        load()
+    assert problems_of(exc) == [
+        ".env is a directory, so no DB_* settings were read from it; if it should hold them, "
+        "make it a file of DB_*=value lines, else set them in the environment.",
+        "DB_USER is not set; set the login role, e.g. DB_USER=edge_lab_rw.",
+    ]
