@@ -106,6 +106,9 @@ DATABASE_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
     RoleKind.RO: frozenset({"CONNECT"}),
 }
 _REVOKE_OPTION = "REVOKE GRANT OPTION"
+_BOOKKEEPING = frozenset({"alembic_version", "migration_runs"})
+"""The version table and the ledger (sigma_db.migrations.ledger.LEDGER_TABLE) in the product's
+default schema: read by _rw and _ro, written by the migrator only."""
 _DEFAULT_ACL_KINDS = (
     ("r", "TABLES", TABLE_PRIVILEGES),
     ("S", "SEQUENCES", SEQUENCE_PRIVILEGES),
@@ -577,6 +580,8 @@ class _Planner:
         migrator = target.migrator
         own = set(target.roles.values())
         needs_all: dict[tuple[str, str], set[str]] = defaultdict(set)  # (role, schema) → kinds
+        # The migrations' bookkeeping: _rw and _ro may read it, only the migrator writes it.
+        bookkeeping: list[tuple[Relation, dict[str, set[str]]]] = []
         for relation in self.catalog.relations:
             if relation.schema not in schemas:
                 continue
@@ -608,15 +613,28 @@ class _Planner:
             acl = self.by_grantee(
                 grant for grant in relation.acl if grant[0] not in (relation.owner, migrator)
             )
+            kept = relation.schema == target.topology.schema and relation.name in _BOOKKEEPING
+            if kept:
+                bookkeeping.append(
+                    (
+                        relation,
+                        {
+                            target.roles[k]: acl.get(target.roles[k], set())
+                            for k in (RoleKind.RW, RoleKind.RO)
+                        },
+                    )
+                )
             for kind in (RoleKind.RW, RoleKind.RO):
                 role = target.roles[kind]
                 want = (SEQUENCE_PRIVILEGES if sequence else TABLE_PRIVILEGES)[kind]
+                if kept:
+                    want = TABLE_PRIVILEGES[RoleKind.RO]
                 have = acl.pop(role, set())
                 # A wanted grant may be one the CASCADE above takes (made from the option):
                 # grant again rather than count on it.
                 if want - have or cascading:
                     needs_all[(role, relation.schema)].add("SEQUENCES" if sequence else "TABLES")
-                if have - want:
+                if have - want and not kept:  # the bookkeeping's: after the grants, below
                     self.emit(
                         "REVOKE {privs} ON "
                         + ("SEQUENCE" if sequence else "TABLE")
@@ -726,6 +744,21 @@ class _Planner:
                     schema=schema,
                     role=role,
                 )
+        for relation, held in bookkeeping:
+            for role, have in held.items():
+                if "TABLES" in needs_all.get((role, relation.schema), set()):
+                    have = have | TABLE_PRIVILEGES[kinds[role]]  # the GRANT ON ALL just made
+                extra = have - TABLE_PRIVILEGES[RoleKind.RO]
+                if extra:
+                    self.emit(
+                        "REVOKE {privs} ON TABLE {schema}.{name} FROM {grantee}",
+                        f"{relation.schema}.{relation.name} is the migrations' record: {role} may "
+                        "read it, only the migrator writes it",
+                        privs=self.privileges(extra),
+                        grantee=self.grantee(role),
+                        schema=relation.schema,
+                        name=relation.name,
+                    )
 
     def _revoke_column_grants_made_by(
         self, relation: Relation, column: str, grantor: str, privileges: set[str]

@@ -684,6 +684,7 @@ class _Run:
         # Also reached without any revision running (`alembic stamp`): create it here too.
         if self.bookkeeping and not self.ledger_ready:
             migration.execute(CreateTable(self.ledger, if_not_exists=True))
+            migration.execute(text(_bookkeeping_read_only(migration, self.ledger)))
             self.ledger_ready = True
 
     @staticmethod
@@ -764,6 +765,33 @@ class _LedgerRow:
 
     script: Script
     operation: Operation
+
+
+def _bookkeeping_read_only(migration: MigrationContext, ledger: Any) -> str:
+    """A ``DO`` block taking write privileges on the version table and the ledger from non-owners.
+
+    The migrator's default privileges give ``_rw`` INSERT, UPDATE and DELETE on every table it
+    creates, these two included: the application's login could rewrite the migration history
+    the CI gate trusts. Run once, when the ledger is created; ``sigma-db roles apply`` keeps it so.
+    """
+    version = (
+        f"{quote(migration.version_table_schema)}.{quote(migration.version_table)}"
+        if migration.version_table_schema
+        else quote(migration.version_table)
+    )
+    tables = (version, f"{quote(ledger.schema)}.{quote(ledger.name)}")
+    regclasses = ", ".join(f"to_regclass('{table}')" for table in tables)
+    entries = (
+        "SELECT DISTINCT c.oid::regclass AS rel, a.grantee FROM pg_catalog.pg_class AS c "  # noqa: S608
+        f"CROSS JOIN LATERAL aclexplode(c.relacl) AS a WHERE c.oid IN ({regclasses}) "
+    )
+    return (
+        f"DO $sigma_db$ DECLARE r record; BEGIN FOR r IN {entries}"
+        "AND a.grantee <> c.relowner AND a.privilege_type IN "
+        "('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') LOOP EXECUTE 'REVOKE INSERT, UPDATE, DELETE, "
+        "TRUNCATE ON ' || r.rel::text || ' FROM ' || CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE "
+        "quote_ident(pg_get_userbyid(r.grantee)) END; END LOOP; END $sigma_db$"
+    )
 
 
 def _offline_lock_wait(key: int) -> str:
