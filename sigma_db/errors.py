@@ -31,6 +31,8 @@ class ConfigurationError(SigmaDBError, ValueError):
         self.heading = heading
         if heading is None:
             message = "\n".join(self.problems)
+        elif len(self.problems) == 1:  # one problem, one line (a CI log is read line by line)
+            message = f"{heading} {self.problems[0]}"
         else:
             message = heading + "".join(f"\n  - {line}" for line in self.problems)
         super().__init__(message)

@@ -37,7 +37,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
 from alembic.script.revision import RevisionError
-from sqlalchemy import MetaData, bindparam, event, func, select, text
+from sqlalchemy import MetaData, bindparam, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SAWarning, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
@@ -67,8 +67,10 @@ from sigma_db.migrations.ledger import (
 )
 from sigma_db.migrations.ops import (
     TOPOLOGY_KEY,
+    VERSION_CHECK_KEY,
     OutsideTransactionFailure,
     create_schema_statement,
+    version_check_block,
 )
 from sigma_db.migrations.revisions import (
     missing_downgrade,
@@ -131,9 +133,8 @@ range it refuses to run rather than risk a migration or a dry run that silently 
 ALEMBIC_PIN = "alembic>={}.{},<{}.{}".format(*ALEMBIC_RANGE[0], *ALEMBIC_RANGE[1])
 
 _TIMEOUTS = ("lock_timeout", "statement_timeout")
-_MAY_SET_TIMEOUTS = re.compile(r"timeout|\breset\b|\bdiscard\b", re.IGNORECASE)
-"""SQL that may change the session's timeouts (``SET``, ``set_config``, ``RESET ALL``, ...)."""
-_SESSION_NEUTRAL = "'sigma_db.saved_"
+_SESSION_TIMEOUTS = ", ".join(f"current_setting('{name}')" for name in _TIMEOUTS)
+"""What the version-table statement returns besides: the timeouts the session has by then."""
 _LEDGER_VALUES = (
     "revision",
     "operation",
@@ -452,9 +453,6 @@ class _Run:
                             )
                         return found[0]
 
-                    # SQL a revision sends itself (op.execute, or op.get_bind().execute in a
-                    # data migration) may SET the timeouts: state them again after it.
-                    event.listen(connection, "before_cursor_execute", self._note_statement)
                     self._configure(metadata, scope, offline=False, connection=connection)
                     with self.env.begin_transaction():
                         self.env.run_migrations()
@@ -463,14 +461,6 @@ class _Run:
                     release_advisory_lock(connection, key)
         finally:
             engine.dispose()
-
-    def _note_statement(self, *args: Any) -> None:
-        """``before_cursor_execute``: forget the session's timeouts after SQL that may set them."""
-        statement = args[2]
-        if not isinstance(statement, str) or _SESSION_NEUTRAL in statement:
-            return  # the helpers' own SETs, which they undo (sigma_db.migrations.ops._timeouts)
-        if _MAY_SET_TIMEOUTS.search(statement):
-            self.session = None
 
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
         """Take the advisory lock, create a missing schema (not for ``current``), find the ledger.
@@ -587,6 +577,7 @@ class _Run:
             connection = migration.connection
             if connection is None or not _sendable_as_text(compiled):
                 cte = self._ledger_insert(values).cte("sigma_db_ledger")
+                self.session = None  # not read back: state the timeouts again
                 return send(construct.add_cte(cte))
             # Values quoted by psycopg (sql.Literal), and the statement sent without parameters,
             # so psycopg does not parse it for placeholders: it differs per revision, so that
@@ -596,12 +587,25 @@ class _Run:
                 f"sigma_{name}": psycopg.sql.Literal(value).as_string(driver)
                 for name, value in values.items()
             }
+            # The revision's own SQL may have changed the timeouts (a SET, a function calling
+            # set_config): the statement returns what the session has, so the next revision
+            # states them again only when they differ, without a round trip of its own.
+            moved = str(compiled)
+            moved += (", " if " RETURNING " in moved else " RETURNING ") + _SESSION_TIMEOUTS
             try:
-                return connection.exec_driver_sql(
-                    (prefix % literals) + str(compiled), execution_options={"no_parameters": True}
+                result = connection.exec_driver_sql(
+                    (prefix % literals) + moved, execution_options={"no_parameters": True}
                 )
             except DBAPIError as exc:  # e.g. a trigger or a privilege on the ledger
                 raise MigrationError(_failure(row.script, exc, self.settings)) from exc
+            found = result.fetchone()
+            if (
+                found is None
+                or self.session is None
+                or (tuple(found[-len(_TIMEOUTS) :]) != tuple(self.session[n] for n in _TIMEOUTS))
+            ):
+                self.session = None
+            return result
 
         setattr(impl, "_exec", exec_with_ledger)  # noqa: B010 - mypy: assigning to a method
 
@@ -653,9 +657,11 @@ class _Run:
             if settings:
                 migration.execute(text("; ".join(settings)))
             self.session = wanted
-            if migration.as_sql and self.bookkeeping:
+            check = _expected_version_check(migration, step) if self.bookkeeping else ""
+            migration.opts[VERSION_CHECK_KEY] = check if migration.as_sql else ""
+            if migration.as_sql and check:
                 migration.impl.static_output(
-                    _expected_version_check(migration, step) + migration.impl.command_terminator
+                    version_check_block(check) + migration.impl.command_terminator
                 )
             self.started[script.revision] = time.perf_counter()
             if self.bookkeeping:
@@ -729,6 +735,7 @@ class _Run:
             script = step.revision_map.get_revision(revision)
             assert isinstance(script, Script)
             if revision not in written:
+                self.session = None  # the timeouts were not read back with the version move
                 ctx.execute(
                     self._ledger_insert(self._ledger_values(_LedgerRow(script, operation), ctx))
                 )
@@ -809,13 +816,14 @@ def _offline_lock_wait(key: int) -> str:
 
 
 def _expected_version_check(migration: MigrationContext, step: RevisionStep) -> str:
-    """Offline: a ``DO`` block failing the revision unless the version table is where expected.
+    """Offline: PL/pgSQL failing the revision unless the version table is where expected.
 
     That is the revision before it for an upgrade, the revision itself for a downgrade. Online,
     Alembic checks the version table's rowcount. A script piped into psql has no such check:
     run beside an online runner (which applied the revision meanwhile), or on after a failed
     revision without ``ON_ERROR_STOP``, it would apply revisions a second time or out of order.
-    Inside the transaction, so a failed check leaves nothing behind.
+    It opens the revision's transaction, so a failed check leaves nothing behind, and the
+    helpers repeat it where they leave the transaction (:data:`~.ops.VERSION_CHECK_KEY`).
     """
     expected = ",".join(sorted(step.from_revisions)) or None
     table = (
@@ -834,11 +842,11 @@ def _expected_version_check(migration: MigrationContext, step: RevisionStep) -> 
         )
     ]
     message = "%".join(said)
-    found = f"SELECT string_agg(version_num, ',' ORDER BY version_num) INTO found FROM {table}"  # noqa: S608 - quoted
+    found = "SELECT string_agg(version_num, ',' ORDER BY version_num) INTO sigma_db_found"
     return (
-        f"DO $sigma_db$ DECLARE found text; BEGIN IF to_regclass('{table}') IS NOT NULL THEN "
-        f"{found}; END IF; IF found IS DISTINCT FROM {_sql_literal(expected)} THEN "
-        f"RAISE EXCEPTION '{message}', coalesce(found, 'no revision'); END IF; END $sigma_db$"
+        f"IF to_regclass('{table}') IS NOT NULL THEN {found} FROM {table}; END IF; "
+        f"IF sigma_db_found IS DISTINCT FROM {_sql_literal(expected)} THEN RAISE EXCEPTION "
+        f"'{message}', coalesce(sigma_db_found, 'no revision'); END IF;"
     )
 
 

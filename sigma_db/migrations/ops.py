@@ -41,6 +41,13 @@ __all__ = [
 ]
 
 TOPOLOGY_KEY = "sigma_db.topology"
+VERSION_CHECK_KEY = "sigma_db.version_check"
+"""``MigrationContext.opts`` key: offline, the running revision's version check (PL/pgSQL).
+
+The environment opens each revision's transaction with it; a helper that leaves the
+transaction (``autocommit_block``) repeats it in the next one and before what it runs outside,
+so a script psql runs on past a failed check neither backfills again nor records a revision it
+did not apply."""
 IGNORE_MARK = "-- sigma-db: lint-ignore "
 
 # The DO blocks the helpers render begin with these, so the lint can tell them from a DO block
@@ -161,6 +168,7 @@ def create_index_concurrently(
             raise OutsideTransactionFailure(
                 exc, f"the invalid index {index} the failed build left was dropped"
             ) from exc
+    _check_version_again()
     # In the revision's transaction again: should the build have failed unnoticed (offline, a
     # script run without ON_ERROR_STOP), the error here keeps its bookkeeping from committing.
     # Online too, so both run the same statements.
@@ -176,6 +184,25 @@ def create_index_concurrently(
         f") THEN RAISE EXCEPTION USING MESSAGE = {_literal(message)}; END IF; END "
     )
     _session_neutral(f"DO {_dollar_quoted(body)}")
+
+
+def version_check_block(check: str) -> str:
+    """The offline version check (see :data:`VERSION_CHECK_KEY`) as a statement of its own."""
+    return f"DO $sigma_db$ DECLARE sigma_db_found text; BEGIN {check} END $sigma_db$"
+
+
+def _version_check() -> str:
+    """Offline, the running revision's version check; empty online and in the dry run."""
+    if not context.is_offline_mode():
+        return ""
+    return str(op.get_context().opts.get(VERSION_CHECK_KEY) or "")
+
+
+def _check_version_again() -> None:
+    """After an ``autocommit_block``: the transaction it began checks the version again."""
+    check = _version_check()
+    if check:
+        op.execute(version_check_block(check))
 
 
 def _invalid(index_name: str, table: str) -> bool:
@@ -243,6 +270,7 @@ def drop_index_concurrently(index_name: str, table_name: str, *, schema: str | N
     """``DROP INDEX CONCURRENTLY IF EXISTS``, outside the transaction (a contract step)."""
     with op.get_context().autocommit_block():
         _drop_concurrently(index_name, table_name, schema)
+    _check_version_again()
 
 
 def _drop_concurrently(index_name: str, table_name: str, schema: str | None) -> None:
@@ -275,24 +303,26 @@ def run_in_batches(statement: str | TextClause, *, batch_size: int = 1000) -> in
             "'... WHERE id IN (SELECT id FROM t WHERE new IS NULL LIMIT :batch_size)'."
         )
     migration = op.get_context()
-    with migration.autocommit_block():
-        if context.is_offline_mode():
-            sql = str(
-                clause.bindparams(batch_size=batch_size).compile(
-                    dialect=migration.dialect, compile_kwargs={"literal_binds": True}
-                )
+    if context.is_offline_mode():
+        sql = str(
+            clause.bindparams(batch_size=batch_size).compile(
+                dialect=migration.dialect, compile_kwargs={"literal_binds": True}
             )
-            if BATCH_TAG in sql:
-                raise ConfigurationError(f"run_in_batches: the statement contains {BATCH_TAG}.")
-            # statement_timeout would bound the whole loop (one statement to the server), not
-            # each batch as online: the loop runs without it, the lock_timeout still applies.
-            with _timeouts(None, "0"):
-                op.execute(
-                    "DO $sigma_db$ DECLARE changed bigint; BEGIN LOOP "
-                    f"EXECUTE {BATCH_TAG}{sql}{BATCH_TAG}; GET DIAGNOSTICS changed = ROW_COUNT; "
-                    "EXIT WHEN changed = 0; COMMIT; END LOOP; END $sigma_db$"
-                )
-            return 0
+        )
+        if BATCH_TAG in sql:
+            raise ConfigurationError(f"run_in_batches: the statement contains {BATCH_TAG}.")
+        # statement_timeout would bound the whole loop (one statement to the server), not each
+        # batch as online: the loop runs without it, the lock_timeout still applies.
+        with migration.autocommit_block(), _timeouts(None, "0"):
+            op.execute(
+                "DO $sigma_db$ DECLARE changed bigint; sigma_db_found text; BEGIN "
+                f"{_version_check()} LOOP EXECUTE {BATCH_TAG}{sql}{BATCH_TAG}; "
+                "GET DIAGNOSTICS changed = ROW_COUNT; EXIT WHEN changed = 0; COMMIT; "
+                "END LOOP; END $sigma_db$"
+            )
+        _check_version_again()
+        return 0
+    with migration.autocommit_block():
         total = batches = 0
         while True:
             try:

@@ -182,12 +182,20 @@ def test_a_revisions_own_set_does_not_carry_into_the_next(repo: ProductRepo) -> 
         "op.get_bind().execute(sa.text(\"SET lock_timeout = '1ms'\"))",  # a data migration
         "op.get_bind().exec_driver_sql(\"SELECT set_config('lock_timeout', '1ms', false)\")",
         'op.execute("RESET ALL")',
+        # no telling words in the statement: a function (made in 0001), a bound set_config
+        'op.execute("SELECT bulk_session()")',
+        "op.get_bind().execute(sa.text('SELECT set_config(:n, :v, false)'), "
+        "{'n': 'statement_timeout', 'v': '50ms'})",
     ],
 )
 def test_timeouts_set_past_op_execute_do_not_carry_into_the_next(
     repo: ProductRepo, own_sql: str
 ) -> None:
-    repo.add("init", TIMEOUTS_PROBE.format(rev="0001"))
+    function = (
+        'op.execute("CREATE FUNCTION bulk_session() RETURNS void LANGUAGE sql AS '
+        "$$ SELECT set_config('lock_timeout', '0', false) $$\")"
+    )
+    repo.add("init", TIMEOUTS_PROBE.format(rev="0001") + function)
     repo.add("own set", own_sql)
     repo.add("after", TIMEOUTS_PROBE.format(rev="0003"))
     repo.upgrade()
@@ -360,6 +368,16 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
     finally:
         event.remove(Engine, "before_cursor_execute", capture)
     online = [s for s in executed if not s.lstrip().upper().startswith(("SELECT", "SHOW"))]
+    # Online the version move also returns the session's timeouts (offline there is no reader).
+    online = [
+        re.sub(
+            r",? (RETURNING )?current_setting\('lock_timeout'\), current_setting\("
+            r"'statement_timeout'\)$",
+            "",
+            s,
+        )
+        for s in online
+    ]
     offline_statements = []
     session: set[str] = set()
     for statement in parser.split(offline):
@@ -369,7 +387,9 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
             # The standalone preamble (online: the schema exists, the login's search_path and
             # the lock are SELECTs) and the final unlock.
             continue
-        if statement.startswith(("DO $sigma_db$ BEGIN WHILE NOT", "DO $sigma_db$ DECLARE found")):
+        if statement.startswith(
+            ("DO $sigma_db$ BEGIN WHILE NOT", "DO $sigma_db$ DECLARE sigma_db_f")
+        ):
             # What the online run does in Python: poll for the lock, and check the version
             # table's rowcount (offline, each revision checks the version it expects).
             continue
@@ -838,6 +858,32 @@ def test_an_offline_script_never_applies_a_revision_twice_or_out_of_order(
     assert repo.query("SELECT to_regclass('app.t3'), to_regclass('app.t4')") == [(None, None)]
     assert repo.query("SELECT version_num FROM app.alembic_version") == [("0002",)]
     assert repo.query(LEDGER)[-1] == ("0002", "upgrade")
+
+
+def test_an_offline_script_run_on_past_a_failed_check_does_not_record_a_helper_revision(
+    repo: ProductRepo, sigma_postgresql: TestServer
+) -> None:
+    # A helper's autocommit block ended the transaction the check had failed: its backfill ran
+    # again, and the ledger recorded the revision a second time.
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query("INSERT INTO app.signals (name) VALUES ('a'), ('b')")
+    repo.add(
+        "fill",
+        "ops.run_in_batches(\"UPDATE signals SET name = name || '!' WHERE id IN (SELECT id "
+        "FROM signals WHERE name NOT LIKE '%%!' LIMIT :batch_size)\")\n"
+        'ops.create_index_concurrently("ix_signals_name", "signals", ["name"])',
+        phase="backfill",
+    )
+    script = repo.sql("0001:0002")
+    repo.upgrade()
+    repo.query("UPDATE app.signals SET name = 'c' WHERE name = 'a!'")  # would be filled again
+    done = _psql(sigma_postgresql, repo.settings, script)  # no ON_ERROR_STOP
+    assert "revision 0002 expects the database at 0001, but its version table says 0002" in (
+        done.stderr
+    )
+    assert repo.query("SELECT name FROM app.signals ORDER BY id") == [("c",), ("b!",)]
+    assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "upgrade")]
 
 
 def test_an_offline_script_waiting_for_the_lock_does_not_deadlock_an_index_build(
