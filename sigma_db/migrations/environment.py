@@ -657,9 +657,10 @@ class _Run:
             if settings:
                 migration.execute(text("; ".join(settings)))
             self.session = wanted
-            check = _expected_version_check(migration, step) if self.bookkeeping else ""
-            migration.opts[VERSION_CHECK_KEY] = check if migration.as_sql else ""
-            if migration.as_sql and check:
+            offline = migration.as_sql and self.bookkeeping
+            check = _expected_version_check(migration, step) if offline else ""
+            migration.opts[VERSION_CHECK_KEY] = check
+            if check:
                 migration.impl.static_output(
                     version_check_block(check) + migration.impl.command_terminator
                 )
@@ -690,7 +691,7 @@ class _Run:
         # Also reached without any revision running (`alembic stamp`): create it here too.
         if self.bookkeeping and not self.ledger_ready:
             migration.execute(CreateTable(self.ledger, if_not_exists=True))
-            migration.execute(text(_bookkeeping_read_only(migration, self.ledger)))
+            _make_bookkeeping_read_only(migration, self.ledger)
             self.ledger_ready = True
 
     @staticmethod
@@ -774,12 +775,14 @@ class _LedgerRow:
     operation: Operation
 
 
-def _bookkeeping_read_only(migration: MigrationContext, ledger: Any) -> str:
-    """A ``DO`` block taking write privileges on the version table and the ledger from non-owners.
+def _bookkeeping_writers(migration: MigrationContext, ledger: Any) -> str:
+    """A query for who, besides their owner, may write the version table or the ledger.
 
+    Each row is the table and the grantee as SQL (quoted by the server), ready for a ``REVOKE``.
     The migrator's default privileges give ``_rw`` INSERT, UPDATE and DELETE on every table it
     creates, these two included: the application's login could rewrite the migration history
-    the CI gate trusts. Run once, when the ledger is created; ``sigma-db roles apply`` keeps it so.
+    the CI gate trusts. Asked once, when the ledger is created; ``sigma-db roles apply`` keeps
+    it so.
     """
     version = (
         f"{quote(migration.version_table_schema)}.{quote(migration.version_table)}"
@@ -788,17 +791,33 @@ def _bookkeeping_read_only(migration: MigrationContext, ledger: Any) -> str:
     )
     tables = (version, f"{quote(ledger.schema)}.{quote(ledger.name)}")
     regclasses = ", ".join(f"to_regclass('{table}')" for table in tables)
-    entries = (
-        "SELECT DISTINCT c.oid::regclass AS rel, a.grantee FROM pg_catalog.pg_class AS c "  # noqa: S608
-        f"CROSS JOIN LATERAL aclexplode(c.relacl) AS a WHERE c.oid IN ({regclasses}) "
-    )
     return (
-        f"DO $sigma_db$ DECLARE r record; BEGIN FOR r IN {entries}"
-        "AND a.grantee <> c.relowner AND a.privilege_type IN "
-        "('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') LOOP EXECUTE 'REVOKE INSERT, UPDATE, DELETE, "
-        "TRUNCATE ON ' || r.rel::text || ' FROM ' || CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE "
-        "quote_ident(pg_get_userbyid(r.grantee)) END; END LOOP; END $sigma_db$"
+        "SELECT DISTINCT c.oid::regclass::text AS rel, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "  # noqa: S608
+        "ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee FROM pg_catalog.pg_class "
+        f"AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a WHERE c.oid IN ({regclasses}) AND "
+        "a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', "
+        "'TRUNCATE')"
     )
+
+
+_REVOKE_WRITES = "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON "
+
+
+def _make_bookkeeping_read_only(migration: MigrationContext, ledger: Any) -> None:
+    writers = _bookkeeping_writers(migration, ledger)
+    if migration.as_sql:
+        migration.execute(
+            text(
+                f"DO $sigma_db$ DECLARE r record; BEGIN FOR r IN {writers} LOOP EXECUTE "
+                f"'{_REVOKE_WRITES}' || r.rel || ' FROM ' || r.grantee; END LOOP; END $sigma_db$"
+            )
+        )
+        return
+    # Online a query, not the DO block: the first PL/pgSQL a connection runs loads the
+    # language (several ms, a tenth of a 50-revision upgrade), and a fresh ledger has no writers.
+    assert migration.connection is not None
+    for rel, grantee in migration.connection.execute(text(writers)).all():
+        migration.execute(text(f"{_REVOKE_WRITES}{rel} FROM {grantee}"))
 
 
 def _offline_lock_wait(key: int) -> str:

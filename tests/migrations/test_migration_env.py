@@ -388,10 +388,15 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
             # the lock are SELECTs) and the final unlock.
             continue
         if statement.startswith(
-            ("DO $sigma_db$ BEGIN WHILE NOT", "DO $sigma_db$ DECLARE sigma_db_f")
+            (
+                "DO $sigma_db$ BEGIN WHILE NOT",
+                "DO $sigma_db$ DECLARE sigma_db_f",
+                "DO $sigma_db$ DECLARE r record",
+            )
         ):
-            # What the online run does in Python: poll for the lock, and check the version
-            # table's rowcount (offline, each revision checks the version it expects).
+            # What the online run does in Python: poll for the lock, check the version table's
+            # rowcount (offline, each revision checks the version it expects), and look up who
+            # may write the bookkeeping (a query; offline a DO block revokes in a loop).
             continue
         if statement.startswith("DO $sigma_db$") and "$sigma_db_batch$" in statement:
             # Offline a backfill loops in a DO block; online Python loops the same statement.
