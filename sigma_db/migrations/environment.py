@@ -37,7 +37,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
 from alembic.script.revision import RevisionError
-from sqlalchemy import MetaData, bindparam, func, select, text
+from sqlalchemy import MetaData, bindparam, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SAWarning, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
@@ -342,6 +342,8 @@ class _Run:
         self.session: dict[str, str | None] | None = dict.fromkeys(_TIMEOUTS)
         """The timeouts the migration connection has (``None``: the server's); ``None`` once a
         revision ran SQL of its own, which may have SET them."""
+        self.ran_sql = True
+        """Whether the running revision sent SQL other than DDL (see :meth:`_note_statement`)."""
         self.client = client_name()
         problems = revision_tree_problems(env.script)
         if problems:
@@ -453,6 +455,7 @@ class _Run:
                             )
                         return found[0]
 
+                    event.listen(connection, "before_cursor_execute", self._note_statement)
                     self._configure(metadata, scope, offline=False, connection=connection)
                     with self.env.begin_transaction():
                         self.env.run_migrations()
@@ -461,6 +464,17 @@ class _Run:
                     release_advisory_lock(connection, key)
         finally:
             engine.dispose()
+
+    def _note_statement(self, *args: Any) -> None:
+        """``before_cursor_execute``: note SQL other than DDL, which may change the timeouts.
+
+        Alembic's operations compile to DDL, which cannot; ``op.execute``, a data migration's
+        ``op.get_bind().execute`` and the helpers' statements can (a ``SET``, a function). The
+        version move then reads the timeouts back (see ``_attach_ledger_to_version_updates``).
+        """
+        context = args[4]
+        if not getattr(context, "isddl", False):
+            self.ran_sql = True
 
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
         """Take the advisory lock, create a missing schema (not for ``current``), find the ledger.
@@ -587,24 +601,28 @@ class _Run:
                 f"sigma_{name}": psycopg.sql.Literal(value).as_string(driver)
                 for name, value in values.items()
             }
-            # The revision's own SQL may have changed the timeouts (a SET, a function calling
-            # set_config): the statement returns what the session has, so the next revision
-            # states them again only when they differ, without a round trip of its own.
+            # SQL of the revision's own beyond DDL may have changed the timeouts (a SET, a
+            # function calling set_config): then the statement returns what the session has,
+            # so the next revision states them again only if they differ, without a round trip.
             moved = str(compiled)
-            moved += (", " if " RETURNING " in moved else " RETURNING ") + _SESSION_TIMEOUTS
+            read_back = self.ran_sql
+            if read_back:
+                moved += (", " if " RETURNING " in moved else " RETURNING ") + _SESSION_TIMEOUTS
             try:
                 result = connection.exec_driver_sql(
                     (prefix % literals) + moved, execution_options={"no_parameters": True}
                 )
             except DBAPIError as exc:  # e.g. a trigger or a privilege on the ledger
                 raise MigrationError(_failure(row.script, exc, self.settings)) from exc
-            found = result.fetchone()
-            if (
-                found is None
-                or self.session is None
-                or (tuple(found[-len(_TIMEOUTS) :]) != tuple(self.session[n] for n in _TIMEOUTS))
-            ):
-                self.session = None
+            if read_back:
+                found = result.fetchone()
+                session = self.session
+                if (
+                    found is None
+                    or session is None
+                    or tuple(found[-len(_TIMEOUTS) :]) != tuple(session[n] for n in _TIMEOUTS)
+                ):
+                    self.session = None
             return result
 
         setattr(impl, "_exec", exec_with_ledger)  # noqa: B010 - mypy: assigning to a method
@@ -657,6 +675,7 @@ class _Run:
             if settings:
                 migration.execute(text("; ".join(settings)))
             self.session = wanted
+            self.ran_sql = False
             offline = migration.as_sql and self.bookkeeping
             check = _expected_version_check(migration, step) if offline else ""
             migration.opts[VERSION_CHECK_KEY] = check
