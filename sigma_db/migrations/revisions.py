@@ -13,6 +13,7 @@ Each revision declares its phase as a module-level ``phase = "expand"`` (or ``"b
 
 from __future__ import annotations
 
+import ast
 import configparser
 import enum
 import os
@@ -307,8 +308,52 @@ def _load_error(script: ScriptDirectory, exc: Exception) -> str:
         message = str(exc)
         name = Path(frames[-1].filename).name if frames else _module_file(script, message)
         line = frames[-1].lineno if frames else None
+        if not frames and name == _relative(script):
+            suspect = _suspect_file(script)
+            if suspect is not None:
+                return suspect
     where = f"{name}:{line}" if line else name
     return f"{where}: {type(exc).__name__}: {' '.join(message.split())}; fix the revision file"
+
+
+def _suspect_file(script: ScriptDirectory) -> str | None:
+    """The revision file behind an error Alembic raised without naming one, if it can be told.
+
+    Read only on that error path: a NUL byte (Python refuses the source), or a ``revision`` /
+    ``down_revision`` that is not a string (Alembic fails deep inside its revision map).
+    """
+    for path in _version_files(script):
+        source = path.read_bytes()
+        if b"\x00" in source:
+            return f"{path.name} contains a NUL byte; save it again as plain text"
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue  # Python names such a file itself
+        for node in tree.body:
+            if not isinstance(node, ast.Assign):
+                continue
+            for target in node.targets:
+                name = getattr(target, "id", None)
+                if name not in ("revision", "down_revision"):
+                    continue
+                value = node.value
+                text = isinstance(value, ast.Constant) and isinstance(value.value, str)
+                if text or (name == "down_revision" and _none_or_strings(value)):
+                    continue
+                return (
+                    f"{path.name}:{node.lineno}: {name} is not a string; write it quoted, "
+                    f'e.g. {name} = "0002"'
+                )
+    return None
+
+
+def _none_or_strings(value: ast.expr) -> bool:
+    if isinstance(value, ast.Constant):
+        return value.value is None or isinstance(value.value, str)
+    if isinstance(value, ast.Tuple | ast.List):
+        return all(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in value.elts)
+    return False
 
 
 def missing_downgrade(script: ScriptDirectory, exc: AttributeError) -> str | None:
@@ -342,6 +387,12 @@ def _broken_chain(script: ScriptDirectory, message: str) -> str:
             f"{not_revision.group(1)} in {_relative(script)} is not a revision (it declares no "
             "revision = ...); keep only revisions there and move helper code into the product's "
             "package"
+        )
+    loop = re.search(r"Self-loop is detected in revisions \((\w+)\)", message)
+    if loop:
+        return (
+            f"{_file_of(script, loop.group(1))} names itself as its down_revision; set "
+            "down_revision to the revision before it"
         )
     match = re.search(r"Revision (\w+) referenced from (?:\w+ -> )?(\w+)", message)
     if match:

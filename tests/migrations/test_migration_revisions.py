@@ -130,6 +130,28 @@ def test_a_revision_without_its_functions_names_its_file(repo: ProductRepo) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        # Alembic failed deep in its revision map: "migrations/versions: TypeError: 'int' ..."
+        ('revision = 2\ndown_revision = "0001"', "0002_x.py:2: revision is not a string; write"),
+        # "Self-loop is detected ...; restore the missing revision file"
+        ('revision = "0002"\ndown_revision = "0002"', "0002_x.py names itself as its down_rev"),
+        ('revision = "0002"\ndown_revision = "0001"  # \x00', "0002_x.py contains a NUL byte"),
+    ],
+)
+def test_a_broken_revision_header_names_its_file(
+    offline_repo: ProductRepo, header: str, expected: str
+) -> None:
+    offline_repo.add("init")
+    (offline_repo.versions / "0002_x.py").write_text(
+        f'"""x"""\n{header}\nphase = "expand"\n\n\ndef upgrade() -> None:\n    pass\n'
+    )
+    with pytest.raises(MigrationError) as caught:
+        offline_repo.sql()
+    assert str(caught.value).startswith(expected)
+
+
 def test_a_new_revision_goes_on_the_head_only(offline_repo: ProductRepo) -> None:
     offline_repo.add("init")
     offline_repo.add("a")
