@@ -162,7 +162,7 @@ def check_target(target: str, script: ScriptDirectory | None = None) -> None:
     if script is None or target in ("head", "heads") or _RELATIVE_UP.match(target):
         return
     usage = "name a revision number (e.g. 0003), head, or +N (N revisions ahead)"
-    if not _REVISION_ID.match(target):
+    if not _REVISION_ID.match(target) or target == "base":
         raise MigrationError(
             f"--to {target} is not a target migrate accepts; {usage} (migrate only upgrades: "
             "alembic downgrade REVISION goes back)"

@@ -250,7 +250,7 @@ def test_to_blames_the_typo_not_the_database(
         "--to is empty", capsys, ["migrate", "--to", ""], ["migrate", "--dry-run", "--to", " "]
     )
     # Alembic's other forms: a bare AssertionError, or "the database is at revision foo".
-    for target in ("0001-1", "foo@head", "0001:0002", "-1", "x'"):
+    for target in ("0001-1", "foo@head", "0001:0002", "-1", "x'", "base"):
         each_fails_with(
             f"--to {target} is not a target migrate accepts", capsys, ["migrate", "--to", target]
         )
