@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from sigma_db.engine import create_engine
 from sigma_db.errors import SigmaDBError
-from sigma_db.roles import ProductRoles, RoleKind
+from sigma_db.roles import BOOKKEEPING_RELATIONS, ProductRoles, RoleKind
 from sigma_db.settings import DatabaseSettings
 from sigma_db.topology import Topology
 
@@ -187,7 +187,7 @@ def privilege_report(conn: psycopg.Connection[Any], topology: Topology) -> Privi
     if kind is not RoleKind.MIGRATOR and can_create_db:
         problems.append(f"{user} may CREATE schemas in this database; {_FIX}.")
     if kind is not RoleKind.MIGRATOR:
-        problems.extend(_own_tables(conn, kind, user, group, schemas))
+        problems.extend(_own_tables(conn, kind, user, group, schemas, topology.schema))
     problems.extend(_foreign(conn, topology, user, group, schemas))
     return PrivilegeReport(user, kind, tuple(problems))
 
@@ -219,7 +219,12 @@ def _own_schemas(
 
 
 def _own_tables(
-    conn: psycopg.Connection[Any], kind: RoleKind, user: str, group: str, schemas: list[str]
+    conn: psycopg.Connection[Any],
+    kind: RoleKind,
+    user: str,
+    group: str,
+    schemas: list[str],
+    default_schema: str,
 ) -> list[str]:
     checked = (*_EXPECTED[RoleKind.RW], *_NEVER_FOR_RW)
     # What the role has on the whole table (for what it lacks), and what it may do at all (for
@@ -239,18 +244,20 @@ def _own_tables(
     missing: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for row in conn.execute(
         f"SELECT format('%%I.%%I', n.nspname, c.relname), c.relkind IN ('r', 'p'), {columns}, "  # noqa: S608
-        "pg_has_role(c.relowner, 'USAGE') FROM pg_class c "
+        "pg_has_role(c.relowner, 'USAGE'), n.nspname = %s AND c.relname = ANY(%s) "
+        "FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1",
-        [schemas],
+        [default_schema, sorted(BOOKKEEPING_RELATIONS), schemas],
     ):
-        name, table, owns = row[0], row[1], row[-1]
+        name, table, owns, record = row[0], row[1], row[-2], row[-1]
         has = dict(zip(checked, row[2 : 2 + len(checked)], strict=True))
-        may = dict(zip(checked, row[2 + len(checked) : -1], strict=True))
+        may = dict(zip(checked, row[2 + len(checked) : -2], strict=True))
         if owns:
             extra[("OWNER",)].append(name)
             continue
-        allowed = _EXPECTED[kind]
+        # The migrations' record (alembic_version, the ledger) is the migrator's to write.
+        allowed = _EXPECTED[RoleKind.RO] if record else _EXPECTED[kind]
         over = tuple(p for p in checked if may[p] and p not in allowed)
         if over:
             extra[over].append(name)

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from sigma_db.settings import DatabaseSettings
 
 __all__ = [
+    "BOOKKEEPING_RELATIONS",
     "Login",
     "ProductRoles",
     "RoleKind",
@@ -106,9 +107,10 @@ DATABASE_PRIVILEGES: Mapping[RoleKind, frozenset[str]] = {
     RoleKind.RO: frozenset({"CONNECT"}),
 }
 _REVOKE_OPTION = "REVOKE GRANT OPTION"
-_BOOKKEEPING = frozenset({"alembic_version", "migration_runs"})
-"""The version table and the ledger (sigma_db.migrations.ledger.LEDGER_TABLE) in the product's
-default schema: read by _rw and _ro, written by the migrator only."""
+BOOKKEEPING_RELATIONS = frozenset({"alembic_version", "migration_runs", "migration_runs_id_seq"})
+"""The version table, the ledger (sigma_db.migrations.ledger.LEDGER_TABLE) and its identity
+sequence, in the product's default schema: read by _rw and _ro, written by the migrator only
+(a _rw that could setval the sequence could make every later ledger insert fail)."""
 _DEFAULT_ACL_KINDS = (
     ("r", "TABLES", TABLE_PRIVILEGES),
     ("S", "SEQUENCES", SEQUENCE_PRIVILEGES),
@@ -613,7 +615,9 @@ class _Planner:
             acl = self.by_grantee(
                 grant for grant in relation.acl if grant[0] not in (relation.owner, migrator)
             )
-            kept = relation.schema == target.topology.schema and relation.name in _BOOKKEEPING
+            kept = (
+                relation.schema == target.topology.schema and relation.name in BOOKKEEPING_RELATIONS
+            )
             if kept:
                 bookkeeping.append(
                     (
@@ -628,7 +632,7 @@ class _Planner:
                 role = target.roles[kind]
                 want = (SEQUENCE_PRIVILEGES if sequence else TABLE_PRIVILEGES)[kind]
                 if kept:
-                    want = TABLE_PRIVILEGES[RoleKind.RO]
+                    want = (SEQUENCE_PRIVILEGES if sequence else TABLE_PRIVILEGES)[RoleKind.RO]
                 have = acl.pop(role, set())
                 # A wanted grant may be one the CASCADE above takes (made from the option):
                 # grant again rather than count on it.
@@ -745,13 +749,19 @@ class _Planner:
                     role=role,
                 )
         for relation, held in bookkeeping:
+            sequence = relation.kind == "S"
+            allowed = SEQUENCE_PRIVILEGES if sequence else TABLE_PRIVILEGES
             for role, have in held.items():
-                if "TABLES" in needs_all.get((role, relation.schema), set()):
-                    have = have | TABLE_PRIVILEGES[kinds[role]]  # the GRANT ON ALL just made
-                extra = have - TABLE_PRIVILEGES[RoleKind.RO]
+                if ("SEQUENCES" if sequence else "TABLES") in needs_all.get(
+                    (role, relation.schema), set()
+                ):
+                    have = have | allowed[kinds[role]]  # the GRANT ON ALL just made
+                extra = have - allowed[RoleKind.RO]
                 if extra:
                     self.emit(
-                        "REVOKE {privs} ON TABLE {schema}.{name} FROM {grantee}",
+                        "REVOKE {privs} ON "
+                        + ("SEQUENCE" if sequence else "TABLE")
+                        + " {schema}.{name} FROM {grantee}",
                         f"{relation.schema}.{relation.name} is the migrations' record: {role} may "
                         "read it, only the migrator writes it",
                         privs=self.privileges(extra),

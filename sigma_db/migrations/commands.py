@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,15 +25,18 @@ from sigma_db.migrations.environment import (
     SETTINGS_KEY,
     acquire_advisory_lock,
     advisory_lock_key,
+    bookkeeping_revokes,
     database_failure,
     migration_engine,
     release_advisory_lock,
+    revoke_bookkeeping_writes,
 )
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.ledger import (
     APPLIED_BY,
     applied_revisions,
     client_name,
+    ledger_exists,
     ledger_table,
     read_ledger,
 )
@@ -118,7 +122,11 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                 if current is not None and current.checksum == file.checksum:
                     lock_revision(lock_path, file)
                     return f"{revision} already matches the ledger; lock file updated"
-                table.create(connection, checkfirst=True)
+                if not ledger_exists(connection, schema):
+                    table.create(connection)
+                    driver = connection.connection.driver_connection
+                    assert isinstance(driver, psycopg.Connection)
+                    revoke_bookkeeping_writes(driver, bookkeeping_revokes(schema))
                 connection.execute(
                     table.insert().values(
                         revision=revision,

@@ -37,7 +37,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import Script
 from alembic.script.revision import RevisionError
-from sqlalchemy import MetaData, bindparam, event, func, select, text
+from sqlalchemy import MetaData, bindparam, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SAWarning, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
@@ -94,10 +94,12 @@ __all__ = [
     "SETTINGS_KEY",
     "acquire_advisory_lock",
     "advisory_lock_key",
+    "bookkeeping_revokes",
     "check_alembic_version",
     "database_failure",
     "migration_engine",
     "release_advisory_lock",
+    "revoke_bookkeeping_writes",
     "run_migrations",
     "unsupported_alembic",
 ]
@@ -332,6 +334,8 @@ class _Run:
         """Steps recorded in the transaction still open; ``applied`` once it committed."""
         self.ledger = ledger_table(self.schema)
         self.ledger_ready = False
+        self.fresh_record = True
+        """Whether the ledger or the version table is (about to be) created by this run."""
         self.started: dict[str, float] = {}
         self.pending: _LedgerRow | None = None
         """The running revision's ledger row, until it rides on the version-table statement."""
@@ -342,8 +346,6 @@ class _Run:
         self.session: dict[str, str | None] | None = dict.fromkeys(_TIMEOUTS)
         """The timeouts the migration connection has (``None``: the server's); ``None`` once a
         revision ran SQL of its own, which may have SET them."""
-        self.ran_sql = True
-        """Whether the running revision sent SQL other than DDL (see :meth:`_note_statement`)."""
         self.client = client_name()
         problems = revision_tree_problems(env.script)
         if problems:
@@ -455,7 +457,6 @@ class _Run:
                             )
                         return found[0]
 
-                    event.listen(connection, "before_cursor_execute", self._note_statement)
                     self._configure(metadata, scope, offline=False, connection=connection)
                     with self.env.begin_transaction():
                         self.env.run_migrations()
@@ -465,17 +466,6 @@ class _Run:
         finally:
             engine.dispose()
 
-    def _note_statement(self, *args: Any) -> None:
-        """``before_cursor_execute``: note SQL other than DDL, which may change the timeouts.
-
-        Alembic's operations compile to DDL, which cannot; ``op.execute``, a data migration's
-        ``op.get_bind().execute`` and the helpers' statements can (a ``SET``, a function). The
-        version move then reads the timeouts back (see ``_attach_ledger_to_version_updates``).
-        """
-        context = args[4]
-        if not getattr(context, "isddl", False):
-            self.ran_sql = True
-
     def _lock_and_prepare(self, connection: Connection, key: int) -> None:
         """Take the advisory lock, create a missing schema (not for ``current``), find the ledger.
 
@@ -484,9 +474,17 @@ class _Run:
         run that held the lock may have created the schema or the ledger meanwhile.
         """
         schema = quote(self.schema)
-        names = {"schema": schema, "ledger": f"{schema}.{quote(LEDGER_TABLE)}"}
-        lookups = "to_regnamespace(:schema) IS NOT NULL, to_regclass(:ledger) IS NOT NULL"
-        locked, has_schema, self.ledger_ready = connection.execute(
+        version = str(self.env.context_opts.get("version_table") or "alembic_version")
+        names = {
+            "schema": schema,
+            "ledger": f"{schema}.{quote(LEDGER_TABLE)}",
+            "version": f"{schema}.{quote(version)}",
+        }
+        lookups = (
+            "to_regnamespace(:schema) IS NOT NULL, to_regclass(:ledger) IS NOT NULL, "
+            "to_regclass(:version) IS NOT NULL"
+        )
+        locked, has_schema, self.ledger_ready, has_version = connection.execute(
             text(f"SELECT pg_try_advisory_lock(:key), {lookups}"), {"key": key, **names}
         ).one()
         if not locked:
@@ -496,9 +494,10 @@ class _Run:
                 self.schema,
             )
             acquire_advisory_lock(connection, key)
-            has_schema, self.ledger_ready = connection.execute(
+            has_schema, self.ledger_ready, has_version = connection.execute(
                 text(f"SELECT {lookups}"), names
             ).one()
+        self.fresh_record = not (self.ledger_ready and has_version)
         if not has_schema and self._may_write():
             log.info("Creating schema %s", self.schema)
             connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {names['schema']}"))
@@ -597,33 +596,34 @@ class _Run:
             # so psycopg does not parse it for placeholders: it differs per revision, so that
             # parse would never be cached, and it cost more than the values' quoting.
             driver = connection.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
             literals = {
                 f"sigma_{name}": psycopg.sql.Literal(value).as_string(driver)
                 for name, value in values.items()
             }
-            # SQL of the revision's own beyond DDL may have changed the timeouts (a SET, a
-            # function calling set_config): then the statement returns what the session has,
-            # so the next revision states them again only if they differ, without a round trip.
+            # The revision's own SQL may have changed the timeouts (a SET, a function calling
+            # set_config, a raw cursor): the statement returns what the session has, so the next
+            # revision states them again only if they differ, without a round trip of its own.
+            # Sent on the driver's cursor: SQLAlchemy's result for the returned row cost more
+            # than the rest of the bookkeeping.
             moved = str(compiled)
-            read_back = self.ran_sql
-            if read_back:
-                moved += (", " if " RETURNING " in moved else " RETURNING ") + _SESSION_TIMEOUTS
+            moved += (", " if " RETURNING " in moved else " RETURNING ") + _SESSION_TIMEOUTS
+            statement = (prefix % literals) + moved
             try:
-                result = connection.exec_driver_sql(
-                    (prefix % literals) + moved, execution_options={"no_parameters": True}
-                )
-            except DBAPIError as exc:  # e.g. a trigger or a privilege on the ledger
-                raise MigrationError(_failure(row.script, exc, self.settings)) from exc
-            if read_back:
-                found = result.fetchone()
-                session = self.session
-                if (
-                    found is None
-                    or session is None
-                    or tuple(found[-len(_TIMEOUTS) :]) != tuple(session[n] for n in _TIMEOUTS)
-                ):
-                    self.session = None
-            return result
+                with driver.cursor() as cursor:
+                    cursor.execute(statement)  # no parameters: sent as it is
+                    rowcount, found = cursor.rowcount, cursor.fetchone()
+            except psycopg.Error as exc:  # e.g. a trigger or a privilege on the ledger
+                wrapped = DBAPIError.instance(statement, None, exc, psycopg.Error)
+                raise MigrationError(_failure(row.script, wrapped, self.settings)) from exc
+            session = self.session
+            if (
+                found is None
+                or session is None
+                or tuple(found[-len(_TIMEOUTS) :]) != tuple(session[n] for n in _TIMEOUTS)
+            ):
+                self.session = None
+            return _VersionMove(rowcount)
 
         setattr(impl, "_exec", exec_with_ledger)  # noqa: B010 - mypy: assigning to a method
 
@@ -675,7 +675,6 @@ class _Run:
             if settings:
                 migration.execute(text("; ".join(settings)))
             self.session = wanted
-            self.ran_sql = False
             offline = migration.as_sql and self.bookkeeping
             check = _expected_version_check(migration, step) if offline else ""
             migration.opts[VERSION_CHECK_KEY] = check
@@ -708,10 +707,14 @@ class _Run:
 
     def _ensure_ledger(self, migration: MigrationContext) -> None:
         # Also reached without any revision running (`alembic stamp`): create it here too.
-        if self.bookkeeping and not self.ledger_ready:
+        if not self.bookkeeping:
+            return
+        if not self.ledger_ready:
             migration.execute(CreateTable(self.ledger, if_not_exists=True))
-            _make_bookkeeping_read_only(migration, self.ledger)
             self.ledger_ready = True
+        if self.fresh_record:  # the ledger or the version table was made in this run
+            _make_bookkeeping_read_only(migration, self.schema)
+            self.fresh_record = False
 
     @staticmethod
     def _recorded_revisions(step: MigrationInfo) -> list[str]:
@@ -751,6 +754,11 @@ class _Run:
             operation = "upgrade" if step.is_upgrade else "downgrade"
         written, self.written, self.pending = self.written, set(), None
         self._ensure_ledger(ctx)
+        if step.is_stamp and ctx.as_sql:  # the ledger rows only if the stamp moved the table
+            ctx.impl.static_output(
+                version_check_block(_expected_version_check(ctx, step))
+                + ctx.impl.command_terminator
+            )
         for revision in self._recorded_revisions(step):
             script = step.revision_map.get_revision(revision)
             assert isinstance(script, Script)
@@ -787,6 +795,13 @@ class _Run:
 
 
 @dataclass(frozen=True)
+class _VersionMove:
+    """What Alembic reads from the statement that moves the version table: its rowcount."""
+
+    rowcount: int
+
+
+@dataclass(frozen=True)
 class _LedgerRow:
     """What the ledger row of the running revision says, before its duration is known."""
 
@@ -794,49 +809,55 @@ class _LedgerRow:
     operation: Operation
 
 
-def _bookkeeping_writers(migration: MigrationContext, ledger: Any) -> str:
-    """A query for who, besides their owner, may write the version table or the ledger.
+def bookkeeping_revokes(schema: str, version_table: str = "alembic_version") -> str:
+    """A query for the ``REVOKE``s that leave the migrations' record to its owner alone.
 
-    Each row is the table and the grantee as SQL (quoted by the server), ready for a ``REVOKE``.
-    The migrator's default privileges give ``_rw`` INSERT, UPDATE and DELETE on every table it
-    creates, these two included: the application's login could rewrite the migration history
-    the CI gate trusts. Asked once, when the ledger is created; ``sigma-db roles apply`` keeps
-    it so.
+    The record is the version table, the ledger and the ledger's identity sequence in
+    ``schema``. The migrator's default privileges give ``_rw`` INSERT, UPDATE and DELETE on
+    every table it creates and USAGE and UPDATE on every sequence, these included: the
+    application's login could rewrite the migration history the CI gate trusts, or ``setval``
+    the sequence so that every later ledger insert fails. Each row is one statement, its names
+    quoted by the server. Asked when the record was just created; ``sigma-db roles apply``
+    keeps it so.
     """
-    version = (
-        f"{quote(migration.version_table_schema)}.{quote(migration.version_table)}"
-        if migration.version_table_schema
-        else quote(migration.version_table)
-    )
-    tables = (version, f"{quote(ledger.schema)}.{quote(ledger.name)}")
-    regclasses = ", ".join(f"to_regclass('{table}')" for table in tables)
+    names = (version_table, LEDGER_TABLE, f"{LEDGER_TABLE}_id_seq")
+    relations = ", ".join(f"to_regclass('{quote(schema)}.{quote(name)}')" for name in names)
     return (
-        "SELECT DISTINCT c.oid::regclass::text AS rel, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "  # noqa: S608
-        "ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee FROM pg_catalog.pg_class "
-        f"AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a WHERE c.oid IN ({regclasses}) AND "
+        "SELECT DISTINCT 'REVOKE ' || CASE WHEN c.relkind = 'S' THEN 'USAGE, UPDATE ON SEQUENCE ' "  # noqa: S608
+        "ELSE 'INSERT, UPDATE, DELETE, TRUNCATE ON TABLE ' END || c.oid::regclass::text || "
+        "' FROM ' || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE "
+        "quote_ident(pg_get_userbyid(a.grantee)) END AS revoke FROM pg_catalog.pg_class AS c "
+        f"CROSS JOIN LATERAL aclexplode(c.relacl) AS a WHERE c.oid IN ({relations}) AND "
         "a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', "
-        "'TRUNCATE')"
+        "'TRUNCATE', 'USAGE')"
     )
 
 
-_REVOKE_WRITES = "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON "
+def revoke_bookkeeping_writes(driver: psycopg.Connection[Any], query: str) -> None:
+    """Run the ``REVOKE``s :func:`bookkeeping_revokes` finds, in the caller's transaction.
+
+    A query, not a ``DO`` block: the first PL/pgSQL a connection runs loads the language
+    (several ms, a tenth of a 50-revision upgrade), and a fresh record has no writers.
+    """
+    with driver.cursor() as cursor:
+        for (revoke,) in cursor.execute(query).fetchall():
+            cursor.execute(revoke)
 
 
-def _make_bookkeeping_read_only(migration: MigrationContext, ledger: Any) -> None:
-    writers = _bookkeeping_writers(migration, ledger)
+def _make_bookkeeping_read_only(migration: MigrationContext, schema: str) -> None:
+    query = bookkeeping_revokes(schema, migration.version_table)
     if migration.as_sql:
         migration.execute(
             text(
-                f"DO $sigma_db$ DECLARE r record; BEGIN FOR r IN {writers} LOOP EXECUTE "
-                f"'{_REVOKE_WRITES}' || r.rel || ' FROM ' || r.grantee; END LOOP; END $sigma_db$"
+                f"DO $sigma_db$ DECLARE r record; BEGIN FOR r IN {query} LOOP EXECUTE r.revoke; "
+                "END LOOP; END $sigma_db$"
             )
         )
         return
-    # Online a query, not the DO block: the first PL/pgSQL a connection runs loads the
-    # language (several ms, a tenth of a 50-revision upgrade), and a fresh ledger has no writers.
     assert migration.connection is not None
-    for rel, grantee in migration.connection.execute(text(writers)).all():
-        migration.execute(text(f"{_REVOKE_WRITES}{rel} FROM {grantee}"))
+    driver = migration.connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    revoke_bookkeeping_writes(driver, query)
 
 
 def _offline_lock_wait(key: int) -> str:
@@ -853,7 +874,7 @@ def _offline_lock_wait(key: int) -> str:
     )
 
 
-def _expected_version_check(migration: MigrationContext, step: RevisionStep) -> str:
+def _expected_version_check(migration: MigrationContext, step: RevisionStep | MigrationInfo) -> str:
     """Offline: PL/pgSQL failing the revision unless the version table is where expected.
 
     That is the revision before it for an upgrade, the revision itself for a downgrade. Online,
@@ -863,7 +884,13 @@ def _expected_version_check(migration: MigrationContext, step: RevisionStep) -> 
     It opens the revision's transaction, so a failed check leaves nothing behind, and the
     helpers repeat it where they leave the transaction (:data:`~.ops.VERSION_CHECK_KEY`).
     """
-    expected = ",".join(sorted(step.from_revisions)) or None
+    if isinstance(step, RevisionStep):
+        expected = ",".join(sorted(step.from_revisions)) or None
+        doing = f"revision {step.revision.revision}"
+    else:  # a stamp, checked after it moved the version table: its new place
+        after = step.up_revision_ids if step.is_upgrade else step.down_revision_ids
+        expected = ",".join(sorted(after)) or None
+        doing = f"stamp to {expected or 'base'} (after moving the version table)"
     table = (
         f"{quote(migration.version_table_schema)}.{quote(migration.version_table)}"
         if migration.version_table_schema
@@ -873,7 +900,7 @@ def _expected_version_check(migration: MigrationContext, step: RevisionStep) -> 
     said = [
         part.replace("'", "''").replace("%", "%%")
         for part in (
-            f"revision {step.revision.revision} expects the database at "
+            f"{doing} expects the database at "
             f"{expected or 'no revision'}, but its version table says ",
             "; it was migrated meanwhile, or an earlier revision of this script failed: run the "
             "dry run, render the script again from the database's revision, and run that",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -17,8 +18,6 @@ from alembic import command
 from pglast import parser
 from pydantic import SecretStr
 from sample_repo import ProductRepo, make_repo
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from sigma_db import DatabaseSettings
 from sigma_db.migrations import MigrationError
@@ -186,6 +185,9 @@ def test_a_revisions_own_set_does_not_carry_into_the_next(repo: ProductRepo) -> 
         'op.execute("SELECT bulk_session()")',
         "op.get_bind().execute(sa.text('SELECT set_config(:n, :v, false)'), "
         "{'n': 'statement_timeout', 'v': '50ms'})",
+        # past SQLAlchemy: the driver's own cursor; and DDL text SQLAlchemy takes for DDL
+        "op.get_bind().connection.driver_connection.execute(\"SET lock_timeout = '1h'\")",
+        "op.execute(sa.DDL(\"SET lock_timeout = '1h'\"))",
     ],
 )
 def test_timeouts_set_past_op_execute_do_not_carry_into_the_next(
@@ -291,10 +293,13 @@ def test_rw_and_ro_may_read_the_migrations_record_but_not_write_it(
 ) -> None:
     # The migrator's default privileges gave _rw INSERT, UPDATE, DELETE on the version table
     # and the ledger: the application's login could rewrite what the CI gate checks.
+    from sigma_db.doctor import privilege_report
+    from sigma_db.migrations.commands import repair
     from sigma_db.migrations.ledger import LEDGER_TABLE
-    from sigma_db.roles import _BOOKKEEPING, sync_roles
+    from sigma_db.roles import BOOKKEEPING_RELATIONS, sync_roles
 
-    assert LEDGER_TABLE in _BOOKKEEPING  # roles.py names it without importing the migrations
+    # roles.py names them without importing the migrations
+    assert {LEDGER_TABLE, f"{LEDGER_TABLE}_id_seq"} <= BOOKKEEPING_RELATIONS
 
     provisioned = provision(sigma_postgresql, sigma_database)
     repo = make_repo(tmp_path / "lab", provisioned.admin)
@@ -307,9 +312,12 @@ def test_rw_and_ro_may_read_the_migrations_record_but_not_write_it(
                 for statement in (f"DELETE FROM app.{table}", f"TRUNCATE app.{table}"):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege):
                         conn.execute(statement)
-            conn.execute(
-                "INSERT INTO app.signals (name) VALUES ('x')"
-            ) if kind == RoleKind.RW else None
+            # Nor setval the ledger's sequence, which would fail every later ledger insert.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT setval('app.{LEDGER_TABLE}_id_seq', 1, false)")
+            # sigma-db doctor agrees: read-only there is what each role promises.
+            report = privilege_report(conn, provisioned.topology)
+            assert report.problems == (), report.problems
     # roles apply agrees (no drift), and takes a write privilege given back by hand.
     assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
     with provisioned.admin_connection() as admin:
@@ -327,6 +335,21 @@ def test_rw_and_ro_may_read_the_migrations_record_but_not_write_it(
     ):
         conn.execute(f"DELETE FROM app.{LEDGER_TABLE}")
     assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+    # A record made again by another path is read-only too: alembic stamp after the version
+    # table went, and migrations repair after the ledger went.
+    migrator = provisioned.settings(RoleKind.MIGRATOR)
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute(f"DROP TABLE app.alembic_version, app.{LEDGER_TABLE}")
+    command.stamp(repo.config(migrator), "head")
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute(f"DROP TABLE app.{LEDGER_TABLE}")
+    path = repo.versions / "0001_init.py"
+    path.write_text(path.read_text() + "\n# reviewed\n")
+    repair(repo.config(migrator), migrator, "0001", "a comment only")
+    with provisioned.connect(RoleKind.RW) as conn:
+        for table in ("alembic_version", LEDGER_TABLE):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"DELETE FROM app.{table}")
 
 
 def _fingerprints(statements: list[str]) -> list[str]:
@@ -338,7 +361,9 @@ def _fingerprints(statements: list[str]) -> list[str]:
     return found
 
 
-def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> None:
+def test_offline_sql_matches_what_the_online_run_executes(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     chain = [
         ("init", SIGNALS, {}),
         ("add score", 'op.add_column("signals", sa.Column("score", sa.BigInteger))', {}),
@@ -358,15 +383,16 @@ def test_offline_sql_matches_what_the_online_run_executes(repo: ProductRepo) -> 
         repo.add(message, upgrade, **kw)
     offline = repo.sql()
     executed: list[str] = []
+    execute = psycopg.Cursor.execute
 
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        executed.append(statement)
+    def capture(cursor, query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # At the driver: the env sends the version move on the driver's cursor itself.
+        executed.append(query if isinstance(query, str) else query.as_string(cursor))
+        return execute(cursor, query, *args, **kwargs)
 
-    event.listen(Engine, "before_cursor_execute", capture)
-    try:
-        repo.upgrade()
-    finally:
-        event.remove(Engine, "before_cursor_execute", capture)
+    monkeypatch.setattr(psycopg.Cursor, "execute", capture)
+    repo.upgrade()
+    monkeypatch.undo()
     online = [s for s in executed if not s.lstrip().upper().startswith(("SELECT", "SHOW"))]
     # Online the version move also returns the session's timeouts (offline there is no reader).
     online = [
@@ -889,6 +915,26 @@ def test_an_offline_script_run_on_past_a_failed_check_does_not_record_a_helper_r
     )
     assert repo.query("SELECT name FROM app.signals ORDER BY id") == [("c",), ("b!",)]
     assert repo.query(LEDGER) == [("0001", "upgrade"), ("0002", "upgrade")]
+
+
+def test_an_offline_stamp_records_nothing_when_it_did_not_move_the_version_table(
+    repo: ProductRepo, sigma_postgresql: TestServer
+) -> None:
+    # The stamp's UPDATE matched no row (the database was elsewhere), yet the ledger recorded
+    # it, once per run of the script.
+    for message in ("init", "a", "b"):
+        repo.add(message)
+    repo.upgrade("0001")
+    config = repo.config()
+    command.stamp(config, "0002:0003", sql=True)
+    buffer = config.output_buffer
+    assert isinstance(buffer, io.StringIO)
+    done = _psql(sigma_postgresql, repo.settings, buffer.getvalue())
+    assert (
+        "stamp to 0003 (after moving the version table) expects the database at 0003, but its "
+        "version table says 0001"
+    ) in done.stderr
+    assert repo.query(LEDGER) == [("0001", "upgrade")]
 
 
 def test_an_offline_script_waiting_for_the_lock_does_not_deadlock_an_index_build(
