@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -124,9 +123,7 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
                     return f"{revision} already matches the ledger; lock file updated"
                 if not ledger_exists(connection, schema):
                     table.create(connection)
-                    driver = connection.connection.driver_connection
-                    assert isinstance(driver, psycopg.Connection)
-                    revoke_bookkeeping_writes(driver, bookkeeping_revokes(schema))
+                    revoke_bookkeeping_writes(connection, bookkeeping_revokes(schema))
                 connection.execute(
                     table.insert().values(
                         revision=revision,

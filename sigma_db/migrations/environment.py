@@ -343,9 +343,11 @@ class _Run:
         """Checksums the history check computed, reused for the ledger rows."""
         self.written: set[str] = set()
         """Revisions of the current step whose ledger row rode on the version-table statement."""
-        self.session: dict[str, str | None] | None = dict.fromkeys(_TIMEOUTS)
-        """The timeouts the migration connection has (``None``: the server's); ``None`` once a
-        revision ran SQL of its own, which may have SET them."""
+        self.session: dict[str, str | None] | None = None
+        """The timeouts the env last set on the connection (a value ``None``: the server's);
+        ``None`` when unknown: the next revision sets them."""
+        self.said: tuple[str, ...] = ()
+        """The same, as the server states them: what the version move's read-back must match."""
         self.client = client_name()
         problems = revision_tree_problems(env.script)
         if problems:
@@ -610,18 +612,10 @@ class _Run:
             moved += (", " if " RETURNING " in moved else " RETURNING ") + _SESSION_TIMEOUTS
             statement = (prefix % literals) + moved
             try:
-                with driver.cursor() as cursor:
-                    cursor.execute(statement)  # no parameters: sent as it is
-                    rowcount, found = cursor.rowcount, cursor.fetchone()
-            except psycopg.Error as exc:  # e.g. a trigger or a privilege on the ledger
-                wrapped = DBAPIError.instance(statement, None, exc, psycopg.Error)
-                raise MigrationError(_failure(row.script, wrapped, self.settings)) from exc
-            session = self.session
-            if (
-                found is None
-                or session is None
-                or tuple(found[-len(_TIMEOUTS) :]) != tuple(session[n] for n in _TIMEOUTS)
-            ):
+                rowcount, found = _on_driver(connection, statement)
+            except DBAPIError as exc:  # e.g. a trigger or a privilege on the ledger
+                raise MigrationError(_failure(row.script, exc, self.settings)) from exc
+            if found is None or tuple(found[-len(_TIMEOUTS) :]) != self.said:
                 self.session = None
             return _VersionMove(rowcount)
 
@@ -664,16 +658,20 @@ class _Run:
                 name: timeout_setting(script.module, name, self.timeouts[name])
                 for name in _TIMEOUTS
             }
-            # Online the session keeps its SETs across revisions: send only changes (one round
-            # trip saved per revision). Offline every revision states its own. None is the
-            # server's value: RESET undoes an earlier SET.
-            settings = [
-                f"RESET {name}" if value is None else f"SET {name} = '{value}'"
-                for name, value in wanted.items()
-                if migration.as_sql or self.session is None or self.session[name] != value
-            ]
-            if settings:
-                migration.execute(text("; ".join(settings)))
+            # Online the session keeps its settings across revisions: they are sent only when
+            # they change (one round trip saved per revision). Offline every revision states
+            # its own. None is the server's value: RESET undoes an earlier SET.
+            if migration.as_sql:
+                migration.execute(
+                    text(
+                        "; ".join(
+                            f"RESET {name}" if value is None else f"SET {name} = '{value}'"
+                            for name, value in wanted.items()
+                        )
+                    )
+                )
+            elif self.session != wanted:
+                self.said = self._set_timeouts(migration, wanted)
             self.session = wanted
             offline = migration.as_sql and self.bookkeeping
             check = _expected_version_check(migration, step) if offline else ""
@@ -700,6 +698,27 @@ class _Run:
                 raise MigrationError(_failure(script, exc, self.settings)) from exc
 
         return run_revision
+
+    @staticmethod
+    def _set_timeouts(
+        migration: MigrationContext, wanted: Mapping[str, str | None]
+    ) -> tuple[str, ...]:
+        """Set the timeouts; return them as the server states them (``1000ms`` reads ``1s``).
+
+        ``set_config`` rather than ``SET``: its answer is what the version move's read-back
+        is compared with (see ``_attach_ledger_to_version_updates``). None is the session's
+        default, which ``RESET`` would restore.
+        """
+        values = ", ".join(
+            f"set_config('{name}', (SELECT reset_val FROM pg_catalog.pg_settings "  # noqa: S608
+            f"WHERE name = '{name}'), false)"
+            if value is None
+            else f"set_config('{name}', '{value}', false)"
+            for name, value in wanted.items()
+        )
+        assert migration.connection is not None
+        row = migration.connection.exec_driver_sql(f"SELECT {values}").one()
+        return tuple(str(value) for value in row)
 
     def _committed(self) -> None:
         self.applied.extend(self.uncommitted)
@@ -833,15 +852,40 @@ def bookkeeping_revokes(schema: str, version_table: str = "alembic_version") -> 
     )
 
 
-def revoke_bookkeeping_writes(driver: psycopg.Connection[Any], query: str) -> None:
+def revoke_bookkeeping_writes(connection: Connection, query: str) -> None:
     """Run the ``REVOKE``s :func:`bookkeeping_revokes` finds, in the caller's transaction.
 
     A query, not a ``DO`` block: the first PL/pgSQL a connection runs loads the language
     (several ms, a tenth of a 50-revision upgrade), and a fresh record has no writers.
     """
-    with driver.cursor() as cursor:
-        for (revoke,) in cursor.execute(query).fetchall():
-            cursor.execute(revoke)
+    for (revoke,) in connection.exec_driver_sql(query).fetchall():
+        connection.exec_driver_sql(revoke, execution_options={"no_parameters": True})
+
+
+def _on_driver(connection: Connection, statement: str) -> tuple[int, Any]:
+    """Send ``statement`` (no parameters) on the driver's own cursor: its rowcount, first row.
+
+    Cheaper than SQLAlchemy's result for the row the version move returns. Failures come out
+    as SQLAlchemy's would: wrapped in ``DBAPIError``, and a lost connection invalidated, so
+    the transaction's rollback that follows does not fail on it and hide the revision's error.
+    """
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    logger = connection.engine.logger  # where SQLAlchemy logs what it sends (echo, INFO)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(statement)
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute(statement)  # no parameters: sent as it is
+            return cursor.rowcount, cursor.fetchone()
+    except psycopg.Error as exc:
+        lost = driver.broken or driver.closed
+        wrapped = DBAPIError.instance(
+            statement, None, exc, psycopg.Error, connection_invalidated=lost
+        )
+        if lost:
+            connection.invalidate(wrapped)
+        raise wrapped from exc
 
 
 def _make_bookkeeping_read_only(migration: MigrationContext, schema: str) -> None:
@@ -855,9 +899,7 @@ def _make_bookkeeping_read_only(migration: MigrationContext, schema: str) -> Non
         )
         return
     assert migration.connection is not None
-    driver = migration.connection.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    revoke_bookkeeping_writes(driver, query)
+    revoke_bookkeeping_writes(migration.connection, query)
 
 
 def _offline_lock_wait(key: int) -> str:

@@ -130,3 +130,17 @@ def make_repo(root: Path, settings: DatabaseSettings) -> ProductRepo:
     (root / f"{models}.py").write_text(MODELS, encoding="utf-8")
     write_layout(root, models_module=models)
     return ProductRepo(root, settings, models)
+
+
+def db_env(settings: DatabaseSettings) -> dict[str, str]:
+    """The DB_* variables a command run in the repo reads for ``settings``."""
+    return {
+        "DB_HOST": settings.host,
+        "DB_PORT": str(settings.port),
+        "DB_NAME": settings.name,
+        "DB_USER": settings.user,
+        "DB_PASSWORD": settings.secret(),
+        "DB_SCHEMA": settings.topology.schema,
+        "DB_PRODUCT": settings.topology.product.key,
+        "DB_SSLMODE": "disable",
+    }

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sample_repo import ProductRepo
+from sample_repo import ProductRepo, db_env
 
 from sigma_db import DatabaseSettings
 from sigma_db.cli import main
@@ -20,19 +20,6 @@ op.create_table(
     sa.Column("name", sa.Text, nullable=False),
 )
 """
-
-
-def db_env(settings: DatabaseSettings) -> dict[str, str]:
-    return {
-        "DB_HOST": settings.host,
-        "DB_PORT": str(settings.port),
-        "DB_NAME": settings.name,
-        "DB_USER": settings.user,
-        "DB_PASSWORD": settings.secret(),
-        "DB_SCHEMA": settings.topology.schema,
-        "DB_PRODUCT": settings.topology.product.key,
-        "DB_SSLMODE": "disable",
-    }
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from _provision import provision
 from alembic import command
 from pglast import parser
 from pydantic import SecretStr
-from sample_repo import ProductRepo, make_repo
+from sample_repo import ProductRepo, db_env, make_repo
 
 from sigma_db import DatabaseSettings
 from sigma_db.migrations import MigrationError
@@ -207,6 +208,100 @@ def test_timeouts_set_past_op_execute_do_not_carry_into_the_next(
     ]
 
 
+def _upgrade_sending(repo: ProductRepo, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Upgrade, and return each statement psycopg sent (at the driver: the env sends the
+    version move on the driver's cursor itself)."""
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def capture(cursor, query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append(query if isinstance(query, str) else query.as_string(cursor))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", capture)
+    repo.upgrade()
+    monkeypatch.undo()
+    return sent
+
+
+@pytest.mark.parametrize("extra", ["lock_timeout = None", 'lock_timeout = "1000ms"'])
+def test_unchanged_timeouts_are_not_sent_again(
+    repo: ProductRepo, monkeypatch: pytest.MonkeyPatch, extra: str
+) -> None:
+    # The read-back compared the server's words ('0', '1s') with the revision's (None,
+    # '1000ms'), and every revision set its timeouts again: a round trip each.
+    for n in range(4):
+        repo.add(f"step {n}", TIMEOUTS_PROBE.format(rev=f"{n + 1:04d}"), extra=extra)
+    sent = _upgrade_sending(repo, monkeypatch)
+    assert len([q for q in sent if "set_config('lock_timeout'" in q]) == 1
+    seen = repo.query("SELECT DISTINCT lock FROM app.seen")
+    assert seen == [("1s",)] if "1000ms" in extra else len(seen) == 1
+
+
+def test_the_version_move_is_logged_like_any_statement(repo: ProductRepo) -> None:
+    # It goes past SQLAlchemy (on the driver's cursor); sqlalchemy.engine at INFO (alembic.ini)
+    # or echo must still show it.
+    repo.add("init", SIGNALS)
+    ini = repo.root / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "level = WARNING\nhandlers =\nqualname = sqlalchemy.engine",
+            "level = INFO\nhandlers =\nqualname = sqlalchemy.engine",
+        )
+    )
+    assert "level = INFO\nhandlers =\nqualname = sqlalchemy.engine" in ini.read_text()
+    settings = repo.settings
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("alembic")), "-c", str(ini), "upgrade", "head"],
+        env=os.environ | db_env(settings),
+        cwd=repo.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "INSERT INTO app.alembic_version" in done.stderr
+
+
+def test_a_lost_connection_at_the_version_move_still_names_the_revision(
+    repo: ProductRepo,
+) -> None:
+    repo.add("init", SIGNALS)
+    repo.upgrade()
+    repo.query(
+        "CREATE FUNCTION app.die() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$; "
+        "CREATE TRIGGER die BEFORE UPDATE ON app.alembic_version "
+        "FOR EACH ROW EXECUTE FUNCTION app.die()"
+    )
+    repo.add("two")
+    with pytest.raises(MigrationError) as caught:
+        repo.upgrade()
+    message = str(caught.value)
+    assert message.startswith("revision 0002 (0002_two.py) failed: terminating connection")
+    assert "The connection to the server was lost" in message
+
+
+def test_a_refused_revoke_on_the_record_is_one_line(
+    sigma_postgresql: TestServer, sigma_database: str, tmp_path: Path
+) -> None:
+    provisioned = provision(sigma_postgresql, sigma_database)
+    with provisioned.admin_connection() as admin:
+        admin.execute(
+            "CREATE FUNCTION no_revoke() RETURNS event_trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF session_user <> 'postgres' THEN "
+            "RAISE EXCEPTION 'privilege changes go through the DBA team'; END IF; END $$; "
+            "CREATE EVENT TRIGGER no_revoke ON ddl_command_start WHEN TAG IN ('REVOKE') "
+            "EXECUTE FUNCTION no_revoke()"
+        )
+    repo = make_repo(tmp_path / "lab", provisioned.admin)
+    repo.add("init", SIGNALS)
+    with pytest.raises(MigrationError) as caught:
+        repo.upgrade(settings=provisioned.settings(RoleKind.MIGRATOR))
+    assert "privilege changes go through the DBA team" in str(caught.value)
+    assert str(caught.value).startswith("cannot migrate ")
+
+
 def test_bad_timeout_value_is_one_clear_error(repo: ProductRepo) -> None:
     repo.add("init", "pass", extra='lock_timeout = "5 s\'; DROP TABLE x; --"')
     with pytest.raises(MigrationError, match=r"0001_init.py: lock_timeout = .* is not a duration"):
@@ -382,17 +477,7 @@ def test_offline_sql_matches_what_the_online_run_executes(
     for message, upgrade, kw in chain:
         repo.add(message, upgrade, **kw)
     offline = repo.sql()
-    executed: list[str] = []
-    execute = psycopg.Cursor.execute
-
-    def capture(cursor, query, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # At the driver: the env sends the version move on the driver's cursor itself.
-        executed.append(query if isinstance(query, str) else query.as_string(cursor))
-        return execute(cursor, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", capture)
-    repo.upgrade()
-    monkeypatch.undo()
+    executed = _upgrade_sending(repo, monkeypatch)
     online = [s for s in executed if not s.lstrip().upper().startswith(("SELECT", "SHOW"))]
     # Online the version move also returns the session's timeouts (offline there is no reader).
     online = [
@@ -405,7 +490,6 @@ def test_offline_sql_matches_what_the_online_run_executes(
         for s in online
     ]
     offline_statements = []
-    session: set[str] = set()
     for statement in parser.split(offline):
         if statement.strip().upper().startswith(("BEGIN", "COMMIT")):
             continue
@@ -427,17 +511,15 @@ def test_offline_sql_matches_what_the_online_run_executes(
         if statement.startswith("DO $sigma_db$") and "$sigma_db_batch$" in statement:
             # Offline a backfill loops in a DO block; online Python loops the same statement.
             statement = statement.split("$sigma_db_batch$")[1]
-        if statement.startswith("SET "):
-            # Offline each revision states its timeouts; online the session keeps them, so
-            # only changes are sent.
-            if statement in session:
-                continue
-            session.add(statement)
+        if statement.startswith(("SET lock_timeout", "SET statement_timeout", "RESET ")):
+            # Offline each revision states its timeouts; online only changes are sent, with
+            # set_config (a SELECT: it returns them as the server states them).
+            continue
         offline_statements.append(statement)
     # Same statements in the same order: timeouts, DDL, CONCURRENTLY, backfill, version table
     # and ledger bookkeeping (constants differ: durations, bind values). The table is empty, so
     # run_in_batches runs its statement once online too.
-    assert len(offline_statements) >= 12
+    assert len(offline_statements) >= 11
     assert _fingerprints(offline_statements) == _fingerprints(online)
     # Each revision's ledger row rides on the statement that moves the version table.
     version_moves = [s for s in online if s.startswith("WITH sigma_db_ledger AS (INSERT")]
