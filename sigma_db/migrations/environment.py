@@ -671,7 +671,10 @@ class _Run:
                     )
                 )
             elif self.session != wanted:
-                self.said = self._set_timeouts(migration, wanted)
+                try:
+                    self.said = self._set_timeouts(migration, wanted)
+                except DBAPIError as exc:  # a value the server refuses (lock_timeout = "99999999d")
+                    raise MigrationError(_failure(script, exc, self.settings)) from exc
             self.session = wanted
             offline = migration.as_sql and self.bookkeeping
             check = _expected_version_check(migration, step) if offline else ""

@@ -302,6 +302,17 @@ def test_a_refused_revoke_on_the_record_is_one_line(
     assert str(caught.value).startswith("cannot migrate ")
 
 
+def test_a_timeout_the_server_refuses_names_the_revision(repo: ProductRepo) -> None:
+    # It passes the duration check; the server refuses it. The error blamed DB_*.
+    repo.add("init", "pass", extra='lock_timeout = "99999999d"')
+    with pytest.raises(MigrationError) as caught:
+        repo.upgrade()
+    message = str(caught.value)
+    assert message.startswith("revision 0001 (0001_init.py) failed: ")
+    assert 'invalid value for parameter "lock_timeout"' in message
+    assert "DB_" not in message
+
+
 def test_bad_timeout_value_is_one_clear_error(repo: ProductRepo) -> None:
     repo.add("init", "pass", extra='lock_timeout = "5 s\'; DROP TABLE x; --"')
     with pytest.raises(MigrationError, match=r"0001_init.py: lock_timeout = .* is not a duration"):
