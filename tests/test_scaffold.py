@@ -336,6 +336,23 @@ def product_database(sigma_postgresql: TestServer, request: pytest.FixtureReques
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
+def _run_in(
+    repo: Path, env: dict[str, str], python: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` in the generated repo, which must succeed."""
+    result = subprocess.run(
+        [str(python), "-m", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result
+
+
 def _product_env(server: TestServer, database: str) -> dict[str, str]:
     """This environment with DB_* replaced: the superuser on the product's prod database."""
     return {k: v for k, v in os.environ.items() if not k.startswith("DB_")} | {
@@ -365,17 +382,7 @@ def test_seed_product_generates_tests_migrates_and_passes_its_gate(
     env = _product_env(sigma_postgresql, product_database)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(product_venv), "-m", *args],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
-        return result
+        return _run_in(repo, env, product_venv, *args)
 
     run("ruff", "check", ".")
     run("ruff", "format", "--check", ".")
@@ -417,17 +424,8 @@ def test_new_revisions_pass_the_lint_job_as_written_and_locked_ones_stay_untouch
     env = _product_env(sigma_postgresql, product_database)
 
     def run(*args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", *args],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
-        return result.stdout + result.stderr
+        done = _run_in(repo, env, Path(sys.executable), *args)
+        return done.stdout + done.stderr
 
     run("alembic", "upgrade", "head")
     written = run("alembic", "revision", "--autogenerate", "-m", "add notes")

@@ -70,6 +70,7 @@ from sigma_db.migrations.ops import (
     VERSION_CHECK_KEY,
     OutsideTransactionFailure,
     create_schema_statement,
+    sql_literal,
     version_check_block,
 )
 from sigma_db.migrations.revisions import (
@@ -961,7 +962,7 @@ def _expected_version_check(migration: MigrationContext, step: RevisionStep | Mi
 
 
 def _sql_literal(value: str | None) -> str:
-    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+    return "NULL" if value is None else sql_literal(value)
 
 
 def _script_of(step: MigrationInfo, revision: str) -> Script | None:

@@ -117,7 +117,7 @@ def create_schema_statement(schema: str) -> str:
     """
     quoted = quote(schema)
     return (
-        f"DO $${AREA_SCHEMA_START}{_literal(quoted)}) IS NULL THEN CREATE SCHEMA {quoted}; "
+        f"DO $${AREA_SCHEMA_START}{sql_literal(quoted)}) IS NULL THEN CREATE SCHEMA {quoted}; "
         "END IF; END $$"
     )
 
@@ -179,9 +179,10 @@ def create_index_concurrently(
     )
     body = (
         f"{INDEX_CHECK_START}AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.indexrelid "  # noqa: S608
-        f"WHERE c.relname = {_literal(index_name)} AND i.indisvalid AND c.relnamespace = "
-        f"(SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = to_regclass({_literal(table)}))"
-        f") THEN RAISE EXCEPTION USING MESSAGE = {_literal(message)}; END IF; END "
+        f"WHERE c.relname = {sql_literal(index_name)} AND i.indisvalid AND c.relnamespace = "
+        "(SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = "
+        f"to_regclass({sql_literal(table)}))) THEN "
+        f"RAISE EXCEPTION USING MESSAGE = {sql_literal(message)}; END IF; END "
     )
     _session_neutral(f"DO {_dollar_quoted(body)}")
 
@@ -221,12 +222,12 @@ def _timeouts(lock_timeout: str | None, statement_timeout: str) -> Iterator[None
     lock = (
         ""
         if lock_timeout is None
-        else (f", set_config('lock_timeout', {_literal(lock_timeout)}, false)")
+        else (f", set_config('lock_timeout', {sql_literal(lock_timeout)}, false)")
     )
     _session_neutral(
         f"SELECT set_config('{saved[0]}', current_setting('lock_timeout'), false), "
         f"set_config('{saved[1]}', current_setting('statement_timeout'), false), "
-        f"set_config('statement_timeout', {_literal(statement_timeout)}, false){lock}"
+        f"set_config('statement_timeout', {sql_literal(statement_timeout)}, false){lock}"
     )
     try:
         yield
@@ -262,7 +263,8 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """``value`` as an SQL string literal (standard_conforming_strings, PostgreSQL's default)."""
     return "'" + value.replace("'", "''") + "'"
 
 

@@ -57,7 +57,7 @@ _WIDTH = 4
 _NUMBERED = re.compile(rf"\d{{{_WIDTH},}}\Z")
 _REVISION_ID = re.compile(r"\w+\Z")
 _RELATIVE_UP = re.compile(r"\+[1-9]\d*\Z")
-_FUNCTIONS = "define upgrade() (and downgrade(), which raises if it cannot be undone)"
+_DEFINE_FUNCTIONS = "define upgrade() (and downgrade(), which raises if it cannot be undone)"
 _DURATION = re.compile(r"(0|[1-9]\d{0,8})\s*(us|ms|s|min|h|d)?\Z")
 
 
@@ -243,7 +243,7 @@ def revision_tree_problems(script: ScriptDirectory) -> list[str]:
             problems.append(f"{path.name} is not a revision Alembic can load; fix or remove it")
     for rev in revisions:
         if not callable(getattr(rev.module, "upgrade", None)):
-            problems.append(f"{Path(rev.path).name} defines no upgrade(); {_FUNCTIONS}")
+            problems.append(f"{Path(rev.path).name} defines no upgrade(); {_DEFINE_FUNCTIONS}")
         if not _NUMBERED.match(rev.revision):
             problems.append(
                 f"{Path(rev.path).name}: revision id {rev.revision!r} is not numbered; use the "
@@ -366,7 +366,7 @@ def missing_downgrade(script: ScriptDirectory, exc: AttributeError) -> str | Non
         return None
     return (
         f"{_module_file(script, str(exc))} defines no downgrade(), so it cannot be reverted; "
-        f"{_FUNCTIONS}"
+        f"{_DEFINE_FUNCTIONS}"
     )
 
 

@@ -1250,7 +1250,7 @@ def _hand_partitions_to_owner(conn: Any, table: str, outcome: TableOutcome) -> N
 
     The owner's default privileges grant the product's roles access to what the owner creates,
     not to what a superuser creates: such a partition had no grants at all, so ``_ro`` could not
-    read it directly and ``sigma-db roles check`` reported drift. It gets the parent's grants
+    read it directly and ``sigma-db roles plan`` reported drift. It gets the parent's grants
     (every entry but the owner's, ``PUBLIC`` and grant options included), in the transaction
     that hands it over, so it is never left handed over without them.
     """
