@@ -263,6 +263,26 @@ def test_the_version_move_is_logged_like_any_statement(repo: ProductRepo) -> Non
     assert "INSERT INTO app.alembic_version" in done.stderr
 
 
+def test_alembic_says_a_failure_once(repo: ProductRepo) -> None:
+    # Alembic prints a failed command as "FAILED: ..." and also logs it; the generated
+    # alembic.ini keeps only the first, so an on-call reader sees the error once.
+    repo.add("init", SIGNALS)
+    variables = dict(db_env(repo.settings))
+    del variables["DB_PASSWORD"]
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("DB_")}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],
+        env=clean | variables,
+        cwd=repo.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert said.count("DB_PASSWORD is not set") == 1, said
+
+
 def test_a_lost_connection_at_the_version_move_still_names_the_revision(
     repo: ProductRepo,
 ) -> None:
