@@ -126,7 +126,7 @@ def _targets(
     password_file: Path | None,
 ) -> tuple[DatabaseSettings, list[ProductRoles]]:
     from sigma_db.roles import ProductRoles
-    from sigma_db.topology import PRODUCTS, resolve_topology
+    from sigma_db.topology import PRODUCTS, Product, resolve_topology
 
     settings = _admin_settings(products, all_products)
     topology = settings.topology
@@ -143,9 +143,11 @@ def _targets(
         known.add(settings.product)
     for key in keys:
         if key not in known:
+            product = Product.named(key)  # a name no product may have is refused as such first
             raise ConfigurationError(
                 f"Unknown product {key!r}; known products are {', '.join(sorted(known))}. A new "
-                f"product's roles live in its own database: set DB_NAME=edge_{key}."
+                f"product's roles live in its own database (DB_NAME={product.database}), or in "
+                f"the consolidated dev database with DB_PRODUCT={key}."
             )
         if not topology.consolidated and key != topology.product.key:
             raise ConfigurationError(

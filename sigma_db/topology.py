@@ -71,7 +71,12 @@ class Product:
                 f"product name {key!r} must start with a letter and not with pg_ or edge_ "
                 "(its database is edge_<name>, its dev schema <name>); e.g. billing."
             )
-        if key in LOGICAL_SCHEMAS or key in {DEFAULT_SCHEMA, "public", "products"}:
+        if key in LOGICAL_SCHEMAS or key in {
+            DEFAULT_SCHEMA,
+            "public",
+            "products",
+            "information_schema",
+        }:
             raise ConfigurationError(
                 f"product name {key!r} is reserved (it names a schema); choose another name."
             )

@@ -102,7 +102,9 @@ def test_schema_of_another_product_in_own_database() -> None:
         resolve_topology(database="edge_lab", schema="sim", environment=DEV)
 
 
-@pytest.mark.parametrize("bad", ["Billing", "bill-ing", "audit", "app", "x" * 60])
+@pytest.mark.parametrize(
+    "bad", ["Billing", "bill-ing", "audit", "app", "information_schema", "x" * 60]
+)
 def test_bad_product_names(bad: str) -> None:
     with pytest.raises(ConfigurationError):
         Product.named(bad)

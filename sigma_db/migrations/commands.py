@@ -86,7 +86,8 @@ def repair(config: Config, settings: DatabaseSettings, revision: str, reason: st
     """Record the current content of an applied ``revision`` as accepted, with ``reason``."""
     reason = " ".join(reason.split())
     if len(reason) < 3:
-        raise ConfigurationError("--reason is required: say why the edit is safe (a sentence).")
+        given = f"--reason {reason!r} is too short" if reason else "--reason is empty"
+        raise ConfigurationError(f"{given}: say why the edit is safe, in a sentence.")
     script = load_revisions(config)
     files = {f.revision: f for f in revision_files(script)}
     file = files.get(revision)

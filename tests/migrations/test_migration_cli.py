@@ -110,6 +110,18 @@ def test_edited_applied_revision_fails_dry_run_until_repaired(
     ]
 
 
+@pytest.mark.parametrize(
+    ("reason", "said"), [("x", "--reason 'x' is too short"), ("  ", "--reason is empty")]
+)
+def test_a_reason_too_short_says_so(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str], reason: str, said: str
+) -> None:
+    # It was given: "--reason is required" would send the reader looking for a missing flag.
+    in_repo.add("init", SIGNALS)
+    run(["migrate"], capsys)
+    each_fails_with(said, capsys, ["migrations", "repair", "0001", "--reason", reason])
+
+
 def test_repair_takes_several_revisions_at_once(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
