@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,9 +21,15 @@ from sqlalchemy import text
 
 from sigma_db.engine import create_engine
 from sigma_db.errors import SigmaDBError
-from sigma_db.roles import BOOKKEEPING_RELATIONS, ProductRoles, RoleKind
+from sigma_db.roles import (
+    BOOKKEEPING_RELATIONS,
+    SEQUENCE_PRIVILEGES,
+    ProductRoles,
+    RoleKind,
+    group_role,
+)
 from sigma_db.settings import DatabaseSettings
-from sigma_db.topology import Topology
+from sigma_db.topology import DEFAULT_SCHEMA, PRODUCTS, Topology
 
 __all__ = ["Diagnosis", "PrivilegeReport", "diagnose", "privilege_report"]
 
@@ -83,7 +90,6 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
             ).one()
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
-            report = privilege_report(driver, topology)
             missing = [
                 name
                 for name in topology.owned_schemas[:1]
@@ -91,6 +97,9 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
                     text("SELECT to_regnamespace(:name) IS NULL"), {"name": name}
                 ).scalar_one()
             ]
+            # Without its schema, the role's privileges in the product's schemas cannot be
+            # judged: whatever it may use would read as "outside the product's schemas".
+            report = None if missing else privilege_report(driver, topology)
     except SigmaDBError as exc:
         result.problems.append(str(exc))
         return result
@@ -100,16 +109,26 @@ def diagnose(settings: DatabaseSettings) -> Diagnosis:
     result.facts["server"] = version.split(" on ")[0]
     result.facts["connected as"] = f"{user} to {database}"
     result.facts["search_path"] = f"{search_path} (effective: {effective or 'nothing'})"
-    result.facts["role promises"] = (
-        f"{report.kind} ({report.role})" if report.kind else "nothing (not a sigma_db role)"
-    )
-    result.problems.extend(report.problems)
+    if report is None:
+        result.facts["role promises"] = "not checked (the product's schema is missing)"
+    else:
+        result.facts["role promises"] = (
+            f"{report.kind} ({report.role})" if report.kind else "nothing (not a sigma_db role)"
+        )
+        result.problems.extend(report.problems)
     if version_num // 10000 < MIN_SERVER_MAJOR:
         result.problems.append(
             f"Server version {version_num // 10000} is older than {MIN_SERVER_MAJOR}; "
             "upgrade the server (sigma_db relies on PostgreSQL 14+ features)."
         )
-    if missing:
+    unset = topology.product.key if topology.consolidated else DEFAULT_SCHEMA
+    if missing and settings.schema_name is not None:
+        result.problems.append(
+            f"Schema {missing[0]} (DB_SCHEMA) does not exist in {database}; if DB_SCHEMA is "
+            f"mistyped, fix it (unset, it is {unset}); else run the "
+            "product's migrations (sigma-db migrate creates it) or sigma-db roles apply."
+        )
+    elif missing:
         result.problems.append(
             f"Schema {missing[0]} does not exist in {database}; run the product's migrations "
             "(sigma-db migrate creates it) or sigma-db roles apply."
@@ -173,22 +192,26 @@ def privilege_report(conn: psycopg.Connection[Any], topology: Topology) -> Privi
     if kind is None:
         return PrivilegeReport(user, None, ())
     group = target.roles[kind]
+    # A privilege may be the login's own (or come from a role only it is a member of): name
+    # both, so the reader looks at the login too, not only at the group it acts as.
+    who = user if session_user == user else f"{user} (logged in as {session_user})"
     problems: list[str] = []
     if superuser or createrole:
         what = "SUPERUSER" if superuser else "CREATEROLE"
         problems.append(
-            f"{user} is {what}, far more than {group} promises; connect with a login that is "
+            f"{who} is {what}, far more than {group} promises; connect with a login that is "
             f"only a member of {group} (sigma-db roles apply --login NAME:{kind})."
         )
         if superuser:  # may do anything anywhere: the checks below would only repeat it
             return PrivilegeReport(user, kind, tuple(problems))
     schemas = list(target.schemas)
-    problems.extend(_own_schemas(conn, topology, kind, user, group, schemas))
+    problems.extend(_own_schemas(conn, topology, kind, who, group, schemas))
     if kind is not RoleKind.MIGRATOR and can_create_db:
-        problems.append(f"{user} may CREATE schemas in this database; {_FIX}.")
+        problems.append(f"{who} may CREATE schemas in this database; {_FIX}.")
     if kind is not RoleKind.MIGRATOR:
-        problems.extend(_own_tables(conn, kind, user, group, schemas, topology.schema))
-    problems.extend(_foreign(conn, topology, user, group, schemas))
+        problems.extend(_own_tables(conn, kind, who, group, schemas, topology.schema))
+        problems.extend(_own_sequences(conn, kind, who, group, schemas, topology.schema))
+    problems.extend(_foreign(conn, topology, who, group, schemas))
     return PrivilegeReport(user, kind, tuple(problems))
 
 
@@ -267,7 +290,7 @@ def _own_tables(
             missing[under].append(name)
     problems = []
     for privileges, names in extra.items():
-        shown = ", ".join(names[:_SHOWN]) + (" …" if len(names) > _SHOWN else "")
+        shown = _shown(names)
         if privileges == ("OWNER",):
             problems.append(f"{user} owns {shown}, so it may ALTER or DROP them; {_FIX}.")
         elif kind is RoleKind.RO and set(privileges) & {*_ROW_WRITES, "TRUNCATE"}:
@@ -277,7 +300,7 @@ def _own_tables(
                 f"{user} may {' or '.join(privileges)} on {shown}, which {group} must not; {_FIX}."
             )
     for privileges, names in missing.items():
-        shown = ", ".join(names[:_SHOWN]) + (" …" if len(names) > _SHOWN else "")
+        shown = _shown(names)
         problems.append(
             f"{user} lacks {', '.join(privileges)} on {shown}, which {group} needs; {_FIX}."
         )
@@ -291,6 +314,69 @@ def _own_tables(
     return problems
 
 
+def _own_sequences(
+    conn: psycopg.Connection[Any],
+    kind: RoleKind,
+    user: str,
+    group: str,
+    schemas: list[str],
+    default_schema: str,
+) -> list[str]:
+    """Sequences as :func:`_own_tables` checks tables: USAGE is ``nextval``, UPDATE ``setval``.
+
+    The ledger's sequence is the migrator's to advance: a ``_rw`` that could ``setval`` it
+    would make every later migration fail on a duplicate key.
+    """
+    checked = ("SELECT", "USAGE", "UPDATE")
+    whole = [f"has_sequence_privilege(c.oid, '{p}')" for p in checked]  # fixed words
+    anyhow = [
+        f"(has_sequence_privilege(c.oid, '{p}') "
+        f"OR has_sequence_privilege(session_user, c.oid, '{p}'))"
+        for p in checked
+    ]
+    extra: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    missing: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for row in conn.execute(
+        f"SELECT format('%%I.%%I', n.nspname, c.relname), {', '.join([*whole, *anyhow])}, "  # noqa: S608
+        "pg_has_role(c.relowner, 'USAGE'), n.nspname = %s AND c.relname = ANY(%s) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%s) AND c.relkind = 'S' ORDER BY 1",
+        [default_schema, sorted(BOOKKEEPING_RELATIONS), schemas],
+    ):
+        name, owns, record = row[0], row[-2], row[-1]
+        has = dict(zip(checked, row[1 : 1 + len(checked)], strict=True))
+        may = dict(zip(checked, row[1 + len(checked) : -2], strict=True))
+        if owns:
+            extra[("OWNER",)].append(name)
+            continue
+        allowed = SEQUENCE_PRIVILEGES[RoleKind.RO if record else kind]
+        over = tuple(p for p in checked if may[p] and p not in allowed)
+        if over:
+            extra[over].append(name)
+        under = tuple(p for p in checked if p in allowed and not has[p])
+        if under:
+            missing[under].append(name)
+    words = {"USAGE": "nextval", "UPDATE": "setval"}
+    problems = []
+    for privileges, names in extra.items():
+        shown = _shown(names)
+        if privileges == ("OWNER",):
+            problems.append(f"{user} owns sequence {shown}, so it may ALTER or DROP it; {_FIX}.")
+        else:
+            calls = " or ".join(words.get(p, p) for p in privileges)
+            problems.append(f"{user} may call {calls} on {shown}, which {group} must not; {_FIX}.")
+    for privileges, names in missing.items():
+        problems.append(
+            f"{user} lacks {', '.join(privileges)} on sequence {_shown(names)}, which {group} "
+            f"needs; {_FIX}."
+        )
+    return problems
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:_SHOWN]) + (" …" if len(names) > _SHOWN else "")
+
+
 def _foreign(
     conn: psycopg.Connection[Any], topology: Topology, user: str, group: str, schemas: list[str]
 ) -> list[str]:
@@ -301,28 +387,59 @@ def _foreign(
         "n.nspname <> ALL(%(own)s) AND n.nspname <> 'public' "
         "AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"
     )
-    for schema, usage, create in conn.execute(
-        "SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'), "  # noqa: S608 - fixed text
-        f"has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE {system} ORDER BY 1",
+    for schema, owner, owned, usage, create in conn.execute(
+        "SELECT n.nspname, pg_get_userbyid(n.nspowner), pg_has_role(n.nspowner, 'USAGE'), "  # noqa: S608
+        "has_schema_privilege(n.oid, 'USAGE'), has_schema_privilege(n.oid, 'CREATE') "
+        f"FROM pg_namespace n WHERE {system} ORDER BY 1",
         {"own": schemas},
     ):
         if usage or create:
             what = "use and CREATE in" if usage and create else "use" if usage else "CREATE in"
-            problems.append(f"{user} may {what} schema {schema}, {outside}; {_FIX}.")
-    reachable = [
-        row[0]
-        for row in conn.execute(
-            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "  # noqa: S608
-            f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {system} "
-            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND has_table_privilege(c.oid, "
-            "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') ORDER BY 1",
-            {"own": schemas},
-        )
-    ]
-    if reachable:
-        shown = ", ".join(reachable[:_SHOWN]) + (" …" if len(reachable) > _SHOWN else "")
-        problems.append(f"{user} has privileges on {shown}, {outside}; {_FIX}.")
+            fix = _foreign_fix(schema, owner, owned, group)
+            problems.append(f"{user} may {what} schema {schema}, {outside}; {fix}.")
+    reachable: dict[str, list[str]] = defaultdict(list)
+    for name, schema, owner, owned in conn.execute(
+        "SELECT format('%%I.%%I', n.nspname, c.relname), n.nspname, "  # noqa: S608
+        "pg_get_userbyid(n.nspowner), pg_has_role(n.nspowner, 'USAGE') FROM pg_class c "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {system} "
+        "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND has_table_privilege(c.oid, "
+        "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') ORDER BY 1",
+        {"own": schemas},
+    ):
+        reachable[_foreign_fix(schema, owner, owned, group)].append(name)
+    for fix, names in reachable.items():
+        problems.append(f"{user} has privileges on {_shown(names)}, {outside}; {fix}.")
     return problems
+
+
+def _foreign_fix(schema: str, owner: str, owned: bool, group: str) -> str:
+    """What repairs a reach into ``schema``: the owning product's roles apply, or an admin.
+
+    ``roles apply`` makes the grants in a product's own schemas exact, so a reach into another
+    product's schema is repaired by that product's apply; any other schema is nobody's to fix
+    but an admin's.
+    """
+    product = _product_of_owner(owner)
+    if product is not None and not owned:
+        return f"run sigma-db roles apply --product {product} as an admin to repair the grants"
+    if owned:
+        return (
+            f"{group} owns it, which sigma-db roles apply does not manage: an admin must give it "
+            f'to its real owner (ALTER SCHEMA "{schema}" OWNER TO ...) or drop it'
+        )
+    return (
+        f"sigma-db roles apply manages only the products' own schemas: an admin must revoke "
+        f'it there (REVOKE ALL ON SCHEMA "{schema}" FROM {group}, and on its tables)'
+    )
+
+
+def _product_of_owner(owner: str) -> str | None:
+    """The product whose migrator role ``owner`` is, if it is one (``edge_sim_migrator``)."""
+    for key, product in PRODUCTS.items():
+        if owner == group_role(product, RoleKind.MIGRATOR):
+            return key
+    match = re.fullmatch(r"edge_([a-z][a-z0-9_]*)_migrator", owner)
+    return match.group(1) if match else None
 
 
 def _promised_kind(

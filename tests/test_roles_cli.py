@@ -118,6 +118,19 @@ def test_unknown_product_is_one_line(run, products_db: dict[str, Provisioned]) -
     line = _one_line_error(err)
     assert "Unknown product 'nope'" in line
     assert "DB_NAME=edge_nope" in line
+    assert "DB_PRODUCT=nope" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "why"), [("Lab", "snake_case"), ("app", "reserved"), ('lab";drop', "snake_case")]
+)
+def test_a_product_name_no_product_may_have_is_refused_as_such(
+    run, products_db: dict[str, Provisioned], key: str, why: str
+) -> None:
+    # Not "unknown product ...: set DB_NAME=edge_Lab", a value that is refused in turn.
+    code, _, err = run(products_db["lab"].admin, "roles", "plan", "--product", key)
+    line = _one_line_error(err)
+    assert (code, "Unknown product" in line, why in line) == (1, False, True), line
 
 
 def test_all_products_in_consolidated_db_is_up_to_date(
@@ -292,6 +305,55 @@ def test_doctor_flags_truncate_and_missing_privileges(run, provisioned: Provisio
     code, _, err = run(provisioned.settings(RoleKind.RO), "doctor")
     assert code == 1
     assert "lacks SELECT on app.lost" in err
+
+
+def test_doctor_checks_sequences_the_ledgers_included(run, provisioned: Provisioned) -> None:
+    # A _rw that may setval the ledger's sequence makes every later migration fail; doctor
+    # said "ok" for it, and for a _ro that may call nextval.
+    roles = provisioned.target.roles
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE SEQUENCE counters")
+        conn.execute("CREATE SEQUENCE migration_runs_id_seq")  # as the ledger's, by name
+    for kind in (RoleKind.RW, RoleKind.RO):
+        code, _, err = run(provisioned.settings(kind), "doctor")
+        if kind is RoleKind.RW:
+            assert "may call nextval or setval on app.migration_runs_id_seq" in err, err
+        else:
+            assert code == 0, err
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT USAGE ON SEQUENCE app.counters TO {roles[RoleKind.RO]}")
+        admin.execute(f"REVOKE USAGE ON SEQUENCE app.counters FROM {roles[RoleKind.RW]}")
+    code, _, err = run(provisioned.settings(RoleKind.RO), "doctor")
+    assert code == 1
+    assert f"may call nextval on app.counters, which {roles[RoleKind.RO]} must not" in err
+    code, _, err = run(provisioned.settings(RoleKind.RW), "doctor")
+    assert "lacks USAGE on sequence app.counters" in err, err
+    code, _, err = run(provisioned.admin, "roles", "apply")
+    assert code == 0, err
+    for kind in (RoleKind.RW, RoleKind.RO):  # the fix doctor names repairs all of it
+        code, _, err = run(provisioned.settings(kind), "doctor")
+        assert code == 0, err
+
+
+def test_doctor_names_the_fix_that_fixes_it(run, provisioned: Provisioned) -> None:
+    # Each of these said "run sigma-db roles apply", which changed nothing.
+    roles, login = provisioned.target.roles, provisioned.logins[RoleKind.RO]
+    with provisioned.connect(RoleKind.MIGRATOR) as conn:
+        conn.execute("CREATE TABLE probes (id int)")
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"CREATE SCHEMA rogue AUTHORIZATION {roles[RoleKind.RW]}")
+        admin.execute(f"GRANT pg_write_all_data TO {login}")
+    code, _, err = run(provisioned.settings(RoleKind.RW), "doctor")
+    assert "may use and CREATE in schema rogue" in err
+    assert f"{roles[RoleKind.RW]} owns it, which sigma-db roles apply does not manage" in err
+    # The write privilege is the login's, not its group's: both are named.
+    code, _, err = run(provisioned.settings(RoleKind.RO), "doctor")
+    assert f"{roles[RoleKind.RO]} (logged in as {login}) promises read-only" in err, err
+    # A mistyped DB_SCHEMA: one problem naming it, not "app is outside the product's schemas".
+    code, _, err = run(provisioned.settings(RoleKind.RW), "doctor", DB_SCHEMA="nope")
+    assert code == 1
+    assert "Schema nope (DB_SCHEMA) does not exist" in err and "unset, it is app" in err
+    assert "outside" not in err, err
 
 
 def test_doctor_flags_access_to_another_products_schema(
