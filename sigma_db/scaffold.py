@@ -119,7 +119,7 @@ def new_product(
     )
     # One source for the migration files: the same writer `sigma-db` uses everywhere.
     alembic_ini = write_layout(
-        destination, models_module=f"{package}.models", format_revisions=True
+        destination, models_module=f"{package}.models", format_revisions=True, product=product.key
     )
     lock(load_config(alembic_ini))
     return GeneratedProduct(product, destination, package)

@@ -34,6 +34,7 @@ from sigma_db.migrations.environment import (
 )
 from sigma_db.migrations.errors import MigrationError
 from sigma_db.migrations.findings import Finding
+from sigma_db.migrations.layout import product_mismatch
 from sigma_db.migrations.ledger import LedgerRow, history_findings, read_ledger
 from sigma_db.migrations.lockfile import LOCK_FILE_NAME, lock_findings, read_lock
 from sigma_db.migrations.revisions import (
@@ -99,10 +100,15 @@ def dry_run(
         database=DatabaseState(False, asked=False, reason="the revision files have problems"),
     )
     check_alembic_version()
+    script = script_directory(config)  # a malformed alembic.ini is one line from here
+    mismatch = product_mismatch(config, topology)
+    if mismatch is not None:  # every other check would be about the wrong product's schema
+        report.findings.append(Finding("product", mismatch))
+        report.database = DatabaseState(False, asked=False, reason="DB_* name another product")
+        return report
     pooled = settings.direct_connection_problem(MIGRATIONS)
     if pooled is not None:
         report.findings.append(Finding("pooler", pooled))
-    script = script_directory(config)
     problems = revision_tree_problems(script)
     if problems:
         report.findings.extend(Finding("revision-tree", problem) for problem in problems)

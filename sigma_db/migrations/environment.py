@@ -55,6 +55,7 @@ from sigma_db.migrations.autogenerate import (
 )
 from sigma_db.migrations.checksum import file_checksum
 from sigma_db.migrations.errors import MigrationError
+from sigma_db.migrations.layout import product_mismatch
 from sigma_db.migrations.ledger import (
     APPLIED_BY,
     LEDGER_TABLE,
@@ -326,6 +327,9 @@ class _Run:
                 if not self._numbering_only():
                     raise
         self.topology = self.settings.topology if self.settings is not None else _NUMBERING_TOPOLOGY
+        mismatch = None if self.settings is None else product_mismatch(env.config, self.topology)
+        if mismatch is not None:
+            raise MigrationError(mismatch)
         attributes[TOPOLOGY_KEY] = self.topology
         self.schema = self.topology.schema
         self.timeouts = timeouts

@@ -128,7 +128,7 @@ def make_repo(root: Path, settings: DatabaseSettings) -> ProductRepo:
     root.mkdir(parents=True, exist_ok=True)
     models = f"models_{uuid.uuid4().hex[:10]}"
     (root / f"{models}.py").write_text(MODELS, encoding="utf-8")
-    write_layout(root, models_module=models)
+    write_layout(root, models_module=models, product=settings.topology.product.key)
     return ProductRepo(root, settings, models)
 
 

@@ -122,6 +122,25 @@ def test_a_reason_too_short_says_so(
     each_fails_with(said, capsys, ["migrations", "repair", "0001", "--reason", reason])
 
 
+def test_another_products_settings_are_refused(
+    in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In the consolidated dev database a copied `sigma-db dev env sim` applied Lab's
+    # revisions into Sim's schema, with "ok" from both the dry run and migrate.
+    in_repo.add("init", SIGNALS)
+    ini = in_repo.root / "alembic.ini"
+    mine = in_repo.settings.topology.product.key
+    assert f"sigma_db_product = {mine}\n" in ini.read_text()
+    ini.write_text(
+        ini.read_text().replace(f"sigma_db_product = {mine}\n", "sigma_db_product = sim\n")
+    )
+    code, _, err = run(["migrate", "--dry-run"], capsys)
+    assert code == 1
+    assert "but these are Sigma Sim's migrations (alembic.ini: sigma_db_product = sim)" in err
+    each_fails_with("use Sigma Sim's settings", capsys, ["migrate"])
+    assert in_repo.query("SELECT to_regclass('alembic_version')") == [(None,)]
+
+
 def test_repair_takes_several_revisions_at_once(
     in_repo: ProductRepo, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -526,7 +545,8 @@ def test_a_role_without_privileges_is_one_line_with_the_fix(
         line = one_error_line(code, err)
         assert "permission denied for table alembic_version" in line
         assert f"DB_USER ({role}) must be a member of edge_lab_migrator" in line
-        # A Lab login pointed at another product's schema in the consolidated database.
+        # A Lab login pointed at another product's schema in the consolidated database: the
+        # repository says whose migrations these are before the server is asked.
         code, _, err = run_process(
             repo,
             "migrate",
@@ -537,8 +557,8 @@ def test_a_role_without_privileges_is_one_line_with_the_fix(
             DB_PRODUCT="market",
         )
         line = one_error_line(code, err)
-        assert "permission denied for database edge_products" in line
-        assert f"DB_USER ({role}) must be a member of edge_market_migrator" in line
+        assert "DB_* resolve to Sigma Market (database edge_products, schema market)" in line
+        assert "but these are Sigma Lab's migrations" in line
     finally:
         repo.query(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
