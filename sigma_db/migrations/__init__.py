@@ -18,7 +18,7 @@ if TYPE_CHECKING:
         DEFAULT_STATEMENT_TIMEOUT,
         run_migrations,
     )
-    from sigma_db.migrations.errors import MigrationError
+    from sigma_db.migrations.errors import MigrationError, one_line_errors
     from sigma_db.migrations.layout import write_layout
     from sigma_db.migrations.ops import (
         area,
@@ -41,6 +41,7 @@ __all__ = [
     "create_index_concurrently",
     "drop_index_concurrently",
     "lint_ignore",
+    "one_line_errors",
     "run_in_batches",
     "run_migrations",
     "unmanaged_relations",
@@ -54,6 +55,7 @@ _HOME = {
     "DEFAULT_STATEMENT_TIMEOUT": "environment",
     "run_migrations": "environment",
     "MigrationError": "errors",
+    "one_line_errors": "errors",
     "write_layout": "layout",
     "area": "ops",
     "create_area_schema": "ops",

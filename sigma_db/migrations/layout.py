@@ -3,7 +3,7 @@
 ::
 
     alembic.ini                  script_location = migrations, numbered file names
-    migrations/env.py            five lines: the product's metadata → run_migrations()
+    migrations/env.py            a few lines: the product's metadata → run_migrations()
     migrations/script.py.mako    revision template (phase, timeout overrides)
     migrations/versions/         0001_init.py, 0002_....py
     migrations/checksums.lock    written by `sigma-db migrations lock`

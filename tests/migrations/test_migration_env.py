@@ -283,6 +283,31 @@ def test_alembic_says_a_failure_once(repo: ProductRepo) -> None:
     assert said.count("DB_PASSWORD is not set") == 1, said
 
 
+def test_a_model_breaking_a_naming_rule_is_one_line_from_alembic(repo: ProductRepo) -> None:
+    # env.py imports the models: the NamingError was a 33-line traceback through Alembic.
+    models = repo.root / f"{repo.models}.py"
+    models.write_text(
+        models.read_text()
+        + "\n\nfrom sigma_db.models import IdentityPrimaryKey\n\n\n"
+        + 'class Signal(IdentityPrimaryKey, Base):\n    __tablename__ = "signal"\n'
+    )
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("DB_")}
+    for verb in (["upgrade", "head"], ["check"], ["revision", "--autogenerate", "-m", "x"]):
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("alembic")), *verb],
+            env=clean | db_env(repo.settings),
+            cwd=repo.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        said = (done.stdout + done.stderr).strip()
+        assert done.returncode != 0, verb
+        assert "Traceback" not in said, said
+        assert said.startswith("FAILED: Model class Signal: __tablename__ 'signal'"), said
+        assert len(said.splitlines()) == 1, said
+
+
 def test_a_lost_connection_at_the_version_move_still_names_the_revision(
     repo: ProductRepo,
 ) -> None:
