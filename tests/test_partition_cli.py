@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _provision import Provisioned
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from sigma_db import DatabaseSettings
+from sigma_db import DatabaseSettings, create_engine
 from sigma_db.cli import main
 from sigma_db.partitions.examples import ExampleBase, Signal
+from sigma_db.roles import RoleKind
+from sigma_db.scaffold import new_product
 
 NOW = datetime.now(UTC)
 
@@ -26,8 +30,8 @@ def env_of(settings: DatabaseSettings) -> dict[str, str]:
         "DB_NAME": settings.name,
         "DB_USER": settings.user,
         "DB_PASSWORD": settings.secret(),
-        "DB_PRODUCT": "lab",
-        "DB_SCHEMA": "app",
+        "DB_PRODUCT": settings.product or "lab",
+        "DB_SCHEMA": settings.schema_name or "app",
     }
 
 
@@ -215,3 +219,108 @@ def test_unreachable_database_is_one_line(db_settings: DatabaseSettings) -> None
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("sigma-db: error: Cannot connect to")
     assert db_settings.secret() not in result.stderr
+
+
+def test_run_as_the_api_role_names_the_migrator_before_doing_anything(
+    provisioned: Provisioned,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As _rw every partition failed on its own ("permission denied for schema app", "must be
+    # owner of table"), one line each, never naming the role to use.
+    engine = create_engine(provisioned.settings(RoleKind.MIGRATOR))
+    ExampleBase.metadata.create_all(engine)
+    engine.dispose()
+    partitions = ("SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.signals'::regclass",)
+    with provisioned.admin_connection() as conn:
+        before = conn.execute(*partitions).fetchone()
+    args = (
+        "--models",
+        "sigma_db.partitions.examples",
+        "--now",
+        (NOW + timedelta(days=30)).isoformat(),
+    )
+    migrator = provisioned.target.migrator
+    for kind in (RoleKind.RW, RoleKind.RO):
+        settings = provisioned.settings(kind)
+        for dry_run in ((), ("--dry-run",)):
+            code, out, err = run_here(settings, monkeypatch, capsys, *args, *dry_run)
+            assert code == 1, out + err
+            assert out == ""  # nothing planned, nothing done
+            assert err.startswith("sigma-db: error: partition maintenance creates and detaches"), (
+                err
+            )
+            assert len(err.strip().splitlines()) == 1, err
+            assert f"DB_USER ({settings.user}) is not a member of {migrator}" in err, err
+            assert "run it with the migrator's credentials" in err, err
+            assert settings.secret() not in err
+    with provisioned.admin_connection() as conn:
+        assert conn.execute(*partitions).fetchone() == before
+    # The migrator, and a superuser, do run it.
+    code, out, err = run_here(provisioned.settings(RoleKind.MIGRATOR), monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "app.signals: created" in out
+    code, out, err = run_here(provisioned.admin, monkeypatch, capsys, *args, "--dry-run")
+    assert code == 0, err
+
+
+@pytest.fixture
+def forget_imports() -> Iterator[None]:
+    """The products' packages a test imports (from its tmp_path) leave sys.modules with it."""
+    yield
+    for name in list(sys.modules):
+        if name.partition(".")[0] in ("lab_service", "shop_service"):
+            del sys.modules[name]
+
+
+@pytest.mark.usefixtures("forget_imports")
+def test_a_models_module_not_found_points_at_the_one_here(
+    db_settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    # In a generated repo (package lab_service), --models lab.models was told "e.g. --models
+    # lab.models": the very value that had just failed.
+    repo = tmp_path / "lab-service"
+    new_product("lab", repo)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for wrong in ("lab.models", "lab_service.modelz"):
+        code, _, err = run_here(db_settings, monkeypatch, capsys, "--models", wrong)
+        assert code == 1
+        assert err.startswith(f"sigma-db: error: --models {wrong}: cannot import it"), err
+        assert err.strip().endswith("pass --models lab_service.models"), err
+        assert err.count(wrong) == 1 + ("No module named 'lab'" not in err), err
+        assert len(err.strip().splitlines()) == 1, err
+
+    # Nowhere near a project: the hint names the shape, never the value that failed.
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    code, _, err = run_here(db_settings, monkeypatch, capsys, "--models", "lab.models")
+    assert code == 1
+    assert "pass --models <your package>.models (a generated product's is <product>_service" in err
+    assert "e.g. --models lab.models" not in err and err.count("lab.models") == 1, err
+
+
+@pytest.mark.usefixtures("forget_imports")
+def test_a_models_module_importing_what_is_not_installed_says_so(
+    db_settings: DatabaseSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "shop_service"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "models.py").write_text("import no_such_dependency\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, _, err = run_here(db_settings, monkeypatch, capsys, "--models", "shop_service.models")
+    assert code == 1
+    assert err.strip() == (
+        "sigma-db: error: --models shop_service.models: importing it failed "
+        "(ModuleNotFoundError: No module named 'no_such_dependency'); fix the module, or "
+        "install what it imports"
+    )

@@ -14,6 +14,7 @@ import os
 import sys
 from datetime import datetime, timedelta
 from importlib import import_module
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,8 @@ def partitions() -> None:
     envvar="SIGMA_DB_MODELS",
     required=True,
     metavar="MODULE",
-    help="Import path of the module defining the product's models, e.g. lab.models "
-    "(or SIGMA_DB_MODELS).",
+    help="Import path of the module defining the product's models, e.g. lab_service.models "
+    "(or SIGMA_DB_MODELS), imported from the working directory.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing.")
 @click.option(
@@ -152,26 +153,59 @@ def _import(name: str) -> ModuleType:
     if not name.strip() or name.startswith("."):
         raise ConfigurationError(
             f"--models {name or repr(name)}: cannot import it (not an absolute module path); "
-            "pass the import path of the module defining the models, e.g. --models lab.models."
+            f"{_models_hint(name)}"
         )
     try:
         return import_module(name)
     except SigmaDBError:
         raise  # the models' own error (a naming rule, say) already says what to fix
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"--models {name}: cannot import it ({exc}); pass the import path of the module "
-            "defining the models, e.g. --models lab.models, from the project root."
-        ) from exc
-    except Exception as exc:  # the module itself is broken: where, not a traceback
+    except Exception as exc:
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and (name == missing or name.startswith(f"{missing}.")):
+            # The module itself is not there: say where the models are, not what failed.
+            raise ConfigurationError(
+                f"--models {name}: cannot import it ({exc}); {_models_hint(name)}"
+            ) from exc
+        # It is there, but broken (or imports what is not installed): where, not a traceback.
         where = ""
         if isinstance(exc, SyntaxError) and exc.filename:
             where = f" at {os.path.basename(exc.filename)}:{exc.lineno}"
         reason = " ".join(str(exc).split())
+        fix = "fix the module, or install what it imports" if missing else "fix the module"
         raise ConfigurationError(
-            f"--models {name}: importing it failed{where} ({type(exc).__name__}: {reason}); "
-            "fix the module"
+            f"--models {name}: importing it failed{where} ({type(exc).__name__}: {reason}); {fix}"
         ) from exc
+
+
+def _models_hint(failed: str) -> str:
+    """How to fix ``--models``: the models modules found here, never the value that failed."""
+    here = Path.cwd()
+    found = [name for name in _models_modules(here) if name != failed]
+    if len(found) == 1:
+        return f"the models module here ({here}) is {found[0]}: pass --models {found[0]}"
+    if found:
+        listed = ", ".join(found[:5])
+        return f"pass one of the models modules found here ({here}): --models {listed}"
+    return (
+        f"pass --models <your package>.models (a generated product's is <product>_service"
+        f".models), run from the project root, the directory holding that package; {here} "
+        "holds no package with a models module"
+    )
+
+
+def _models_modules(directory: Path) -> list[str]:
+    """``<package>.models`` for each package in ``directory`` that has a ``models`` module."""
+    found = []
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isidentifier() or not (entry / "__init__.py").is_file():
+            continue
+        if (entry / "models.py").is_file() or (entry / "models" / "__init__.py").is_file():
+            found.append(f"{entry.name}.models")
+    return found
 
 
 def _parse_now(text: str | None) -> datetime | None:

@@ -61,7 +61,11 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import Engine
 
-from sigma_db.errors import ConfigurationError, DatabaseUnavailableError
+from sigma_db.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InsufficientPrivilegeError,
+)
 from sigma_db.identifiers import quote
 from sigma_db.partitions.ddl import (
     bound_literal,
@@ -282,7 +286,10 @@ class PartitionManager:
     ``target`` is the product's :class:`~sigma_db.DatabaseSettings` (retention follows its
     ``DB_ENV``) or an :class:`~sqlalchemy.engine.Engine` (then pass ``environment``). ``models``
     are the ``DatePartitioned`` model classes (or their tables). The engine's login needs to
-    own the tables (the migrator role): creating and detaching partitions is DDL.
+    own the tables (the migrator role): creating and detaching partitions is DDL. Given
+    settings, :meth:`plan` and :meth:`maintain` check that first and raise
+    :class:`~sigma_db.errors.InsufficientPrivilegeError` naming the product's migrator role
+    when ``DB_USER`` is neither a superuser nor a member of it.
     """
 
     def __init__(
@@ -874,6 +881,8 @@ class PartitionManager:
             conn.execute("SET TimeZone = 'UTC'")
             conn.execute("SET DateStyle = 'ISO, MDY'")
             conn.execute(f"SET lock_timeout = {milliseconds:d}")
+            if self._settings is not None:
+                _check_migrator(conn, self._settings)
             yield conn
         finally:
             conn.close()
@@ -902,6 +911,52 @@ class PartitionManager:
             raise DatabaseUnavailableError(
                 f"Cannot connect to {where}: {reason}. Is the server running and reachable?"
             ) from cause
+
+
+_ROLE = """
+SELECT r.rolsuper,
+       pg_has_role(current_user, to_regrole(%(migrator)s), 'USAGE'),
+       pg_has_role(current_user, to_regrole(%(migrator)s), 'MEMBER'),
+       to_regrole(%(migrator)s) IS NOT NULL
+FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+"""
+
+
+def _check_migrator(conn: Any, settings: DatabaseSettings) -> None:
+    """Refuse, before any work, a login that is neither a superuser nor the product's migrator.
+
+    Creating, attaching and detaching partitions is DDL on tables the migrator group role owns:
+    run as the API's ``_rw`` role, every partition would fail on its own ("permission denied
+    for schema", "must be owner of table"), one line each, without naming the role to use.
+    """
+    from sigma_db.roles import RoleKind, group_role
+
+    migrator = group_role(settings.topology.product, RoleKind.MIGRATOR)
+    row = conn.execute(_ROLE, {"migrator": migrator}).fetchone()
+    superuser, usable, member, exists = row if row is not None else (False, None, None, False)
+    if superuser or usable:
+        return
+    who = f"DB_USER ({settings.user})"
+    if not exists:
+        why = (
+            f"{who} is not a member of {migrator}, and that role does not exist on this server: "
+            "check that DB_PRODUCT/DB_SCHEMA name this product, and create its roles with "
+            "sigma-db roles apply"
+        )
+    elif member:
+        why = (
+            f"{who} is a member of {migrator} but does not inherit its privileges (NOINHERIT): "
+            "run it with a login that inherits them"
+        )
+    else:
+        why = (
+            f"{who} is not a member of {migrator}, the role that owns the product's schemas and "
+            "tables: run it with the migrator's credentials (a login of that role, see sigma-db "
+            "roles apply --login NAME:migrator) or a superuser's"
+        )
+    raise InsufficientPrivilegeError(
+        f"partition maintenance creates and detaches partitions (DDL): {why}"
+    )
 
 
 class _Progress:

@@ -26,6 +26,7 @@ Fixtures (all prefixed ``sigma_`` so they never collide with a project's own):
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,9 +77,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def sigma_postgresql() -> Iterator[TestServer]:
     """One real PostgreSQL server for the whole test session."""
+    from sigma_db.errors import SigmaDBError
     from sigma_db.testing.server import start_test_server
 
-    with start_test_server() as server:
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(start_test_server())
+        except SigmaDBError as exc:
+            # A problem of the machine (no binaries, initdb or the server failing), not of a
+            # test: say it once and stop, not in a traceback for every test that needs it.
+            pytest.exit(f"sigma_db: cannot start the test server: {exc}", 1)
         yield server
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,10 +136,32 @@ def _wait_until_accepting(host: str, port: int, user: str, password: str) -> Non
                 host=host, port=port, user=user, password=password, dbname="postgres"
             ).close()
             return
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
-                raise
+                detail = " / ".join(str(exc).strip().splitlines()[-2:])
+                raise ServerError(
+                    f"The test server started but accepted no login within 60 s: {detail}"
+                ) from exc
             time.sleep(0.05)
+
+
+def _start_failure(logfile: Path, exc: Exception) -> str:
+    """One line on why ``pg_ctl start`` failed: the server log's errors, else its last lines."""
+    try:
+        text = logfile.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    # "2026-11-27 21:04:37.993 GMT [23429] FATAL:  ..." -> "FATAL: ..."
+    errors = [line[m.start() :] for line in lines if (m := _SEVERITY.search(line))]
+    detail = errors[-3:] or lines[-3:] or str(exc).strip().splitlines()[-1:]
+    return (
+        f"The test server did not start: {' / '.join(detail)} (from PostgreSQL's log); fix "
+        "what it names: a server option, the PostgreSQL installation, or the machine."
+    )
+
+
+_SEVERITY = re.compile(r"\b(?:FATAL|PANIC|ERROR):")
 
 
 @contextmanager
@@ -184,11 +207,14 @@ def start_test_server(
         )
         try:
             executor.start()
-        except BaseException:
+        except BaseException as exc:
             # Stop what may have come up, but report why the start failed, not the stop.
             with contextlib.suppress(Exception):
                 executor.stop()
             executor = None
+            if isinstance(exc, Exception) and not isinstance(exc, SigmaDBError):
+                # The executor's own error says "examine the log", which is deleted below.
+                raise ServerError(_start_failure(root / "postgresql.log", exc)) from exc
             raise
         _wait_until_accepting("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD)
         yield TestServer("127.0.0.1", executor.port, SUPERUSER, SUPERUSER_PASSWORD, binaries)
