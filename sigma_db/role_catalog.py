@@ -106,6 +106,13 @@ class Catalog:
     relations: list[Relation]
     routines: list[Routine]
     settings: dict[str, dict[str, str]]
+    """Per role, its settings in this database (``ALTER ROLE … IN DATABASE … SET``)."""
+    discovered: tuple[str, ...] = ()
+    """LOGIN roles (not the admin, not a group) that are members of one of the groups planned
+    for, or whose ``role`` setting in this database names one: the logins of those products."""
+    role_settings: dict[str, set[tuple[str | None, str]]] = field(default_factory=dict)
+    """Per role, every ``role`` setting it has, in any database: (database, or None for the
+    role-wide one; the group it names). Where else a login acts as a group."""
 
 
 _NOT_EXTENSION = (
@@ -120,14 +127,21 @@ def read(
     roles: Sequence[str],
     schemas: Sequence[str],
     migrators: Sequence[str],
+    groups: Sequence[str] = (),
 ) -> Catalog:
-    """Read everything a plan for ``roles`` (groups and logins) in ``schemas`` needs."""
-    names, schema_list = sorted(set(roles)), sorted(set(schemas))
+    """Read everything a plan for ``roles`` (groups and logins) in ``schemas`` needs.
+
+    The logins of ``groups`` (see :attr:`Catalog.discovered`) are read as if named in
+    ``roles``.
+    """
+    schema_list = sorted(set(schemas))
     admin, admin_super, database = one(
         conn,
         "SELECT current_user, r.rolsuper, current_database() FROM pg_roles r "
         "WHERE r.rolname = current_user",
     )
+    discovered = _logins_of(conn, sorted(set(groups)))
+    names = sorted({*roles, *discovered})
     return Catalog(
         admin=admin,
         admin_super=admin_super,
@@ -139,7 +153,8 @@ def read(
         **_default_acl(conn, sorted(set(migrators)), schema_list),
         relations=_relations(conn, schema_list),
         routines=_routines(conn, schema_list),
-        settings=_settings(conn, names),
+        **_settings(conn, names),
+        discovered=tuple(discovered),
     )
 
 
@@ -172,6 +187,31 @@ def _roles(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, RoleRow
         )
         for row in rows
     }
+
+
+# The group a ``role=…`` entry of pg_db_role_setting.setconfig names (quoted if set that way).
+_ROLE_SETTING = "btrim(substr({item}, 6), '\"')"
+
+
+def _logins_of(conn: psycopg.Connection[Any], groups: list[str]) -> list[str]:
+    """LOGIN roles that are members of one of ``groups``, or act as one in this database."""
+    if not groups:
+        return []
+    named = _ROLE_SETTING.format(item="c.item")
+    rows = conn.execute(
+        "SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin "  # noqa: S608
+        "AND r.rolname <> ALL(%(groups)s) AND r.rolname NOT IN (current_user, session_user) "
+        "AND (EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+        "    WHERE a.member = r.oid AND g.rolname = ANY(%(groups)s)) "
+        "  OR EXISTS (SELECT 1 FROM pg_db_role_setting s "
+        "    JOIN pg_database d ON d.oid = s.setdatabase "
+        "    CROSS JOIN LATERAL unnest(s.setconfig) AS c(item) "
+        "    WHERE s.setrole = r.oid AND d.datname = current_database() "
+        f"    AND c.item LIKE 'role=%%' AND {named} = ANY(%(groups)s))) "
+        "ORDER BY 1",
+        {"groups": groups},
+    )
+    return [row[0] for row in rows]
 
 
 def _memberships(conn: psycopg.Connection[Any], members: list[str]) -> dict[str, set[str]]:
@@ -322,15 +362,21 @@ def _routines(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Routine
     return list(routines.values())
 
 
-def _settings(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, dict[str, str]]:
+def _settings(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, Any]:
+    """Each role's settings in this database, and its ``role`` settings in every database."""
     settings: dict[str, dict[str, str]] = defaultdict(dict)
-    for role, config in conn.execute(
-        "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
-        "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
-        "WHERE d.datname = current_database() AND r.rolname = ANY(%s)",
+    role_settings: dict[str, set[tuple[str | None, str]]] = defaultdict(set)
+    for role, database, here, config in conn.execute(
+        "SELECT r.rolname, d.datname, d.datname = current_database(), s.setconfig "
+        "FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+        "LEFT JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE r.rolname = ANY(%s) AND (s.setdatabase = 0 OR d.oid IS NOT NULL)",
         [names],
     ):
         for item in config or ():
             key, _, value = item.partition("=")
-            settings[role][key] = value
-    return settings
+            if here:
+                settings[role][key] = value
+            if key == "role":
+                role_settings[role].add((database, value.strip('"')))
+    return {"settings": settings, "role_settings": role_settings}

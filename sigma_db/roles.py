@@ -22,7 +22,10 @@ database, ``role`` set to its group — so what the migrator's login creates is 
 migrator and the default privileges below apply — and the product's ``search_path``, which is
 what makes PgBouncer's transaction pooling work without any client-side ``SET``. Role settings
 only apply to the role that logs in (never through membership or ``SET ROLE``), which is why
-they go on the logins and not on the NOLOGIN groups.
+they go on the logins and not on the NOLOGIN groups. A plan covers the logins named for it and
+the ones the catalog shows are the product's (members of its groups, or acting as one of them in
+its database); each keeps its one group and no other membership. A login attached to another
+product (its ``role`` setting names another product's group) is never taken over.
 
 The plan is computed, not scripted: the catalog is read first (:mod:`sigma_db.role_catalog`) and
 only what is missing or wrong is emitted, so a second apply emits nothing, and drift (a missing
@@ -44,7 +47,7 @@ from sigma_db import role_catalog
 from sigma_db.errors import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
 from sigma_db.identifiers import check_identifier
 from sigma_db.role_catalog import Catalog, Grant, Relation
-from sigma_db.topology import Product, Topology
+from sigma_db.topology import PRODUCTS, Product, Topology
 
 if TYPE_CHECKING:
     import psycopg
@@ -146,6 +149,11 @@ _LOGIN_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOB
 _LOCK_KEY = 0x51_67_6D_61_52_6F_6C  # pg_advisory_xact_lock key: one roles apply per database
 _ATTEMPTS = 3  # roles are cluster-global: a concurrent apply in another database may race us
 _LOGIN_CHECK_TIMEOUT = 5  # seconds: verifying a login's password by logging in
+# Role names PostgreSQL keeps for itself: CREATE ROLE refuses them, or they mean something else
+# wherever a role is named (GRANT … TO public is PUBLIC; current_user is whoever runs it).
+_RESERVED_ROLE_NAMES = frozenset(
+    {"public", "none", "current_user", "session_user", "current_role", "system_user", "user"}
+)
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,12 @@ class Login:
     password: SecretStr | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.name.lower() in _RESERVED_ROLE_NAMES or self.name.lower().startswith("pg_"):
+            raise ConfigurationError(
+                f"login role name {self.name!r} is reserved by PostgreSQL (public, none, "
+                "current_user, session_user, current_role and names starting with pg_ are); "
+                "choose another name, e.g. lab_api."
+            )
         check_identifier(self.name, "login role name")
         try:
             object.__setattr__(self, "kind", RoleKind(self.kind))
@@ -237,12 +251,21 @@ class RolePlan:
 
 
 class _Planner:
-    def __init__(self, conn: psycopg.Connection[Any], catalog: Catalog) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        catalog: Catalog,
+        targets: Sequence[ProductRoles] = (),
+    ) -> None:
         from psycopg import sql
 
         self.sql = sql
         self.conn = conn
         self.catalog = catalog
+        self.groups = {name for target in targets for name in target.roles.values()}
+        """Every group role of the products planned for."""
+        self.named = {login.name for target in targets for login in target.logins}
+        """Every login named (``--login``) for one of them: it is that product's."""
         self.statements: list[Statement] = []
         self.notes: list[str] = []
         self.conflicts: list[str] = []
@@ -366,6 +389,23 @@ class _Planner:
                     db=db,
                     role=name,
                 )
+        shared = target.topology.consolidated
+        for holder, held in sorted(acl.items(), key=_grantee_order):
+            if holder is None or holder in self.groups:
+                continue  # PUBLIC: above; the planned groups: their own step
+            if shared and _is_group_role(holder):
+                continue  # the products share the consolidated database: each its own roles
+            # CONNECT too: a person or another product's role holding it directly may log in
+            # here (a login reaches the database through its one group's CONNECT).
+            only = "the products' group roles" if shared else ", ".join(target.roles.values())
+            self.emit(
+                "REVOKE {privs} ON DATABASE {db} FROM {grantee}",
+                f"drift: {holder} may {', '.join(sorted(held))} on database {db}, where only "
+                f"{only} may",
+                privs=self.privileges(held),
+                db=db,
+                grantee=holder,
+            )
         if not self.catalog.admin_super and target.migrator not in self.catalog.member_of.get(
             self.catalog.admin, set()
         ):
@@ -820,87 +860,202 @@ class _Planner:
 
     # -- logins
 
-    def logins(self, target: ProductRoles, group_names: set[str]) -> None:
+    def logins(self, target: ProductRoles) -> None:
+        """The logins named for ``target``, then the ones the catalog shows are its own."""
         for login in target.logins:
-            if login.name in group_names:
+            if login.name in self.groups:
                 self.conflicts.append(
                     f"Login {login.name} is a group role name; give the login its own name "
                     f"(e.g. {target.roles[login.kind]}_app) and attach it to "
                     f"{target.roles[login.kind]}."
                 )
                 continue
-            self._login(target, login)
+            secret = login.password.get_secret_value() if login.password is not None else None
+            self._login(target, login.name, login.kind, secret)
+        for name in self.catalog.discovered:
+            if name not in self.named and name not in self.groups:
+                self._discovered(target, name)
 
-    def _login(self, target: ProductRoles, login: Login) -> None:
-        group = target.roles[login.kind]
-        row = self.catalog.roles.get(login.name)
-        secret = login.password.get_secret_value() if login.password is not None else None
+    def _discovered(self, target: ProductRoles, name: str) -> None:
+        """A login nobody named: a member of one of ``target``'s groups, or acting as one here.
+
+        Its kind is the group its ``role`` setting here names, else its only group of the
+        product's. One acting as another product's group (here or elsewhere) is that product's:
+        it only loses its membership in this product's groups.
+        """
+        kinds = {group: kind for kind, group in target.roles.items()}
+        acts_as = self._acts_as(name)
+        if acts_as in kinds:
+            self._login(target, name, kinds[acts_as], None, named=False)
+            return
+        ours = sorted(self.catalog.member_of.get(name, set()) & kinds.keys())
+        if not ours:
+            return  # another planned product's login
+        elsewhere = self._attached_elsewhere(name, target)
+        if acts_as is not None or elsewhere or _is_group_role(name):
+            whose = (
+                f"acts as {acts_as} in {self.catalog.database}"
+                if acts_as is not None
+                else f"is attached to {_where(elsewhere)}"
+                if elsewhere
+                else "is another product's group role"
+            )
+            for group in ours:
+                self.emit(
+                    "REVOKE {group} FROM {role}",
+                    f"drift: {name} {whose}, yet is a member of {group}, "
+                    f"{target.topology.product.title}'s",
+                    group=group,
+                    role=name,
+                )
+            return
+        if any(
+            group in kinds and database not in (None, self.catalog.database)
+            for database, group in self.catalog.role_settings.get(name, set())
+        ):
+            return  # attached to this product in another database (a test clone): managed there
+        # Planned in the same run for another product too: which one it serves is not ours to
+        # pick (each would attach it and revoke the other).
+        theirs = sorted(self.catalog.member_of.get(name, set()) & self.groups - kinds.keys())
+        if len(ours) > 1 or theirs:
+            self.conflicts.append(
+                f"Login {name} is a member of {', '.join([*ours, *theirs])}, but a login acts as "
+                f"exactly one group and no role setting in {self.catalog.database} says which; "
+                f"attach it with sigma-db roles apply --login {name}:KIND (KIND one of migrator, "
+                "rw, ro)."
+            )
+            return
+        self._login(target, name, kinds[ours[0]], None, named=False)
+
+    def _acts_as(self, name: str) -> str | None:
+        """The group ``name``'s ``role`` setting in this database names, if any."""
+        value = self.catalog.settings.get(name, {}).get("role")
+        value = None if value is None else value.strip('"')
+        return None if value is None or value.lower() == "none" else value
+
+    def _attached_elsewhere(self, name: str, target: ProductRoles) -> list[tuple[str | None, str]]:
+        """Where ``name``'s ``role`` settings name a role other than ``target``'s groups."""
+        own = set(target.roles.values())
+        return sorted(
+            (
+                (database, group)
+                for database, group in self.catalog.role_settings.get(name, set())
+                if group not in own and group.lower() != "none"
+            ),
+            key=lambda item: (item[0] or "", item[1]),
+        )
+
+    def _login(
+        self,
+        target: ProductRoles,
+        name: str,
+        kind: RoleKind,
+        secret: str | None,
+        *,
+        named: bool = True,
+    ) -> None:
+        """Make ``name`` a member of ``target``'s group of ``kind`` only, acting as it here.
+
+        ``named``: given with ``--login`` (else found in the catalog: see :meth:`_discovered`).
+        """
+        group = target.roles[kind]
+        row = self.catalog.roles.get(name)
+        elsewhere = self._attached_elsewhere(name, target)
+        if elsewhere:
+            # Attached to another product: taking it over would make one login serve two.
+            acts_as = self._acts_as(name)
+            here = f"acts as {acts_as} in {self.catalog.database} but " if acts_as else ""
+            fixes = "; ".join(
+                (
+                    f"ALTER ROLE {name} RESET role"
+                    if database is None
+                    else f"ALTER ROLE {name} IN DATABASE {database} RESET role"
+                )
+                + f"; REVOKE {other} FROM {name}"
+                for database, other in elsewhere
+            )
+            fix = (
+                f"choose another login name for {group}, or detach it there first ({fixes})"
+                if named
+                else f"detach it from one of them: there ({fixes}) or here (ALTER ROLE {name} "
+                f"IN DATABASE {self.catalog.database} RESET role; REVOKE {group} FROM {name})"
+            )
+            self.conflicts.append(
+                f"Login {name} {here}is attached to {_where(elsewhere)}: it belongs to another "
+                f"product, and one login serves one product; {fix}, then re-run sigma-db roles "
+                "apply."
+            )
+            return
         if row is None:
             if secret is None:
                 self.conflicts.append(
-                    f"Login role {login.name} does not exist; give its password with "
+                    f"Login role {name} does not exist; give its password with "
                     "--password-env VAR or --password-file PATH to create it."
                 )
                 return
             self.emit(
                 "CREATE ROLE {role} " + _LOGIN_ATTRIBUTES + " PASSWORD {secret}",
-                f"login {login.name} for {group} is missing",
-                role=login.name,
-                secret=self._verifier(login.name, secret),
+                f"login {name} for {group} is missing",
+                role=name,
+                secret=self._verifier(name, secret),
             )
         else:
             if row.forbidden:
                 self.conflicts.append(
-                    f"Login role {login.name} has {', '.join(row.forbidden)}, which no service "
-                    f"login may have; run ALTER ROLE {login.name} "
-                    f"{' '.join('NO' + a for a in row.forbidden)} or choose another login name."
+                    f"Login role {name} has {', '.join(row.forbidden)}, which no service "
+                    f"login may have; run ALTER ROLE {name} "
+                    f"{' '.join('NO' + a for a in row.forbidden)} or "
+                    + ("choose another login name." if named else f"REVOKE {group} FROM {name}.")
                 )
                 return
             if not row.login:
                 self.conflicts.append(
-                    f"Role {login.name} exists but cannot log in (NOLOGIN: a group role); "
+                    f"Role {name} exists but cannot log in (NOLOGIN: a group role); "
                     "choose another login name."
                 )
                 return
             if secret is not None:
-                works = self._password_works(login.name, secret)
+                works = self._password_works(name, secret)
                 if works is not True:
                     self.emit(
                         "ALTER ROLE {role} PASSWORD {secret}",
-                        f"login {login.name}'s password differs from the one given"
+                        f"login {name}'s password differs from the one given"
                         if works is False
-                        else f"login {login.name}'s password could not be checked by logging "
+                        else f"login {name}'s password could not be checked by logging "
                         "in with it (the server did not ask for a password), so it is set",
-                        role=login.name,
-                        secret=self._verifier(login.name, secret),
+                        role=name,
+                        secret=self._verifier(name, secret),
                     )
-        member_of = self.catalog.member_of.get(login.name, set())
+        member_of = self.catalog.member_of.get(name, set())
         if group not in member_of:
             self.emit(
                 "GRANT {group} TO {role}",
-                f"login {login.name} acts as {group}",
+                f"login {name} acts as {group}",
                 group=group,
-                role=login.name,
+                role=name,
             )
-        for kind, other in target.roles.items():
-            if kind != login.kind and other in member_of:
-                self.emit(
-                    "REVOKE {group} FROM {role}",
-                    f"login {login.name} is attached as {login.kind}, not {kind}",
-                    group=other,
-                    role=login.name,
-                )
-        current = self.catalog.settings.get(login.name, {}).get("role")
-        if current is None or current.strip('"') != group:
+        kinds = {other: other_kind for other_kind, other in target.roles.items()}
+        for other in sorted(member_of - {group}):
+            # Its one group only: any other membership (another product's group, a predefined
+            # pg_* role, a person) widens what it may do, through SET ROLE at least.
+            self.emit(
+                "REVOKE {group} FROM {role}",
+                f"login {name} is attached as {kind}, not {kinds[other]}"
+                if other in kinds
+                else f"drift: login {name} is a member of {other}, beyond its one group {group}",
+                group=other,
+                role=name,
+            )
+        if self._acts_as(name) != group:
             self.emit(
                 "ALTER ROLE {role} IN DATABASE {db} SET role TO {value}",
-                f"{login.name} must act as {group} in {self.catalog.database}, so what it "
+                f"{name} must act as {group} in {self.catalog.database}, so what it "
                 "creates is owned by the group",
-                role=login.name,
+                role=name,
                 db=self.catalog.database,
                 value=self.sql.Literal(group),
             )
-        self.search_path(login.name, target)
+        self.search_path(name, target)
 
     def _verifier(self, user: str, password: str) -> str:
         # libpq's PQencryptPasswordConn: a SCRAM-SHA-256 verifier computed on this side, so the
@@ -947,6 +1102,30 @@ def _grantee_order(item: tuple[str | None, Any]) -> str:
     return "" if item[0] is None else item[0]
 
 
+def _is_group_role(name: str) -> bool:
+    """Whether ``name`` is some product's group role by its name: ``<its database>_<kind>``."""
+    for kind in RoleKind:
+        database = name.removesuffix(f"_{kind}")
+        if database == name:
+            continue
+        if any(database == product.database for product in PRODUCTS.values()):
+            return True
+        if database.startswith("edge_"):
+            try:
+                return group_role(Product.named(database.removeprefix("edge_")), kind) == name
+            except ConfigurationError:
+                return False
+    return False
+
+
+def _where(attachments: Sequence[tuple[str | None, str]]) -> str:
+    """``edge_sim_rw in database edge_sim``, for each (database or None, group) given."""
+    return " and ".join(
+        f"{group} in {'every database' if database is None else f'database {database}'}"
+        for database, group in attachments
+    )
+
+
 def _split_path(value: str) -> list[str]:
     return [part.strip().strip('"') for part in value.split(",") if part.strip()]
 
@@ -970,6 +1149,7 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
         ],
         schemas=[schema for t in targets for schema in t.schemas],
         migrators=[t.migrator for t in targets],
+        groups=[role for t in targets for role in t.roles.values()],
     )
     for target in targets:
         if target.topology.database != catalog.database:
@@ -978,7 +1158,7 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
                 f"{target.topology.database}, but the connection is to {catalog.database}; "
                 f"set DB_NAME={target.topology.database}."
             )
-    planner = _Planner(conn, catalog)
+    planner = _Planner(conn, catalog, targets)
     for target in targets:
         planner.group_roles(target)
     if planner.conflicts:
@@ -996,9 +1176,8 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
             row = catalog.roles.get(role)
             if row is not None and row.login:  # a group that still logs in directly
                 planner.search_path(role, target)
-    group_names = {name for target in targets for name in target.roles.values()}
     for target in targets:
-        planner.logins(target, group_names)
+        planner.logins(target)
     if planner.conflicts:
         raise ConfigurationError(planner.conflicts)
     return RolePlan(
@@ -1084,14 +1263,20 @@ def _is_race(exc: BaseException) -> bool:
 
 
 def _check_admin(conn: psycopg.Connection[Any], plan: RolePlan) -> None:
-    admin, superuser, createrole = role_catalog.one(
-        conn, "SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+    # The login (session_user) is what DB_USER named; its sessions may act as a group (its
+    # role setting), and what the group may do is what counts.
+    login, acting, superuser, createrole = role_catalog.one(
+        conn,
+        "SELECT session_user, rolname, rolsuper, rolcreaterole FROM pg_roles "
+        "WHERE rolname = current_user",
     )
     if not superuser and not createrole:
+        who = login if login == acting else f"{login} (acting as {acting})"
         raise InsufficientPrivilegeError(
-            f"{admin} cannot create or alter roles (it is neither SUPERUSER nor CREATEROLE); "
-            f"run sigma-db roles apply as a superuser, or as a CREATEROLE role that owns database "
-            f"{plan.database}: set DB_USER and DB_PASSWORD to it."
+            f"DB_USER={login}: {who} cannot create or alter roles (neither SUPERUSER nor "
+            f"CREATEROLE); set DB_USER and DB_PASSWORD to a superuser, or to a CREATEROLE role "
+            f"that owns database {plan.database}, instead of {login}, and run sigma-db roles "
+            "apply again."
         )
 
 

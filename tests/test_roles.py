@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -325,6 +326,12 @@ def test_insufficient_privilege_is_one_clear_error(provisioned: Provisioned) -> 
     assert "\n" not in message
     assert "neither SUPERUSER nor CREATEROLE" in message
     assert "DB_USER" in message
+    # It names the login DB_USER gave, not the group its sessions act as.
+    login, group = provisioned.logins[RW], provisioned.target.roles[RW]
+    assert message.startswith(f"DB_USER={login}: {login} (acting as {group}) cannot create"), (
+        message
+    )
+    assert f"instead of {login}" in message
 
 
 def test_names_are_validated_identifiers() -> None:
@@ -779,3 +786,286 @@ def test_only_concurrency_errors_are_retried_then_one_clear_error(
     with pytest.raises(SigmaDBError, match="could not open relation"):
         sync_roles(provisioned.admin, [provisioned.target], apply=True)
     assert len(calls) == 1
+
+
+# -- logins: which a plan covers, and what they keep
+
+
+@pytest.fixture
+def elsewhere(sigma_postgresql: TestServer) -> Iterator[Provisioned]:
+    """Another product's roles and one login per kind, in a database of its own."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    with sigma_postgresql.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        yield provision(sigma_postgresql, database)
+    finally:
+        with sigma_postgresql.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def _memberships(p: Provisioned, login: str) -> set[str]:
+    with p.admin_connection() as admin:
+        rows = admin.execute(
+            "SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+            "WHERE a.member = %s::regrole",
+            [login],
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_another_products_login_is_not_taken_over(
+    provisioned: Provisioned, elsewhere: Provisioned
+) -> None:
+    # The audit: --login sim_rw:rw for Lab changed Sim's login's password and made it Lab's
+    # too, so one login served two products.
+    theirs, their_group = elsewhere.logins[RW], elsewhere.target.roles[RW]
+    taken = ProductRoles(provisioned.topology, (Login(theirs, RW, SecretStr("t4ken-pw-x")),))
+    with pytest.raises(ConfigurationError) as info:
+        sync_roles(provisioned.admin, [taken], apply=True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "t4ken-pw-x" not in message
+    assert f"Login {theirs} is attached to {their_group} in database {elsewhere.admin.name}" in (
+        message
+    )
+    assert f"ALTER ROLE {theirs} IN DATABASE {elsewhere.admin.name} RESET role" in message
+    assert f"REVOKE {their_group} FROM {theirs}" in message
+    assert "choose another login name" in message
+    assert _memberships(provisioned, theirs) == {their_group}
+    with elsewhere.connect(RW) as conn:  # its password is the one it had
+        assert conn.execute("SELECT current_user").fetchone() == (their_group,)
+
+
+def test_a_login_serving_two_products_is_seen_by_both(
+    provisioned: Provisioned, elsewhere: Provisioned
+) -> None:
+    theirs, ours = elsewhere.logins[RW], provisioned.target.roles[RW]
+    bare = ProductRoles(provisioned.topology)
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT {ours} TO {theirs}")
+    # Only a member of our group: it is theirs (attached there), so it just loses ours.
+    plan = sync_roles(provisioned.admin, [bare], apply=False)
+    assert f'REVOKE "{ours}" FROM "{theirs}"' in plan.render()
+    assert f'ALTER ROLE "{theirs}"' not in plan.render()
+    # The audit's state: acting as our group here as well. Neither plan may take it over.
+    with provisioned.admin_connection() as admin:
+        admin.execute(
+            f"ALTER ROLE {theirs} IN DATABASE {provisioned.admin.name} SET role TO {ours}"
+        )
+    for p in (provisioned, elsewhere):
+        with pytest.raises(ConfigurationError) as info:
+            sync_roles(p.admin, [ProductRoles(p.topology)], apply=False)
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"Login {theirs} acts as " in message
+        assert "one login serves one product" in message
+        assert "RESET role" in message
+
+
+def test_login_drift_is_seen_without_naming_the_logins(provisioned: Provisioned) -> None:
+    # The audit: with no --login, plan said "no changes" while the read-only login could
+    # SET ROLE to the migrator and DROP tables.
+    _migrate(provisioned)
+    roles, db = provisioned.target.roles, provisioned.admin.name
+    ro_login, rw_login = provisioned.logins[RO], provisioned.logins[RW]
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT {roles[MIGRATOR]} TO {ro_login}")
+        admin.execute(f"ALTER ROLE {rw_login} IN DATABASE {db} RESET search_path")
+    bare = ProductRoles(provisioned.topology)
+    text = sync_roles(provisioned.admin, [bare], apply=False).render()
+    for expected in (
+        f'REVOKE "{roles[MIGRATOR]}" FROM "{ro_login}"',
+        f'ALTER ROLE "{rw_login}" IN DATABASE "{db}" SET search_path TO "app", "public"',
+    ):
+        assert expected in text, text
+    assert "PASSWORD" not in text  # found, not named: their passwords are left alone
+    sync_roles(provisioned.admin, [bare], apply=True)
+    assert not sync_roles(provisioned.admin, [bare], apply=False).changed
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+    with provisioned.connect(RO) as conn, pytest.raises(errors.InsufficientPrivilege):
+        conn.execute(f"SET ROLE {roles[MIGRATOR]}")
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_login_keeps_no_membership_but_its_group(
+    provisioned: Provisioned, elsewhere: Provisioned, named: bool
+) -> None:
+    # With --login lab_ro:ro only the product's own other groups were revoked: another
+    # product's group and predefined roles stayed, reachable by SET ROLE (NONE: the login itself).
+    _migrate(provisioned)
+    ro_login, their_group = provisioned.logins[RO], elsewhere.target.roles[RW]
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"GRANT {their_group}, pg_write_all_data TO {ro_login}")
+    with provisioned.connect(RO) as conn:  # the reproduction: the read-only login writes
+        conn.execute("SET ROLE NONE")
+        conn.execute("INSERT INTO packs (name) VALUES ('x')")
+    target = provisioned.target if named else ProductRoles(provisioned.topology)
+    text = sync_roles(provisioned.admin, [target], apply=True).render()
+    for other in (their_group, "pg_write_all_data"):
+        assert f'REVOKE "{other}" FROM "{ro_login}"' in text, text
+        assert f"drift: login {ro_login} is a member of {other}" in text
+    assert _memberships(provisioned, ro_login) == {provisioned.target.roles[RO]}
+    assert not sync_roles(provisioned.admin, [target], apply=False).changed
+    with provisioned.connect(RO) as conn:
+        conn.execute("SET ROLE NONE")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO packs (name) VALUES ('y')")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(f"SET ROLE {their_group}")
+
+
+def test_logins_made_outside_sigma_db_are_found_by_membership_or_setting(
+    provisioned: Provisioned, elsewhere: Provisioned
+) -> None:
+    roles, db = provisioned.target.roles, provisioned.admin.name
+    suffix = uuid.uuid4().hex[:8]
+    vault, both, visitor = f"v-token-rw-{suffix}", f"both_{suffix}", f"visitor_{suffix}"
+    with provisioned.admin_connection() as admin:
+        # Vault's creation statement without the settings lines; a name --login would refuse.
+        admin.execute(f"CREATE ROLE \"{vault}\" LOGIN PASSWORD 'vault-pw' IN ROLE {roles[RW]}")
+        admin.execute(f"CREATE ROLE {both} LOGIN IN ROLE {roles[RW]}, {roles[RO]}")
+        admin.execute(f"CREATE ROLE {visitor} LOGIN IN ROLE {roles[RO]}")
+        admin.execute(
+            f"ALTER ROLE {visitor} IN DATABASE {db} SET role TO {elsewhere.target.roles[RO]}"
+        )
+    bare = ProductRoles(provisioned.topology)
+    with pytest.raises(ConfigurationError) as info:
+        sync_roles(provisioned.admin, [bare], apply=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"Login {both} is a member of {roles[RO]}, {roles[RW]}" in message
+    assert f"sigma-db roles apply --login {both}:KIND" in message
+    with provisioned.admin_connection() as admin:  # a role setting says which
+        admin.execute(f"ALTER ROLE {both} IN DATABASE {db} SET role TO {roles[RO]}")
+    text = sync_roles(provisioned.admin, [bare], apply=True).render()
+    for expected in (
+        f'ALTER ROLE "{vault}" IN DATABASE "{db}" SET role TO \'{roles[RW]}\'',
+        f'ALTER ROLE "{vault}" IN DATABASE "{db}" SET search_path TO "app", "public"',
+        f'REVOKE "{roles[RW]}" FROM "{both}"',
+        f'REVOKE "{roles[RO]}" FROM "{visitor}"',
+    ):
+        assert expected in text, text
+    assert f'ALTER ROLE "{visitor}"' not in text  # another product's: not managed here
+    assert "PASSWORD" not in text
+    assert not sync_roles(provisioned.admin, [bare], apply=False).changed
+    assert _memberships(provisioned, both) == {roles[RO]}
+    assert _memberships(provisioned, visitor) == set()
+    with psycopg.connect(
+        host=provisioned.server.host,
+        port=provisioned.server.port,
+        dbname=db,
+        user=vault,
+        password="vault-pw",
+    ) as conn:
+        row = conn.execute("SELECT current_user, current_schema()").fetchone()
+        assert row == (roles[RW], "app")
+
+
+def test_database_privileges_are_the_products_roles_only(
+    provisioned: Provisioned, elsewhere: Provisioned
+) -> None:
+    # The audit: CONNECT given to another product's role or to a login was never revoked;
+    # extra CREATE/TEMPORARY of the product's own roles were.
+    db, their_ro = provisioned.admin.name, elsewhere.target.roles[RO]
+    rw_login = provisioned.logins[RW]
+    person = f"person_{uuid.uuid4().hex[:8]}"
+    with provisioned.admin_connection() as admin:
+        admin.execute(f"CREATE ROLE {person} LOGIN PASSWORD 'person-pw'")
+        admin.execute(f'GRANT CONNECT ON DATABASE "{db}" TO {their_ro}')
+        admin.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{db}" TO {rw_login}')
+        admin.execute(f'GRANT CONNECT, CREATE ON DATABASE "{db}" TO {person} WITH GRANT OPTION')
+    person_dsn = {
+        "host": provisioned.server.host,
+        "port": provisioned.server.port,
+        "dbname": db,
+        "password": "person-pw",
+        "autocommit": True,
+    }
+    with psycopg.connect(user=person, **person_dsn) as conn:  # from its option: CASCADE's
+        conn.execute(f'GRANT CONNECT ON DATABASE "{db}" TO {elsewhere.target.roles[RW]}')
+    text = sync_roles(provisioned.admin, [provisioned.target], apply=True).render()
+    for expected in (
+        f'REVOKE CONNECT ON DATABASE "{db}" FROM "{their_ro}"',
+        f'REVOKE CONNECT, TEMPORARY ON DATABASE "{db}" FROM "{rw_login}"',
+        f'REVOKE CONNECT, CREATE ON DATABASE "{db}" FROM "{person}"',
+    ):
+        assert expected in text, text
+    assert not sync_roles(provisioned.admin, [provisioned.target], apply=False).changed
+    with provisioned.admin_connection() as admin:
+        holders = admin.execute(
+            "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_database d, aclexplode(d.datacl) a "
+            "WHERE d.datname = current_database() AND a.grantee <> d.datdba"
+        ).fetchall()
+    assert {row[0] for row in holders} == set(provisioned.target.roles.values())
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(user=person, **person_dsn)
+    with provisioned.connect(RW) as conn:  # the login connects through its group
+        conn.execute("CREATE TEMP TABLE staging (id int)")
+
+
+def test_consolidated_database_keeps_each_products_connect(
+    sigma_postgresql: TestServer, products_db: dict[str, Provisioned]
+) -> None:
+    # In edge_products the products share the database: only grantees that are no product's
+    # group role lose their privileges on it.
+    ours = provision(sigma_postgresql, "edge_products", product=unique_key())
+    theirs = provision(sigma_postgresql, "edge_products", product=unique_key())
+    login = ours.logins[RW]
+    with ours.admin_connection() as admin:
+        admin.execute(f"GRANT CONNECT ON DATABASE edge_products TO {login}")
+    text = sync_roles(ours.admin, [ours.target], apply=True).render()
+    assert f'REVOKE CONNECT ON DATABASE "edge_products" FROM "{login}"' in text, text
+    # (Other tests' leftover logins on this shared server may lose theirs too; no group does.)
+    groups = [g for p in (ours, theirs, *products_db.values()) for g in p.target.roles.values()]
+    database_lines = [line for line in text.splitlines() if "ON DATABASE" in line]
+    assert not [line for line in database_lines if any(f'"{g}"' in line for g in groups)], text
+    for p in (ours, theirs, *products_db.values()):
+        assert not sync_roles(p.admin, [p.target], apply=False).changed
+        for kind in RoleKind:
+            with p.connect(kind) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    "name", ["public", "none", "pg_x", "current_user", "session_user", "current_role"]
+)
+def test_reserved_role_names_are_refused_as_logins(name: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Login(name, RW)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"login role name {name!r} is reserved by PostgreSQL" in message
+
+
+def test_a_found_login_two_products_could_claim_is_a_conflict(
+    sigma_postgresql: TestServer, products_db: dict[str, Provisioned]
+) -> None:
+    # Planned together, each product would attach it and revoke the other's group.
+    ours = provision(sigma_postgresql, "edge_products", product=unique_key())
+    theirs = provision(sigma_postgresql, "edge_products", product=unique_key())
+    shared, boss = f"shared_{uuid.uuid4().hex[:8]}", f"boss_{uuid.uuid4().hex[:8]}"
+    with ours.admin_connection() as admin:
+        admin.execute(
+            f"CREATE ROLE {shared} LOGIN IN ROLE {ours.target.roles[RW]}, {theirs.target.roles[RW]}"
+        )
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            sync_roles(ours.admin, [ours.target, theirs.target], apply=False)
+        message = str(info.value)
+        assert f"Login {shared} is a member of " in message
+        assert f"--login {shared}:KIND" in message
+        # A superuser found in a group is not stripped: one line saying what to run.
+        with ours.admin_connection() as admin:
+            admin.execute(f"DROP ROLE {shared}")
+            admin.execute(f"CREATE ROLE {boss} LOGIN SUPERUSER IN ROLE {ours.target.roles[RO]}")
+        with pytest.raises(ConfigurationError) as info:
+            sync_roles(ours.admin, [ours.target], apply=False)
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"Login role {boss} has SUPERUSER" in message
+        assert f"REVOKE {ours.target.roles[RO]} FROM {boss}" in message
+    finally:
+        with ours.admin_connection() as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {shared}")
+            admin.execute(f"DROP ROLE IF EXISTS {boss}")

@@ -414,3 +414,59 @@ def test_retry_exhaustion_is_one_line(
     code, _, err = run(provisioned.admin, "roles", "apply")
     assert code == 1
     assert "re-run" in _one_line_error(err)
+
+
+# -- logins of another product, reserved names, who the admin is
+
+
+def test_another_products_login_is_refused_in_one_line(
+    run, sigma_postgresql: TestServer, provisioned: Provisioned
+) -> None:
+    # The audit: `roles apply --login sim_rw:rw` for Lab set Sim's login's password and
+    # granted it Lab's group; one login served two products.
+    from _provision import provision
+    from psycopg import sql
+
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    with sigma_postgresql.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        theirs = provision(sigma_postgresql, database)
+        login, group = theirs.logins[RoleKind.RW], theirs.target.roles[RoleKind.RW]
+        args = ("--login", f"{login}:rw", "--password-env", "PW")
+        code, out, err = run(provisioned.admin, "roles", "apply", *args, PW="n3w-Pw-x1")
+        assert code == 1, out
+        line = _one_line_error(err)
+        assert f"Login {login} is attached to {group} in database {database}" in line
+        assert f"ALTER ROLE {login} IN DATABASE {database} RESET role" in line
+        assert "n3w-Pw-x1" not in out + err
+        with theirs.connect(RoleKind.RW) as conn:  # the password it had still works
+            assert conn.execute("SELECT current_user").fetchone() == (group,)
+    finally:
+        with sigma_postgresql.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+@pytest.mark.parametrize(
+    "name", ["public", "pg_x", "none", "current_user", "session_user", "current_role"]
+)
+def test_reserved_login_names_are_refused_up_front(
+    run, provisioned: Provisioned, name: str
+) -> None:
+    code, out, err = run(provisioned.admin, "roles", "plan", "--login", f"{name}:rw")
+    assert code == 1, out
+    line = _one_line_error(err)
+    assert f"login role name {name!r} is reserved by PostgreSQL" in line
+    assert "choose another name" in line
+
+
+def test_admin_check_names_the_login_used(run, provisioned: Provisioned) -> None:
+    # It named the group the login acts as ("edge_…_rw cannot create …; set DB_USER … to it").
+    login, group = provisioned.logins[RoleKind.RW], provisioned.target.roles[RoleKind.RW]
+    as_rw = provisioned.settings(RoleKind.RW, product=unique_key())
+    code, _, err = run(as_rw, "roles", "apply")
+    assert code == 1
+    line = _one_line_error(err)
+    assert f"DB_USER={login}: {login} (acting as {group}) cannot create or alter roles" in line
+    assert f"instead of {login}" in line
+    assert provisioned.passwords[RoleKind.RW] not in err
