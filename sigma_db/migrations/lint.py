@@ -230,6 +230,16 @@ def _lint_one(chunk: RenderedRevision, squawked: list[dict[str, Any]]) -> list[F
         rule_message = _phase_problem(phase, statement)
         if rule_message is not None:
             raw.append((statement, *rule_message))
+    for statement in _without_partitions(own):
+        raw.append(
+            (
+                statement,
+                "partitioned-table-without-partitions",
+                "a table PARTITION BY with no partition accepts no row until maintenance runs; "
+                "add create_partitions(op, <table>, DatePartitioning(...)) after it in this "
+                "revision (see the partitioning guide)",
+            )
+        )
     concurrent = [s for s in own if s.concurrent]
     if concurrent and len(own) > len(concurrent):
         raw.append(
@@ -241,6 +251,29 @@ def _lint_one(chunk: RenderedRevision, squawked: list[dict[str, Any]]) -> list[F
             )
         )
     return _apply_ignores(rev, chunk.statements, number, raw)
+
+
+def _without_partitions(own: Sequence[Statement]) -> list[Statement]:
+    """``CREATE TABLE ... PARTITION BY`` statements with no partition created in the revision.
+
+    Autogenerate renders a ``DatePartitioned`` model's parent only; without
+    ``create_partitions`` every insert fails ("no partition of relation found for row") until
+    the first maintenance run.
+    """
+    pglast = _pglast()
+    parents: dict[str, Statement] = {}
+    children: set[str] = set()
+    for statement in own:
+        if statement.what != "CREATE":
+            continue
+        node = pglast.parser.parse_sql(statement.sql)[0].stmt
+        if type(node).__name__ != "CreateStmt":
+            continue
+        if node.partspec is not None:
+            parents[node.relation.relname] = statement
+        if node.partbound is not None:
+            children.update(parent.relname for parent in node.inhRelations or ())
+    return [statement for name, statement in parents.items() if name not in children]
 
 
 def _apply_ignores(

@@ -96,6 +96,33 @@ def test_set_not_null_is_contract_only(offline_repo: ProductRepo) -> None:
     assert rules(offline_repo) == [("0002", "adding-not-nullable-field")]
 
 
+PRICE_TICKS = """
+ticks = op.create_table(
+    "price_ticks",
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("observed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("id", "observed_at"),
+    postgresql_partition_by="RANGE (observed_at)",
+)
+"""
+
+
+def test_a_partitioned_table_needs_its_partitions_in_the_same_revision(
+    offline_repo: ProductRepo,
+) -> None:
+    # What autogenerate writes for a DatePartitioned model: the parent only, so every insert
+    # failed ("no partition of relation found for row") while the CI gate said ok.
+    offline_repo.add("add price ticks", PRICE_TICKS)
+    assert rules(offline_repo) == [("0001", "partitioned-table-without-partitions")]
+    offline_repo.add(
+        "add trade ticks",
+        PRICE_TICKS.replace("price_ticks", "trade_ticks")
+        + 'create_partitions(op, ticks, DatePartitioning(column="observed_at", interval="day"))',
+        extra="from sigma_db.partitions import DatePartitioning, create_partitions\n",
+    )
+    assert rules(offline_repo) == [("0001", "partitioned-table-without-partitions")]
+
+
 def test_phase_rules(offline_repo: ProductRepo) -> None:
     offline_repo.add("init", SIGNALS)
     offline_repo.add("data in expand", "op.execute(\"UPDATE signals SET name = 'x'\")")
