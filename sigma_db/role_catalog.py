@@ -194,13 +194,23 @@ _ROLE_SETTING = "btrim(substr({item}, 6), '\"')"
 
 
 def _logins_of(conn: psycopg.Connection[Any], groups: list[str]) -> list[str]:
-    """LOGIN roles that are members of one of ``groups``, or act as one in this database."""
+    """LOGIN roles that are members of one of ``groups``, or act as one in this database.
+
+    Not the roles that administer the groups: a superuser, a CREATEROLE role (the DBA, the
+    CREATEROLE owner of the database, which makes itself a member of the migrator; Vault's
+    connection user), the database's owner, or a role holding a group WITH ADMIN OPTION (to
+    hand it out). Those are not a product's service logins.
+    """
     if not groups:
         return []
     named = _ROLE_SETTING.format(item="c.item")
     rows = conn.execute(
         "SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin "  # noqa: S608
         "AND r.rolname <> ALL(%(groups)s) AND r.rolname NOT IN (current_user, session_user) "
+        "AND NOT r.rolsuper AND NOT r.rolcreaterole "
+        "AND r.oid <> (SELECT datdba FROM pg_database WHERE datname = current_database()) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+        "    WHERE a.member = r.oid AND a.admin_option AND g.rolname = ANY(%(groups)s)) "
         "AND (EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
         "    WHERE a.member = r.oid AND g.rolname = ANY(%(groups)s)) "
         "  OR EXISTS (SELECT 1 FROM pg_db_role_setting s "

@@ -918,14 +918,26 @@ class _Planner:
         # pick (each would attach it and revoke the other).
         theirs = sorted(self.catalog.member_of.get(name, set()) & self.groups - kinds.keys())
         if len(ours) > 1 or theirs:
+            say = (
+                f"ALTER ROLE {self._ident(name)} IN DATABASE {self._ident(self.catalog.database)} "
+                "SET role TO '<the group it serves>'"
+            )
+            try:
+                Login(name, RoleKind.RW)
+                say = f"sigma-db roles apply --login {name}:KIND (migrator, rw or ro), or {say}"
+            except ConfigurationError:
+                pass  # a name --login refuses (Vault's v-token-...): only the SQL can say it
             self.conflicts.append(
                 f"Login {name} is a member of {', '.join([*ours, *theirs])}, but a login acts as "
                 f"exactly one group and no role setting in {self.catalog.database} says which; "
-                f"attach it with sigma-db roles apply --login {name}:KIND (KIND one of migrator, "
-                "rw, ro)."
+                f"say which with {say}."
             )
             return
         self._login(target, name, kinds[ours[0]], None, named=False)
+
+    def _ident(self, name: str) -> str:
+        """``name`` quoted as SQL (for the statements a message tells someone to run)."""
+        return str(self.sql.Identifier(name).as_string(self.conn))
 
     def _acts_as(self, name: str) -> str | None:
         """The group ``name``'s ``role`` setting in this database names, if any."""
@@ -965,20 +977,24 @@ class _Planner:
             # Attached to another product: taking it over would make one login serve two.
             acts_as = self._acts_as(name)
             here = f"acts as {acts_as} in {self.catalog.database} but " if acts_as else ""
+            role = self._ident(name)
             fixes = "; ".join(
                 (
-                    f"ALTER ROLE {name} RESET role"
+                    f"ALTER ROLE {role} RESET role"
                     if database is None
-                    else f"ALTER ROLE {name} IN DATABASE {database} RESET role"
+                    else f"ALTER ROLE {role} IN DATABASE {self._ident(database)} RESET role"
                 )
-                + f"; REVOKE {other} FROM {name}"
+                + f"; REVOKE {self._ident(other)} FROM {role}"
                 for database, other in elsewhere
+            )
+            here_fix = (
+                f"ALTER ROLE {role} IN DATABASE {self._ident(self.catalog.database)} RESET role; "
+                f"REVOKE {self._ident(group)} FROM {role}"
             )
             fix = (
                 f"choose another login name for {group}, or detach it there first ({fixes})"
                 if named
-                else f"detach it from one of them: there ({fixes}) or here (ALTER ROLE {name} "
-                f"IN DATABASE {self.catalog.database} RESET role; REVOKE {group} FROM {name})"
+                else f"detach it from one of them: there ({fixes}) or here ({here_fix})"
             )
             self.conflicts.append(
                 f"Login {name} {here}is attached to {_where(elsewhere)}: it belongs to another "
@@ -1001,11 +1017,16 @@ class _Planner:
             )
         else:
             if row.forbidden:
+                role = self._ident(name)
                 self.conflicts.append(
                     f"Login role {name} has {', '.join(row.forbidden)}, which no service "
-                    f"login may have; run ALTER ROLE {name} "
+                    f"login may have; run ALTER ROLE {role} "
                     f"{' '.join('NO' + a for a in row.forbidden)} or "
-                    + ("choose another login name." if named else f"REVOKE {group} FROM {name}.")
+                    + (
+                        "choose another login name."
+                        if named
+                        else f"REVOKE {self._ident(group)} FROM {role}."
+                    )
                 )
                 return
             if not row.login:

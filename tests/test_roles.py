@@ -829,8 +829,8 @@ def test_another_products_login_is_not_taken_over(
     assert f"Login {theirs} is attached to {their_group} in database {elsewhere.admin.name}" in (
         message
     )
-    assert f"ALTER ROLE {theirs} IN DATABASE {elsewhere.admin.name} RESET role" in message
-    assert f"REVOKE {their_group} FROM {theirs}" in message
+    assert f'ALTER ROLE "{theirs}" IN DATABASE "{elsewhere.admin.name}" RESET role' in message
+    assert f'REVOKE "{their_group}" FROM "{theirs}"' in message
     assert "choose another login name" in message
     assert _memberships(provisioned, theirs) == {their_group}
     with elsewhere.connect(RW) as conn:  # its password is the one it had
@@ -1055,17 +1055,77 @@ def test_a_found_login_two_products_could_claim_is_a_conflict(
         message = str(info.value)
         assert f"Login {shared} is a member of " in message
         assert f"--login {shared}:KIND" in message
-        # A superuser found in a group is not stripped: one line saying what to run.
+        # A login found in a group with BYPASSRLS is not stripped: one line saying what to run.
         with ours.admin_connection() as admin:
             admin.execute(f"DROP ROLE {shared}")
-            admin.execute(f"CREATE ROLE {boss} LOGIN SUPERUSER IN ROLE {ours.target.roles[RO]}")
+            admin.execute(f"CREATE ROLE {boss} LOGIN BYPASSRLS IN ROLE {ours.target.roles[RO]}")
         with pytest.raises(ConfigurationError) as info:
             sync_roles(ours.admin, [ours.target], apply=False)
         message = str(info.value)
         assert "\n" not in message
-        assert f"Login role {boss} has SUPERUSER" in message
-        assert f"REVOKE {ours.target.roles[RO]} FROM {boss}" in message
+        assert f"Login role {boss} has BYPASSRLS" in message
+        assert f'REVOKE "{ours.target.roles[RO]}" FROM "{boss}"' in message
+        # A superuser in a group administers it (a DBA): not one of the product's logins.
+        with ours.admin_connection() as admin:
+            admin.execute(f"ALTER ROLE {boss} NOBYPASSRLS SUPERUSER")
+        plan = sync_roles(ours.admin, [ours.target], apply=False)
+        assert boss not in plan.render()
     finally:
         with ours.admin_connection() as admin:
             admin.execute(f"DROP ROLE IF EXISTS {shared}")
             admin.execute(f"DROP ROLE IF EXISTS {boss}")
+
+
+def test_those_who_administer_the_groups_are_not_its_logins(sigma_postgresql: TestServer) -> None:
+    # The CREATEROLE owner of the database makes itself a member of the migrator, and Vault's
+    # connection user holds the groups WITH ADMIN OPTION to hand them out: taken for the
+    # product's logins, each made every later plan a conflict (or rewrote their settings).
+    key = unique_key()
+    database, dba = f"db_{key}", f"{key}_dba"
+    vault, granter = f"{key}_vault", f"{key}_granter"
+    with sigma_postgresql.connect() as admin:
+        admin.execute(f"CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD 'dba-pw'")
+        admin.execute(f"CREATE DATABASE {database} OWNER {dba}")
+    owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
+    superuser = sigma_postgresql.settings(database, product=key)
+    groups = ProductRoles(owner.topology).roles
+    sync_roles(owner, [ProductRoles(owner.topology)], apply=True)
+    with sigma_postgresql.connect(database) as admin:
+        admin.execute(f"CREATE ROLE {vault} LOGIN CREATEROLE")
+        admin.execute(f"GRANT {groups[RW]} TO {vault} WITH ADMIN OPTION")
+        admin.execute(f"CREATE ROLE {granter} LOGIN")
+        admin.execute(f"GRANT {groups[RW]}, {groups[RO]} TO {granter} WITH ADMIN OPTION")
+    for settings in (owner, superuser):
+        plan = sync_roles(settings, [ProductRoles(settings.topology)], apply=False)
+        assert not plan.changed, plan.render()
+
+
+def test_a_login_in_two_groups_gets_a_fix_it_can_run(provisioned: Provisioned) -> None:
+    # Vault's names (v-token-...) are refused by --login, and the SQL offered was unquoted.
+    groups = provisioned.target.roles
+    name = f"v-token-{uuid.uuid4().hex[:6]}-AbC"
+    with provisioned.admin_connection() as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("GRANT {}, {} TO {}").format(
+                sql.Identifier(groups[RW]), sql.Identifier(groups[RO]), sql.Identifier(name)
+            )
+        )
+    with pytest.raises(ConfigurationError) as caught:
+        sync_roles(provisioned.admin, [provisioned.target], apply=False)
+    message = str(caught.value)
+    assert "--login" not in message, message
+    fix = message.split("say which with ")[1].rstrip(".")
+    assert fix.startswith(f'ALTER ROLE "{name}" IN DATABASE'), fix
+    with provisioned.admin_connection() as admin:
+        admin.execute(fix.replace("<the group it serves>", groups[RO]))  # runs as written
+    sync_roles(provisioned.admin, [provisioned.target], apply=True)
+    plan = sync_roles(provisioned.admin, [provisioned.target], apply=False)
+    assert not plan.changed, plan.render()
+    with provisioned.admin_connection() as admin:
+        held = admin.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+            (name,),
+        ).fetchall()
+    assert held == [(groups[RO],)]

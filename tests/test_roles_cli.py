@@ -438,7 +438,7 @@ def test_another_products_login_is_refused_in_one_line(
         assert code == 1, out
         line = _one_line_error(err)
         assert f"Login {login} is attached to {group} in database {database}" in line
-        assert f"ALTER ROLE {login} IN DATABASE {database} RESET role" in line
+        assert f'ALTER ROLE "{login}" IN DATABASE "{database}" RESET role' in line
         assert "n3w-Pw-x1" not in out + err
         with theirs.connect(RoleKind.RW) as conn:  # the password it had still works
             assert conn.execute("SELECT current_user").fetchone() == (group,)

@@ -264,9 +264,13 @@ def _without_partitions(own: Sequence[Statement]) -> list[Statement]:
     parents: dict[str, Statement] = {}
     children: set[str] = set()
     for statement in own:
-        if statement.what != "CREATE":
+        if statement.what != "CREATE" and not statement.what.startswith("ALTER TABLE"):
             continue
         node = pglast.parser.parse_sql(statement.sql)[0].stmt
+        if type(node).__name__ == "AlterTableStmt":  # ALTER TABLE parent ATTACH PARTITION
+            if any(cmd.subtype.name == "AT_AttachPartition" for cmd in node.cmds or ()):
+                children.add(node.relation.relname)
+            continue
         if type(node).__name__ != "CreateStmt":
             continue
         if node.partspec is not None:

@@ -121,6 +121,18 @@ def test_a_partitioned_table_needs_its_partitions_in_the_same_revision(
         extra="from sigma_db.partitions import DatePartitioning, create_partitions\n",
     )
     assert rules(offline_repo) == [("0001", "partitioned-table-without-partitions")]
+    offline_repo.add(
+        "add order ticks",
+        """
+        op.execute("CREATE TABLE order_ticks (d date NOT NULL) PARTITION BY RANGE (d)")
+        op.execute("CREATE TABLE order_ticks_2026 (d date NOT NULL)")
+        op.execute(
+            "ALTER TABLE order_ticks ATTACH PARTITION order_ticks_2026 "
+            "FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+        )
+        """,
+    )
+    assert rules(offline_repo) == [("0001", "partitioned-table-without-partitions")]
 
 
 def test_phase_rules(offline_repo: ProductRepo) -> None:
