@@ -42,6 +42,8 @@ class RoleRow:
     name: str
     login: bool
     forbidden: tuple[str, ...]
+    inherit: bool = True
+    """False for NOINHERIT: it has its groups' privileges only after SET ROLE (CONNECT never)."""
 
 
 @dataclass
@@ -110,6 +112,10 @@ class Catalog:
     discovered: tuple[str, ...] = ()
     """LOGIN roles (not the admin, not a group) that are members of one of the groups planned
     for, or whose ``role`` setting in this database names one: the logins of those products."""
+    nologin_members: set[tuple[str, str]] = field(default_factory=set)
+    """(member, group): NOLOGIN roles, none of the planned groups, that are members of one."""
+    database_holders: dict[str, RoleRow] = field(default_factory=dict)
+    """The roles holding a privilege on the database (:attr:`database_acl`), as rows."""
     role_settings: dict[str, set[tuple[str | None, str]]] = field(default_factory=dict)
     """Per role, every ``role`` setting it has, in any database: (database, or None for the
     role-wide one; the group it names). Where else a login acts as a group."""
@@ -142,19 +148,23 @@ def read(
     )
     discovered = _logins_of(conn, sorted(set(groups)))
     names = sorted({*roles, *discovered})
+    database_acl = _database_acl(conn)
+    holders = sorted({grantee for grantee, _ in database_acl["database_acl"] if grantee})
     return Catalog(
         admin=admin,
         admin_super=admin_super,
         database=database,
         roles=_roles(conn, names),
-        member_of=_memberships(conn, [*names, admin]),
-        **_database_acl(conn),
+        member_of=_memberships(conn, [*names, *holders, admin]),
+        **database_acl,
+        database_holders=_roles(conn, holders),
         **_schemas(conn, schema_list),
         **_default_acl(conn, sorted(set(migrators)), schema_list),
         relations=_relations(conn, schema_list),
         routines=_routines(conn, schema_list),
         **_settings(conn, names),
         discovered=tuple(discovered),
+        nologin_members=_nologin_members(conn, sorted(set(groups))),
     )
 
 
@@ -172,7 +182,8 @@ _GRANTEE = "CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) EN
 def _roles(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, RoleRow]:
     columns = ", ".join(FORBIDDEN_ATTRIBUTES)  # fixed column names, never input
     rows = conn.execute(
-        f"SELECT rolname, rolcanlogin, {columns} FROM pg_roles WHERE rolname = ANY(%s)",  # noqa: S608
+        f"SELECT rolname, rolcanlogin, rolinherit, {columns} FROM pg_roles "  # noqa: S608
+        "WHERE rolname = ANY(%s)",
         [names],
     )
     return {
@@ -181,9 +192,10 @@ def _roles(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, RoleRow
             row[1],
             tuple(
                 keyword
-                for keyword, flag in zip(FORBIDDEN_ATTRIBUTES.values(), row[2:], strict=True)
+                for keyword, flag in zip(FORBIDDEN_ATTRIBUTES.values(), row[3:], strict=True)
                 if flag
             ),
+            inherit=row[2],
         )
         for row in rows
     }
@@ -199,29 +211,51 @@ def _logins_of(conn: psycopg.Connection[Any], groups: list[str]) -> list[str]:
     Not the roles that administer the groups: a superuser, a CREATEROLE role (the DBA, the
     CREATEROLE owner of the database, which makes itself a member of the migrator; Vault's
     connection user), the database's owner, or a role holding a group WITH ADMIN OPTION (to
-    hand it out). Those are not a product's service logins.
+    hand it out), unless its ``role`` setting here says it acts as a group: then it is a
+    service login that must not have those powers. A login reaching a group only through
+    another role is not one either: that role's membership is revoked (:func:`_nologin_members`).
     """
     if not groups:
         return []
     named = _ROLE_SETTING.format(item="c.item")
-    rows = conn.execute(
-        "SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin "  # noqa: S608
-        "AND r.rolname <> ALL(%(groups)s) AND r.rolname NOT IN (current_user, session_user) "
-        "AND NOT r.rolsuper AND NOT r.rolcreaterole "
-        "AND r.oid <> (SELECT datdba FROM pg_database WHERE datname = current_database()) "
-        "AND NOT EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
-        "    WHERE a.member = r.oid AND a.admin_option AND g.rolname = ANY(%(groups)s)) "
-        "AND (EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
-        "    WHERE a.member = r.oid AND g.rolname = ANY(%(groups)s)) "
-        "  OR EXISTS (SELECT 1 FROM pg_db_role_setting s "
+    acts_here = (  # fixed text: _ROLE_SETTING is a constant
+        "EXISTS (SELECT 1 FROM pg_db_role_setting s "  # noqa: S608
         "    JOIN pg_database d ON d.oid = s.setdatabase "
         "    CROSS JOIN LATERAL unnest(s.setconfig) AS c(item) "
         "    WHERE s.setrole = r.oid AND d.datname = current_database() "
-        f"    AND c.item LIKE 'role=%%' AND {named} = ANY(%(groups)s))) "
+        f"    AND c.item LIKE 'role=%%' AND {named} = ANY(%(groups)s))"
+    )
+    rows = conn.execute(
+        "SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin "  # noqa: S608
+        "AND r.rolname <> ALL(%(groups)s) AND r.rolname NOT IN (current_user, session_user) "
+        f"AND ({acts_here} OR (NOT r.rolsuper AND NOT r.rolcreaterole "
+        "  AND r.oid <> (SELECT datdba FROM pg_database WHERE datname = current_database()) "
+        "  AND NOT EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+        "      WHERE a.member = r.oid AND a.admin_option AND g.rolname = ANY(%(groups)s)) "
+        "  AND EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+        "      WHERE a.member = r.oid AND g.rolname = ANY(%(groups)s)))) "
         "ORDER BY 1",
         {"groups": groups},
     )
     return [row[0] for row in rows]
+
+
+def _nologin_members(conn: psycopg.Connection[Any], groups: list[str]) -> set[tuple[str, str]]:
+    """(member, group): NOLOGIN roles other than ``groups`` that are members of one of them.
+
+    A team role holding the migrator group hands its privileges to every login in the team,
+    which discovery (direct members only) would never see.
+    """
+    if not groups:
+        return set()
+    rows = conn.execute(
+        "SELECT m.rolname, g.rolname FROM pg_auth_members a "
+        "JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+        "WHERE g.rolname = ANY(%(groups)s) AND NOT m.rolcanlogin "
+        "AND m.rolname <> ALL(%(groups)s)",
+        {"groups": groups},
+    )
+    return {(row[0], row[1]) for row in rows}
 
 
 def _memberships(conn: psycopg.Connection[Any], members: list[str]) -> dict[str, set[str]]:

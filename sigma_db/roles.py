@@ -390,19 +390,36 @@ class _Planner:
                     role=name,
                 )
         shared = target.topology.consolidated
+        ours = set(target.roles.values())
         for holder, held in sorted(acl.items(), key=_grantee_order):
             if holder is None or holder in self.groups:
                 continue  # PUBLIC: above; the planned groups: their own step
-            if shared and _is_group_role(holder):
+            row = self.catalog.database_holders.get(holder)
+            if row is not None and {"SUPERUSER", "CREATEROLE"} & set(row.forbidden):
+                continue  # an administrator (Vault's connection user): it may grant itself this
+            if shared and row is not None and not row.login and _is_group_role(holder):
                 continue  # the products share the consolidated database: each its own roles
+            # A NOINHERIT login of the product cannot use its group's CONNECT (checked before
+            # its role setting applies): it keeps its own.
+            keep = (
+                {"CONNECT"}
+                if row is not None
+                and row.login
+                and not row.inherit
+                and self.catalog.member_of.get(holder, set()) & ours
+                else set()
+            )
+            extra = held - keep
+            if not extra:
+                continue
             # CONNECT too: a person or another product's role holding it directly may log in
             # here (a login reaches the database through its one group's CONNECT).
             only = "the products' group roles" if shared else ", ".join(target.roles.values())
             self.emit(
                 "REVOKE {privs} ON DATABASE {db} FROM {grantee}",
-                f"drift: {holder} may {', '.join(sorted(held))} on database {db}, where only "
+                f"drift: {holder} may {', '.join(sorted(extra))} on database {db}, where only "
                 f"{only} may",
-                privs=self.privileges(held),
+                privs=self.privileges(extra),
                 db=db,
                 grantee=holder,
             )
@@ -844,6 +861,24 @@ class _Planner:
 
     # -- settings
 
+    def nologin_members(self, target: ProductRoles) -> None:
+        """Revoke the product's groups from roles that are neither a login nor a planned group.
+
+        Only logins are members of a product's groups: a team role (or another product's group)
+        holding one hands its privileges to each of its members, none of them a login any plan
+        would see.
+        """
+        ours = set(target.roles.values())
+        for member, group in sorted(self.catalog.nologin_members):
+            if group in ours:
+                self.emit(
+                    "REVOKE {group} FROM {role}",
+                    f"drift: {member} (not a login) is a member of {group}, which passes "
+                    f"{group}'s privileges to every role in {member}",
+                    group=group,
+                    role=member,
+                )
+
     def search_path(self, role: str, target: ProductRoles) -> None:
         """Set the product's search_path on a role that logs in (only its own settings apply)."""
         wanted = list(target.topology.search_path)
@@ -892,13 +927,11 @@ class _Planner:
         if not ours:
             return  # another planned product's login
         elsewhere = self._attached_elsewhere(name, target)
-        if acts_as is not None or elsewhere or _is_group_role(name):
+        if acts_as is not None or elsewhere:
             whose = (
                 f"acts as {acts_as} in {self.catalog.database}"
                 if acts_as is not None
                 else f"is attached to {_where(elsewhere)}"
-                if elsewhere
-                else "is another product's group role"
             )
             for group in ours:
                 self.emit(
@@ -916,7 +949,13 @@ class _Planner:
             return  # attached to this product in another database (a test clone): managed there
         # Planned in the same run for another product too: which one it serves is not ours to
         # pick (each would attach it and revoke the other).
-        theirs = sorted(self.catalog.member_of.get(name, set()) & self.groups - kinds.keys())
+        # A member of another product's group too, planned now or not: which one it serves
+        # is not ours to pick (alone, each product's apply would take it from the other).
+        theirs = sorted(
+            group
+            for group in self.catalog.member_of.get(name, set()) - kinds.keys()
+            if group in self.groups or _is_group_role(group)
+        )
         if len(ours) > 1 or theirs:
             say = (
                 f"ALTER ROLE {self._ident(name)} IN DATABASE {self._ident(self.catalog.database)} "
@@ -946,13 +985,17 @@ class _Planner:
         return None if value is None or value.lower() == "none" else value
 
     def _attached_elsewhere(self, name: str, target: ProductRoles) -> list[tuple[str | None, str]]:
-        """Where ``name``'s ``role`` settings name a role other than ``target``'s groups."""
+        """Where ``name``'s ``role`` settings name another product's group role.
+
+        A setting naming any other role (``analyst`` in a warehouse database) is that
+        database's business, not a claim by another product.
+        """
         own = set(target.roles.values())
         return sorted(
             (
                 (database, group)
                 for database, group in self.catalog.role_settings.get(name, set())
-                if group not in own and group.lower() != "none"
+                if group not in own and (group in self.groups or _is_group_role(group))
             ),
             key=lambda item: (item[0] or "", item[1]),
         )
@@ -1198,6 +1241,7 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
             if row is not None and row.login:  # a group that still logs in directly
                 planner.search_path(role, target)
     for target in targets:
+        planner.nologin_members(target)
         planner.logins(target)
     if planner.conflicts:
         raise ConfigurationError(planner.conflicts)

@@ -1129,3 +1129,110 @@ def test_a_login_in_two_groups_gets_a_fix_it_can_run(provisioned: Provisioned) -
             (name,),
         ).fetchall()
     assert held == [(groups[RO],)]
+
+
+def _login_works(p: Provisioned, name: str, password: str) -> bool:
+    try:
+        with psycopg.connect(
+            host=p.server.host,
+            port=p.server.port,
+            dbname=p.admin.name,
+            user=name,
+            password=password,
+            autocommit=True,
+        ) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+    except psycopg.OperationalError:
+        return False
+
+
+def _converges(p: Provisioned) -> None:
+    sync_roles(p.admin, [p.target], apply=True)
+    plan = sync_roles(p.admin, [p.target], apply=False)
+    assert not plan.changed, plan.render()
+
+
+def test_logins_found_in_the_catalog_are_kept_working(provisioned: Provisioned) -> None:
+    # A second review: a login named like a group (edge_..._bi_ro) lost its group; a
+    # NOINHERIT login lost its own CONNECT (it cannot use its group's); a login with a role
+    # setting for a non-Sigma role in another database was taken for another product's; an
+    # administrator's (Vault's connection user's) CONNECT was revoked.
+    p, groups, key = provisioned, provisioned.target.roles, unique_key()
+    bi, noinherit, analyst, vault = f"edge_{key}_bi_ro", f"{key}_ni", f"{key}_bi", f"{key}_vault"
+    with p.admin_connection() as admin:
+        admin.execute(f"CREATE ROLE {bi} LOGIN PASSWORD 'pw-bi' IN ROLE {groups[RO]}")
+        admin.execute(f"CREATE ROLE {noinherit} LOGIN NOINHERIT PASSWORD 'pw-ni'")
+        admin.execute(f"GRANT {groups[RW]} TO {noinherit}")
+        admin.execute(f"GRANT CONNECT ON DATABASE {p.admin.name} TO {noinherit}")
+        admin.execute(f"CREATE ROLE {analyst} LOGIN PASSWORD 'pw-an' IN ROLE {groups[RO]}")
+        admin.execute(f"ALTER ROLE {analyst} IN DATABASE postgres SET role TO pg_monitor")
+        admin.execute(f"CREATE ROLE {vault} LOGIN CREATEROLE PASSWORD 'pw-v'")
+        admin.execute(f"GRANT CONNECT ON DATABASE {p.admin.name} TO {vault}")
+    _converges(p)
+    for name, password in (
+        (bi, "pw-bi"),
+        (noinherit, "pw-ni"),
+        (analyst, "pw-an"),
+        (vault, "pw-v"),
+    ):
+        assert _login_works(p, name, password), name
+    assert _memberships(p, bi) == {groups[RO]}
+    assert _memberships(p, analyst) == {groups[RO]}
+
+
+def test_a_login_reaching_a_group_through_another_role_loses_it(provisioned: Provisioned) -> None:
+    # A team role holding the migrator group gave its members DDL, and plan said no changes.
+    p, groups, key = provisioned, provisioned.target.roles, unique_key()
+    with p.admin_connection() as admin:
+        admin.execute(f"CREATE ROLE {key}_team NOLOGIN IN ROLE {groups[MIGRATOR]}")
+        admin.execute(f"CREATE ROLE {key}_alice LOGIN PASSWORD 'pw-a' IN ROLE {key}_team")
+    plan = sync_roles(p.admin, [p.target], apply=False).render()
+    assert f'REVOKE "{groups[MIGRATOR]}" FROM "{key}_team"' in plan, plan
+    _converges(p)
+    assert _memberships(p, f"{key}_team") == set()
+
+
+def test_a_service_login_made_an_administrator_is_a_conflict(provisioned: Provisioned) -> None:
+    # Attached (its role setting names the group), then given CREATEROLE: it could grant
+    # itself the migrator, while plan said no changes.
+    p = provisioned
+    with p.admin_connection() as admin:
+        admin.execute(f"ALTER ROLE {p.logins[RW]} CREATEROLE")
+    with pytest.raises(ConfigurationError, match=f"Login role {p.logins[RW]} has CREATEROLE"):
+        sync_roles(p.admin, [ProductRoles(p.topology)], apply=False)  # without --login
+
+
+def test_a_login_of_two_products_is_a_conflict_for_each_alone(
+    sigma_postgresql: TestServer, products_db: dict[str, Provisioned]
+) -> None:
+    # Planned alone, each product's apply took the login and stripped the other's group.
+    ours = provision(sigma_postgresql, "edge_products", product=unique_key())
+    theirs = provision(sigma_postgresql, "edge_products", product=unique_key())
+    shared = f"shared_{uuid.uuid4().hex[:8]}"
+    with ours.admin_connection() as admin:
+        admin.execute(
+            f"CREATE ROLE {shared} LOGIN IN ROLE {ours.target.roles[RW]}, {theirs.target.roles[RW]}"
+        )
+    try:
+        for p in (ours, theirs):
+            with pytest.raises(ConfigurationError, match=f"Login {shared} is a member of"):
+                sync_roles(p.admin, [p.target], apply=False)
+    finally:
+        with ours.admin_connection() as admin:
+            admin.execute(f"DROP ROLE {shared}")
+
+
+def test_a_login_named_like_a_group_holds_no_privilege_on_the_shared_database(
+    sigma_postgresql: TestServer, products_db: dict[str, Provisioned]
+) -> None:
+    ours = provision(sigma_postgresql, "edge_products", product=unique_key())
+    mallory = f"edge_{unique_key()}_rw"  # a LOGIN role: no product's group, whatever its name
+    with ours.admin_connection() as admin:
+        admin.execute(f"CREATE ROLE {mallory} LOGIN")
+        admin.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE edge_products TO {mallory}")
+    try:
+        plan = sync_roles(ours.admin, [ours.target], apply=False).render()
+        assert f'REVOKE CONNECT, TEMPORARY ON DATABASE "edge_products" FROM "{mallory}"' in plan
+    finally:
+        with ours.admin_connection() as admin:
+            admin.execute(f"DROP OWNED BY {mallory}; DROP ROLE {mallory}")
