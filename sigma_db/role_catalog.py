@@ -112,6 +112,8 @@ class Catalog:
     discovered: tuple[str, ...] = ()
     """LOGIN roles (not the admin, not a group) that are members of one of the groups planned
     for, or whose ``role`` setting in this database names one: the logins of those products."""
+    members: dict[str, set[str]] = field(default_factory=dict)
+    """Per login read for the plan, the roles that are members of it (it should have none)."""
     nologin_members: set[tuple[str, str]] = field(default_factory=set)
     """(member, group): NOLOGIN roles, none of the planned groups, that are members of one."""
     database_holders: dict[str, RoleRow] = field(default_factory=dict)
@@ -165,6 +167,7 @@ def read(
         **_settings(conn, names),
         discovered=tuple(discovered),
         nologin_members=_nologin_members(conn, sorted(set(groups))),
+        members=_members(conn, names),
     )
 
 
@@ -238,6 +241,19 @@ def _logins_of(conn: psycopg.Connection[Any], groups: list[str]) -> list[str]:
         {"groups": groups},
     )
     return [row[0] for row in rows]
+
+
+def _members(conn: psycopg.Connection[Any], roles: list[str]) -> dict[str, set[str]]:
+    """Per role of ``roles``, the roles that are members of it."""
+    members: dict[str, set[str]] = defaultdict(set)
+    for role, member in conn.execute(
+        "SELECT g.rolname, m.rolname FROM pg_auth_members a "
+        "JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+        "WHERE g.rolname = ANY(%s)",
+        [roles],
+    ):
+        members[role].add(member)
+    return members
 
 
 def _nologin_members(conn: psycopg.Connection[Any], groups: list[str]) -> set[tuple[str, str]]:

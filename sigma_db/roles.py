@@ -1110,6 +1110,14 @@ class _Planner:
                 group=other,
                 role=name,
             )
+        for member in sorted(self.catalog.members.get(name, set())):
+            # Through the login, the member would have the group's privileges too.
+            self.emit(
+                "REVOKE {group} FROM {role}",
+                f"drift: {member} is a member of login {name}, so it may act as {group}",
+                group=name,
+                role=member,
+            )
         if self._acts_as(name) != group:
             self.emit(
                 "ALTER ROLE {role} IN DATABASE {db} SET role TO {value}",

@@ -1186,10 +1186,13 @@ def test_a_login_reaching_a_group_through_another_role_loses_it(provisioned: Pro
     with p.admin_connection() as admin:
         admin.execute(f"CREATE ROLE {key}_team NOLOGIN IN ROLE {groups[MIGRATOR]}")
         admin.execute(f"CREATE ROLE {key}_alice LOGIN PASSWORD 'pw-a' IN ROLE {key}_team")
+        # ... or through a login of the product: a role that is a member of the login
+        admin.execute(f"CREATE ROLE {key}_bob LOGIN IN ROLE {p.logins[MIGRATOR]}")
     plan = sync_roles(p.admin, [p.target], apply=False).render()
     assert f'REVOKE "{groups[MIGRATOR]}" FROM "{key}_team"' in plan, plan
+    assert f'REVOKE "{p.logins[MIGRATOR]}" FROM "{key}_bob"' in plan, plan
     _converges(p)
-    assert _memberships(p, f"{key}_team") == set()
+    assert _memberships(p, f"{key}_team") == _memberships(p, f"{key}_bob") == set()
 
 
 def test_a_service_login_made_an_administrator_is_a_conflict(provisioned: Provisioned) -> None:
