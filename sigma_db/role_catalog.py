@@ -111,16 +111,15 @@ class Catalog:
     """Per role, its settings in this database (``ALTER ROLE … IN DATABASE … SET``)."""
     discovered: tuple[str, ...] = ()
     """LOGIN roles (not the admin, not a group) that are members of one of the groups planned
-    for, or whose ``role`` setting in this database names one: the logins of those products."""
+    for: the logins of those products (see ``_logins_of``)."""
     members: dict[str, set[str]] = field(default_factory=dict)
     """Per login read for the plan, the roles that are members of it (it should have none)."""
     nologin_members: set[tuple[str, str]] = field(default_factory=set)
     """(member, group): NOLOGIN roles, none of the planned groups, that are members of one."""
     database_holders: dict[str, RoleRow] = field(default_factory=dict)
     """The roles holding a privilege on the database (:attr:`database_acl`), as rows."""
-    role_settings: dict[str, set[tuple[str | None, str]]] = field(default_factory=dict)
-    """Per role, every ``role`` setting it has, in any database: (database, or None for the
-    role-wide one; the group it names). Where else a login acts as a group."""
+    admin_options: set[tuple[str, str]] = field(default_factory=set)
+    """(member, group): the roles read for the plan that hold a membership WITH ADMIN OPTION."""
 
 
 _NOT_EXTENSION = (
@@ -164,8 +163,9 @@ def read(
         **_default_acl(conn, sorted(set(migrators)), schema_list),
         relations=_relations(conn, schema_list),
         routines=_routines(conn, schema_list),
-        **_settings(conn, names),
+        settings=_settings(conn, names),
         discovered=tuple(discovered),
+        admin_options=_admin_options(conn, names),
         nologin_members=_nologin_members(conn, sorted(set(groups))),
         members=_members(conn, names),
     )
@@ -204,43 +204,40 @@ def _roles(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, RoleRow
     }
 
 
-# The group a ``role=…`` entry of pg_db_role_setting.setconfig names (quoted if set that way).
-_ROLE_SETTING = "btrim(substr({item}, 6), '\"')"
-
-
 def _logins_of(conn: psycopg.Connection[Any], groups: list[str]) -> list[str]:
-    """LOGIN roles that are members of one of ``groups``, or act as one in this database.
+    """LOGIN roles that are members of one of ``groups``: an administrator granted that.
 
-    Not the roles that administer the groups: a superuser, a CREATEROLE role (the DBA, the
-    CREATEROLE owner of the database, which makes itself a member of the migrator; Vault's
-    connection user), the database's owner, or a role holding a group WITH ADMIN OPTION (to
-    hand it out), unless its ``role`` setting here says it acts as a group: then it is a
-    service login that must not have those powers. A login reaching a group only through
-    another role is not one either: that role's membership is revoked (:func:`_nologin_members`).
+    Not the roles that administer the groups: a superuser, the database's owner (a CREATEROLE
+    owner makes itself a member of the migrator), a CREATEROLE role holding a group WITH ADMIN
+    OPTION (Vault's connection user on PostgreSQL 16). A ``role`` setting does not make a
+    login one of them: the login can write its own.
     """
     if not groups:
         return []
-    named = _ROLE_SETTING.format(item="c.item")
-    acts_here = (  # fixed text: _ROLE_SETTING is a constant
-        "EXISTS (SELECT 1 FROM pg_db_role_setting s "  # noqa: S608
-        "    JOIN pg_database d ON d.oid = s.setdatabase "
-        "    CROSS JOIN LATERAL unnest(s.setconfig) AS c(item) "
-        "    WHERE s.setrole = r.oid AND d.datname = current_database() "
-        f"    AND c.item LIKE 'role=%%' AND {named} = ANY(%(groups)s))"
-    )
     rows = conn.execute(
-        "SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin "  # noqa: S608
+        "SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin AND NOT r.rolsuper "
         "AND r.rolname <> ALL(%(groups)s) AND r.rolname NOT IN (current_user, session_user) "
-        f"AND ({acts_here} OR (NOT r.rolsuper AND NOT r.rolcreaterole "
-        "  AND r.oid <> (SELECT datdba FROM pg_database WHERE datname = current_database()) "
-        "  AND NOT EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
-        "      WHERE a.member = r.oid AND a.admin_option AND g.rolname = ANY(%(groups)s)) "
-        "  AND EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
-        "      WHERE a.member = r.oid AND g.rolname = ANY(%(groups)s)))) "
+        "AND r.oid <> (SELECT datdba FROM pg_database WHERE datname = current_database()) "
+        "AND EXISTS (SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+        "    WHERE a.member = r.oid AND g.rolname = ANY(%(groups)s)) "
+        "AND NOT (r.rolcreaterole AND EXISTS (SELECT 1 FROM pg_auth_members a "
+        "    JOIN pg_roles g ON g.oid = a.roleid "
+        "    WHERE a.member = r.oid AND a.admin_option AND g.rolname = ANY(%(groups)s))) "
         "ORDER BY 1",
         {"groups": groups},
     )
     return [row[0] for row in rows]
+
+
+def _admin_options(conn: psycopg.Connection[Any], members: list[str]) -> set[tuple[str, str]]:
+    """(member, group) for each membership of ``members`` held WITH ADMIN OPTION."""
+    rows = conn.execute(
+        "SELECT m.rolname, g.rolname FROM pg_auth_members a "
+        "JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+        "WHERE m.rolname = ANY(%s) AND a.admin_option",
+        [members],
+    )
+    return {(row[0], row[1]) for row in rows}
 
 
 def _members(conn: psycopg.Connection[Any], roles: list[str]) -> dict[str, set[str]]:
@@ -422,21 +419,16 @@ def _routines(conn: psycopg.Connection[Any], schemas: list[str]) -> list[Routine
     return list(routines.values())
 
 
-def _settings(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, Any]:
-    """Each role's settings in this database, and its ``role`` settings in every database."""
+def _settings(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, dict[str, str]]:
+    """Each role's settings in this database (``ALTER ROLE … IN DATABASE … SET``)."""
     settings: dict[str, dict[str, str]] = defaultdict(dict)
-    role_settings: dict[str, set[tuple[str | None, str]]] = defaultdict(set)
-    for role, database, here, config in conn.execute(
-        "SELECT r.rolname, d.datname, d.datname = current_database(), s.setconfig "
-        "FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
-        "LEFT JOIN pg_database d ON d.oid = s.setdatabase "
-        "WHERE r.rolname = ANY(%s) AND (s.setdatabase = 0 OR d.oid IS NOT NULL)",
+    for role, config in conn.execute(
+        "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
+        "JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE d.datname = current_database() AND r.rolname = ANY(%s)",
         [names],
     ):
         for item in config or ():
             key, _, value = item.partition("=")
-            if here:
-                settings[role][key] = value
-            if key == "role":
-                role_settings[role].add((database, value.strip('"')))
-    return {"settings": settings, "role_settings": role_settings}
+            settings[role][key] = value
+    return settings

@@ -23,9 +23,9 @@ migrator and the default privileges below apply — and the product's ``search_p
 what makes PgBouncer's transaction pooling work without any client-side ``SET``. Role settings
 only apply to the role that logs in (never through membership or ``SET ROLE``), which is why
 they go on the logins and not on the NOLOGIN groups. A plan covers the logins named for it and
-the ones the catalog shows are the product's (members of its groups, or acting as one of them in
-its database); each keeps its one group and no other membership. A login attached to another
-product (its ``role`` setting names another product's group) is never taken over.
+the members of its groups (memberships only: a login can write its own ``role`` setting); each
+keeps its one group and no other membership. Another product's login (a member of another
+product's group) is never taken over.
 
 The plan is computed, not scripted: the catalog is read first (:mod:`sigma_db.role_catalog`) and
 only what is missing or wrong is emitted, so a second apply emits nothing, and drift (a missing
@@ -397,18 +397,22 @@ class _Planner:
             row = self.catalog.database_holders.get(holder)
             if row is not None and {"SUPERUSER", "CREATEROLE"} & set(row.forbidden):
                 continue  # an administrator (Vault's connection user): it may grant itself this
+            keep: set[str] = set()
             if shared and row is not None and not row.login and _is_group_role(holder):
-                continue  # the products share the consolidated database: each its own roles
-            # A NOINHERIT login of the product cannot use its group's CONNECT (checked before
-            # its role setting applies): it keeps its own.
-            keep = (
-                {"CONNECT"}
-                if row is not None
-                and row.login
-                and not row.inherit
-                and self.catalog.member_of.get(holder, set()) & ours
-                else set()
-            )
+                # The products share the consolidated database: each product's own plan makes
+                # its groups' privileges exact; none has more than these.
+                keep = {"CONNECT", "TEMPORARY"}
+            elif row is not None and row.login and not row.inherit:
+                # A NOINHERIT login cannot use its group's CONNECT (checked before its role
+                # setting applies): one of the product's (of any product's, in the shared
+                # database) keeps its own.
+                groups = self.catalog.member_of.get(holder, set())
+                if (
+                    holder in self.named
+                    or groups & ours
+                    or (shared and any(g in self.groups or _is_group_role(g) for g in groups))
+                ):
+                    keep = {"CONNECT"}
             extra = held - keep
             if not extra:
                 continue
@@ -912,43 +916,16 @@ class _Planner:
                 self._discovered(target, name)
 
     def _discovered(self, target: ProductRoles, name: str) -> None:
-        """A login nobody named: a member of one of ``target``'s groups, or acting as one here.
+        """A login nobody named that is a member of one of ``target``'s groups.
 
-        Its kind is the group its ``role`` setting here names, else its only group of the
-        product's. One acting as another product's group (here or elsewhere) is that product's:
-        it only loses its membership in this product's groups.
+        Only memberships count: an administrator granted them. A login's ``role`` setting is
+        its own to write (``ALTER ROLE itself IN DATABASE ... SET role``), so it never says
+        which group a login serves, nor which product it belongs to.
         """
         kinds = {group: kind for kind, group in target.roles.items()}
-        acts_as = self._acts_as(name)
-        if acts_as in kinds:
-            self._login(target, name, kinds[acts_as], None, named=False)
-            return
         ours = sorted(self.catalog.member_of.get(name, set()) & kinds.keys())
         if not ours:
             return  # another planned product's login
-        elsewhere = self._attached_elsewhere(name, target)
-        if acts_as is not None or elsewhere:
-            whose = (
-                f"acts as {acts_as} in {self.catalog.database}"
-                if acts_as is not None
-                else f"is attached to {_where(elsewhere)}"
-            )
-            for group in ours:
-                self.emit(
-                    "REVOKE {group} FROM {role}",
-                    f"drift: {name} {whose}, yet is a member of {group}, "
-                    f"{target.topology.product.title}'s",
-                    group=group,
-                    role=name,
-                )
-            return
-        if any(
-            group in kinds and database not in (None, self.catalog.database)
-            for database, group in self.catalog.role_settings.get(name, set())
-        ):
-            return  # attached to this product in another database (a test clone): managed there
-        # Planned in the same run for another product too: which one it serves is not ours to
-        # pick (each would attach it and revoke the other).
         # A member of another product's group too, planned now or not: which one it serves
         # is not ours to pick (alone, each product's apply would take it from the other).
         theirs = sorted(
@@ -957,19 +934,19 @@ class _Planner:
             if group in self.groups or _is_group_role(group)
         )
         if len(ours) > 1 or theirs:
-            say = (
-                f"ALTER ROLE {self._ident(name)} IN DATABASE {self._ident(self.catalog.database)} "
-                "SET role TO '<the group it serves>'"
+            role = self._ident(name)
+            revoke = "; ".join(
+                f"REVOKE {self._ident(group)} FROM {role}" for group in [*ours, *theirs]
             )
+            say = f"revoke the ones it must not have ({revoke}: all but one)"
             try:
                 Login(name, RoleKind.RW)
                 say = f"sigma-db roles apply --login {name}:KIND (migrator, rw or ro), or {say}"
             except ConfigurationError:
                 pass  # a name --login refuses (Vault's v-token-...): only the SQL can say it
             self.conflicts.append(
-                f"Login {name} is a member of {', '.join([*ours, *theirs])}, but a login acts as "
-                f"exactly one group and no role setting in {self.catalog.database} says which; "
-                f"say which with {say}."
+                f"Login {name} is a member of {', '.join([*ours, *theirs])}, but a login serves "
+                f"one product and acts as exactly one group; say which with {say}."
             )
             return
         self._login(target, name, kinds[ours[0]], None, named=False)
@@ -984,20 +961,13 @@ class _Planner:
         value = None if value is None else value.strip('"')
         return None if value is None or value.lower() == "none" else value
 
-    def _attached_elsewhere(self, name: str, target: ProductRoles) -> list[tuple[str | None, str]]:
-        """Where ``name``'s ``role`` settings name another product's group role.
-
-        A setting naming any other role (``analyst`` in a warehouse database) is that
-        database's business, not a claim by another product.
-        """
+    def _another_products(self, name: str, target: ProductRoles) -> list[str]:
+        """The other products' group roles ``name`` is a member of (granted by an admin)."""
         own = set(target.roles.values())
         return sorted(
-            (
-                (database, group)
-                for database, group in self.catalog.role_settings.get(name, set())
-                if group not in own and (group in self.groups or _is_group_role(group))
-            ),
-            key=lambda item: (item[0] or "", item[1]),
+            group
+            for group in self.catalog.member_of.get(name, set()) - own
+            if group in self.groups or _is_group_role(group)
         )
 
     def _login(
@@ -1015,34 +985,15 @@ class _Planner:
         """
         group = target.roles[kind]
         row = self.catalog.roles.get(name)
-        elsewhere = self._attached_elsewhere(name, target)
-        if elsewhere:
-            # Attached to another product: taking it over would make one login serve two.
-            acts_as = self._acts_as(name)
-            here = f"acts as {acts_as} in {self.catalog.database} but " if acts_as else ""
+        elsewhere = self._another_products(name, target)
+        if elsewhere and group not in self.catalog.member_of.get(name, set()):
+            # Another product's login: taking it over would make one login serve two.
             role = self._ident(name)
-            fixes = "; ".join(
-                (
-                    f"ALTER ROLE {role} RESET role"
-                    if database is None
-                    else f"ALTER ROLE {role} IN DATABASE {self._ident(database)} RESET role"
-                )
-                + f"; REVOKE {self._ident(other)} FROM {role}"
-                for database, other in elsewhere
-            )
-            here_fix = (
-                f"ALTER ROLE {role} IN DATABASE {self._ident(self.catalog.database)} RESET role; "
-                f"REVOKE {self._ident(group)} FROM {role}"
-            )
-            fix = (
-                f"choose another login name for {group}, or detach it there first ({fixes})"
-                if named
-                else f"detach it from one of them: there ({fixes}) or here ({here_fix})"
-            )
+            revoke = "; ".join(f"REVOKE {self._ident(other)} FROM {role}" for other in elsewhere)
             self.conflicts.append(
-                f"Login {name} {here}is attached to {_where(elsewhere)}: it belongs to another "
-                f"product, and one login serves one product; {fix}, then re-run sigma-db roles "
-                "apply."
+                f"Login {name} is a member of {', '.join(elsewhere)}: it belongs to another "
+                f"product, and one login serves one product; choose another login name for "
+                f"{group}, or detach it there first ({revoke}), then re-run sigma-db roles apply."
             )
             return
         if row is None:
@@ -1095,6 +1046,13 @@ class _Planner:
             self.emit(
                 "GRANT {group} TO {role}",
                 f"login {name} acts as {group}",
+                group=group,
+                role=name,
+            )
+        elif (name, group) in self.catalog.admin_options:
+            self.emit(
+                "REVOKE ADMIN OPTION FOR {group} FROM {role}",
+                f"drift: login {name} may grant {group} to anyone (WITH ADMIN OPTION)",
                 group=group,
                 role=name,
             )
@@ -1188,14 +1146,6 @@ def _is_group_role(name: str) -> bool:
             except ConfigurationError:
                 return False
     return False
-
-
-def _where(attachments: Sequence[tuple[str | None, str]]) -> str:
-    """``edge_sim_rw in database edge_sim``, for each (database or None, group) given."""
-    return " and ".join(
-        f"{group} in {'every database' if database is None else f'database {database}'}"
-        for database, group in attachments
-    )
 
 
 def _split_path(value: str) -> list[str]:
