@@ -568,7 +568,22 @@ class _Planner:
                 pending[(owner, "REVOKE", other_keyword, grantee, frozenset(have))].append(
                     in_schema
                 )
+        borrowed: list[str] = []
         for (owner, verb, keyword, grantee, privileges), where in pending.items():
+            if (
+                not self.catalog.admin_super
+                and owner not in (target.migrator, *borrowed)
+                and owner not in self.catalog.member_of.get(self.catalog.admin, set())
+            ):
+                # ALTER DEFAULT PRIVILEGES FOR ROLE needs membership in that role (a login's
+                # own defaults, say); a CREATEROLE admin can take it for the statement's sake.
+                self.emit(
+                    "GRANT {role} TO CURRENT_USER",
+                    f"{self.catalog.admin} (not a superuser) must be a member of {owner} to "
+                    "change its default privileges (revoked again below)",
+                    role=owner,
+                )
+                borrowed.append(owner)
             what = f"new {keyword.lower()} {owner} creates in {', '.join(where)}"
             listed = ", ".join(sorted(privileges))
             if verb == "GRANT":
@@ -589,6 +604,12 @@ class _Planner:
                 schemas=self.ident_list(where),
                 privs=self.privileges(privileges),
                 grantee=self.grantee(grantee),
+            )
+        for owner in borrowed:
+            self.emit(
+                "REVOKE {role} FROM CURRENT_USER",
+                f"{self.catalog.admin} needed membership in {owner} only for the statements above",
+                role=owner,
             )
         self._database_wide_defaults(target)
 
@@ -1068,6 +1089,19 @@ class _Planner:
                 group=other,
                 role=name,
             )
+        if (
+            row is not None
+            and not row.inherit
+            and (name, "CONNECT") not in self.catalog.database_acl
+        ):
+            # NOINHERIT: its group's CONNECT is not its own (checked before its role setting
+            # applies), and the plan revokes PUBLIC's: without its own it is locked out.
+            self.emit(
+                "GRANT CONNECT ON DATABASE {db} TO {role}",
+                f"login {name} is NOINHERIT: it connects with its own CONNECT only",
+                db=self.catalog.database,
+                role=name,
+            )
         for member in sorted(self.catalog.members.get(name, set())):
             # Through the login, the member would have the group's privileges too.
             self.emit(
@@ -1163,16 +1197,18 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
     """
     if not targets:
         raise ConfigurationError("No product given; name at least one product.")
-    catalog = role_catalog.read(
-        conn,
-        roles=[
-            *(role for t in targets for role in t.roles.values()),
-            *(login.name for t in targets for login in t.logins),
-        ],
-        schemas=[schema for t in targets for schema in t.schemas],
-        migrators=[t.migrator for t in targets],
-        groups=[role for t in targets for role in t.roles.values()],
-    )
+    with conn.transaction():  # only pg_catalog resolves in the reads (see sync_roles)
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        catalog = role_catalog.read(
+            conn,
+            roles=[
+                *(role for t in targets for role in t.roles.values()),
+                *(login.name for t in targets for login in t.logins),
+            ],
+            schemas=[schema for t in targets for schema in t.schemas],
+            migrators=[t.migrator for t in targets],
+            groups=[role for t in targets for role in t.roles.values()],
+        )
     for target in targets:
         if target.topology.database != catalog.database:
             raise ConfigurationError(
@@ -1237,6 +1273,10 @@ def sync_roles(
                 with engine.begin() as connection:
                     conn = connection.connection.driver_connection
                     assert isinstance(conn, psycopg.Connection)
+                    # The admin's connection has the product's search_path, whose schemas the
+                    # migrator owns: an operator or function planted there (app.=(oid, integer))
+                    # would run as the admin in the catalog reads. Only pg_catalog resolves.
+                    conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
                     plan = plan_roles(conn, targets)
                     if apply and plan.changed:

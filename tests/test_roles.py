@@ -1302,13 +1302,80 @@ def test_a_login_named_like_a_group_holds_no_privilege_on_the_shared_database(
             admin.execute(f"DROP OWNED BY {mallory}, {anything}; DROP ROLE {mallory}, {anything}")
 
 
-def test_a_noinherit_login_keeps_its_connect_when_attached(provisioned: Provisioned) -> None:
-    # Attached in the same apply, it was not yet a member: its CONNECT went with the GRANT.
+@pytest.mark.parametrize("own_connect", [True, False])
+def test_a_noinherit_login_keeps_its_connect_when_attached(
+    provisioned: Provisioned, own_connect: bool
+) -> None:
+    # Attached in the same apply, it was not yet a member: its CONNECT went with the GRANT;
+    # relying on PUBLIC's CONNECT, it lost that with PUBLIC's.
     name = f"ci_{uuid.uuid4().hex[:8]}"
     with provisioned.admin_connection() as admin:
         admin.execute(f"CREATE ROLE {name} LOGIN NOINHERIT PASSWORD 'pw-ci'")
-        admin.execute(f"GRANT CONNECT ON DATABASE {provisioned.admin.name} TO {name}")
+        if own_connect:
+            admin.execute(f"GRANT CONNECT ON DATABASE {provisioned.admin.name} TO {name}")
     target = ProductRoles(provisioned.topology, (Login(name, MIGRATOR),))
     sync_roles(provisioned.admin, [target], apply=True)
     assert not sync_roles(provisioned.admin, [target], apply=False).changed
     assert _login_works(provisioned, name, "pw-ci")
+
+
+def test_an_operator_planted_in_the_products_schema_does_not_run_as_the_admin(
+    provisioned: Provisioned,
+) -> None:
+    # A fourth review: the admin's catalog reads ran with the product's search_path, whose
+    # schema the migrator owns; app.=(oid, integer) was chosen over pg_catalog's and ran as the
+    # superuser during a mere plan (CVE-2018-1058's pattern).
+    key = unique_key()
+    with provisioned.connect(MIGRATOR) as conn:
+        conn.execute(
+            "CREATE FUNCTION app.oideqint(oid, integer) RETURNS boolean LANGUAGE plpgsql AS $$ "
+            "BEGIN IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) "
+            f"THEN EXECUTE 'CREATE ROLE evil_{key} LOGIN SUPERUSER'; END IF; "
+            "RETURN $1 OPERATOR(pg_catalog.=) $2::oid; END $$"
+        )
+        conn.execute(
+            "CREATE OPERATOR app.= (LEFTARG = oid, RIGHTARG = integer, FUNCTION = app.oideqint)"
+        )
+    for apply in (False, True):
+        sync_roles(provisioned.admin, [provisioned.target], apply=apply)
+    with provisioned.admin_connection() as admin:
+        assert admin.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname = %s", [f"evil_{key}"]
+        ).fetchone() == (0,)
+
+
+def test_a_createrole_owner_repairs_a_logins_own_default_privileges(
+    sigma_postgresql: TestServer,
+) -> None:
+    # A fourth review: a _ro login's own ALTER DEFAULT PRIVILEGES (it needs no privilege for
+    # that) made every apply by the CREATEROLE owner fail: "must be member of role".
+    key = unique_key()
+    database, dba, ro = f"db_{key}", f"{key}_dba", f"{key}_ro_login"
+    with sigma_postgresql.connect() as admin:
+        admin.execute(f"CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD 'dba-pw'")
+        admin.execute(f"CREATE DATABASE {database} OWNER {dba}")
+    owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
+    target = ProductRoles(owner.topology, (Login(ro, RO, SecretStr("ro-pw-1")),))
+    sync_roles(owner, [target], apply=True)
+    with psycopg.connect(
+        host=sigma_postgresql.host,
+        port=sigma_postgresql.port,
+        dbname=database,
+        user=ro,
+        password="ro-pw-1",
+        autocommit=True,
+    ) as conn:
+        conn.execute("SET ROLE NONE")
+        conn.execute(
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {ro} IN SCHEMA app GRANT SELECT ON TABLES TO PUBLIC"
+        )
+    text = sync_roles(owner, [target], apply=True).render()
+    assert f'REVOKE "{ro}" FROM CURRENT_USER' in text, text
+    assert not sync_roles(owner, [target], apply=False).changed
+    with sigma_postgresql.connect(database) as admin:
+        assert admin.execute(
+            "SELECT count(*) FROM pg_default_acl WHERE defaclrole = %s::regrole", [ro]
+        ).fetchone() == (0,)
+        assert admin.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", [dba, ro]).fetchone() == (
+            False,
+        )
