@@ -267,6 +267,10 @@ class _Planner:
         self.named = {login.name for target in targets for login in target.logins}
         """Every login named (``--login``) for one of them: it is that product's."""
         self.statements: list[Statement] = []
+        self.borrowed: list[str] = []
+        self.cascading_database = bool(catalog.database_grant_options)
+        """Whether the plan revokes grant options on the database WITH CASCADE."""
+        """Roles the admin is made a member of for the plan's statements, then not again."""
         self.notes: list[str] = []
         self.conflicts: list[str] = []
         self._seen: set[str] = set()
@@ -568,22 +572,22 @@ class _Planner:
                 pending[(owner, "REVOKE", other_keyword, grantee, frozenset(have))].append(
                     in_schema
                 )
-        borrowed: list[str] = []
         for (owner, verb, keyword, grantee, privileges), where in pending.items():
             if (
                 not self.catalog.admin_super
-                and owner not in (target.migrator, *borrowed)
+                and owner not in (target.migrator, self.catalog.admin, *self.borrowed)
                 and owner not in self.catalog.member_of.get(self.catalog.admin, set())
             ):
                 # ALTER DEFAULT PRIVILEGES FOR ROLE needs membership in that role (a login's
-                # own defaults, say); a CREATEROLE admin can take it for the statement's sake.
+                # own defaults, say); a CREATEROLE admin takes it for the plan's statements
+                # and gives it back at the end (give_back_memberships).
                 self.emit(
                     "GRANT {role} TO CURRENT_USER",
                     f"{self.catalog.admin} (not a superuser) must be a member of {owner} to "
                     "change its default privileges (revoked again below)",
                     role=owner,
                 )
-                borrowed.append(owner)
+                self.borrowed.append(owner)
             what = f"new {keyword.lower()} {owner} creates in {', '.join(where)}"
             listed = ", ".join(sorted(privileges))
             if verb == "GRANT":
@@ -605,13 +609,16 @@ class _Planner:
                 privs=self.privileges(privileges),
                 grantee=self.grantee(grantee),
             )
-        for owner in borrowed:
+        self._database_wide_defaults(target)
+
+    def give_back_memberships(self) -> None:
+        """Revoke what the default-privileges step borrowed, once all products are done."""
+        for owner in self.borrowed:
             self.emit(
                 "REVOKE {role} FROM CURRENT_USER",
                 f"{self.catalog.admin} needed membership in {owner} only for the statements above",
                 role=owner,
             )
-        self._database_wide_defaults(target)
 
     def _database_wide_defaults(self, target: ProductRoles) -> None:
         """Database-wide defaults FOR the migrator: nobody outside the product, no PUBLIC EXECUTE.
@@ -1092,7 +1099,8 @@ class _Planner:
         if (
             row is not None
             and not row.inherit
-            and (name, "CONNECT") not in self.catalog.database_acl
+            # (a CASCADE planned on the database's grant options may take the one it has)
+            and ((name, "CONNECT") not in self.catalog.database_acl or self.cascading_database)
         ):
             # NOINHERIT: its group's CONNECT is not its own (checked before its role setting
             # applies), and the plan revokes PUBLIC's: without its own it is locked out.
@@ -1229,6 +1237,7 @@ def plan_roles(conn: psycopg.Connection[Any], targets: Sequence[ProductRoles]) -
     ):
         for target in targets:
             step(planner, target)
+    planner.give_back_memberships()
     for target in targets:
         for role in target.roles.values():
             row = catalog.roles.get(role)

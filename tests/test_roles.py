@@ -1369,7 +1369,17 @@ def test_a_createrole_owner_repairs_a_logins_own_default_privileges(
         conn.execute(
             f"ALTER DEFAULT PRIVILEGES FOR ROLE {ro} IN SCHEMA app GRANT SELECT ON TABLES TO PUBLIC"
         )
+    with psycopg.connect(  # the admin's own: it needs no borrowed membership for those
+        host=sigma_postgresql.host,
+        port=sigma_postgresql.port,
+        dbname=database,
+        user=dba,
+        password="dba-pw",
+        autocommit=True,
+    ) as conn:
+        conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO PUBLIC")
     text = sync_roles(owner, [target], apply=True).render()
+    assert f'GRANT "{dba}" TO CURRENT_USER' not in text, text
     assert f'REVOKE "{ro}" FROM CURRENT_USER' in text, text
     assert not sync_roles(owner, [target], apply=False).changed
     with sigma_postgresql.connect(database) as admin:
