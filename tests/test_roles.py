@@ -1357,27 +1357,21 @@ def test_a_createrole_owner_repairs_a_logins_own_default_privileges(
     owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
     target = ProductRoles(owner.topology, (Login(ro, RO, SecretStr("ro-pw-1")),))
     sync_roles(owner, [target], apply=True)
-    with psycopg.connect(
-        host=sigma_postgresql.host,
-        port=sigma_postgresql.port,
-        dbname=database,
-        user=ro,
-        password="ro-pw-1",
-        autocommit=True,
-    ) as conn:
-        conn.execute("SET ROLE NONE")
-        conn.execute(
-            f"ALTER DEFAULT PRIVILEGES FOR ROLE {ro} IN SCHEMA app GRANT SELECT ON TABLES TO PUBLIC"
-        )
-    with psycopg.connect(  # the admin's own: it needs no borrowed membership for those
-        host=sigma_postgresql.host,
-        port=sigma_postgresql.port,
-        dbname=database,
-        user=dba,
-        password="dba-pw",
-        autocommit=True,
-    ) as conn:
-        conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO PUBLIC")
+    # Its own default privileges, and the admin's (which need no borrowed membership).
+    for user, password in ((ro, "ro-pw-1"), (dba, "dba-pw")):
+        with psycopg.connect(
+            host=sigma_postgresql.host,
+            port=sigma_postgresql.port,
+            dbname=database,
+            user=user,
+            password=password,
+            autocommit=True,
+        ) as conn:
+            conn.execute("SET ROLE NONE")
+            conn.execute(
+                f"ALTER DEFAULT PRIVILEGES FOR ROLE {user} IN SCHEMA app "
+                "GRANT SELECT ON TABLES TO PUBLIC"
+            )
     text = sync_roles(owner, [target], apply=True).render()
     assert f'GRANT "{dba}" TO CURRENT_USER' not in text, text
     assert f'REVOKE "{ro}" FROM CURRENT_USER' in text, text
