@@ -1359,9 +1359,14 @@ def _execute(conn: psycopg.Connection[Any], statement: Statement, plan: RolePlan
         conn.execute(statement.sql)
     except psycopg.errors.InsufficientPrivilege as exc:
         reason = exc.diag.message_primary or "permission denied"
+        who = (
+            "a superuser (only one may change a superuser role)"
+            if "superuser" in reason
+            else f"a superuser, or as a CREATEROLE role that owns database {plan.database}"
+        )
         raise InsufficientPrivilegeError(
-            f"{statement.text} failed: {reason}. Run sigma-db roles apply as a superuser, or as "
-            f"a CREATEROLE role that owns database {plan.database} (set DB_USER and DB_PASSWORD)."
+            f"{statement.text} failed: {reason}. Nothing was applied (one transaction); run "
+            f"sigma-db roles apply as {who} (set DB_USER and DB_PASSWORD)."
         ) from None
     except psycopg.Error as exc:
         if _is_race(exc):

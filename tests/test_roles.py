@@ -1383,3 +1383,28 @@ def test_a_createrole_owner_repairs_a_logins_own_default_privileges(
         assert admin.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", [dba, ro]).fetchone() == (
             False,
         )
+
+
+def test_a_change_only_a_superuser_may_make_says_so(sigma_postgresql: TestServer) -> None:
+    # A login made a member of a superuser role: the CREATEROLE owner's apply cannot revoke it,
+    # and was told to run as "a superuser, or a CREATEROLE role that owns the database", which
+    # it already is.
+    key = unique_key()
+    database, dba, api = f"db_{key}", f"{key}_dba", f"{key}_api"
+    with sigma_postgresql.connect() as admin:
+        admin.execute(f"CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD 'dba-pw'")
+        admin.execute(f"CREATE DATABASE {database} OWNER {dba}")
+    owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
+    target = ProductRoles(owner.topology, (Login(api, RW, SecretStr("api-pw-1")),))
+    sync_roles(owner, [target], apply=True)
+    with sigma_postgresql.connect() as admin:
+        admin.execute(f"GRANT postgres TO {api}")
+    try:
+        with pytest.raises(InsufficientPrivilegeError) as caught:
+            sync_roles(owner, [target], apply=True)
+        message = str(caught.value)
+        assert "run sigma-db roles apply as a superuser (only one may" in message, message
+        assert "CREATEROLE role that owns" not in message
+    finally:
+        with sigma_postgresql.connect() as admin:
+            admin.execute(f"REVOKE postgres FROM {api}")
