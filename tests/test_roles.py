@@ -14,7 +14,12 @@ from _provision import Provisioned, provision, unique_key
 from psycopg import errors, sql
 from pydantic import SecretStr
 
-from sigma_db import ConfigurationError, InsufficientPrivilegeError, SigmaDBError
+from sigma_db import (
+    ConfigurationError,
+    DatabaseSettings,
+    InsufficientPrivilegeError,
+    SigmaDBError,
+)
 from sigma_db.roles import (
     Login,
     ProductRoles,
@@ -1133,17 +1138,27 @@ def test_a_found_login_two_products_could_claim_is_a_conflict(
             admin.execute(f"DROP ROLE IF EXISTS {boss}")
 
 
+def _createrole_owner(server: TestServer) -> tuple[str, DatabaseSettings]:
+    """A new product database owned by a CREATEROLE login (roles.md's non-superuser admin).
+
+    Returns the product key and the owner's settings; the owner's login is ``<key>_dba``.
+    """
+    key = unique_key()
+    with server.connect() as admin:
+        admin.execute(f"CREATE ROLE {key}_dba LOGIN CREATEROLE PASSWORD 'dba-pw'")
+        admin.execute(f"CREATE DATABASE db_{key} OWNER {key}_dba")
+    owner = server.settings(
+        f"db_{key}", user=f"{key}_dba", password=SecretStr("dba-pw"), product=key
+    )
+    return key, owner
+
+
 def test_those_who_administer_the_groups_are_not_its_logins(sigma_postgresql: TestServer) -> None:
     # The CREATEROLE owner of the database makes itself a member of the migrator, and Vault's
     # connection user holds the groups WITH ADMIN OPTION to hand them out: taken for the
     # product's logins, each made every later plan a conflict (or rewrote their settings).
-    key = unique_key()
-    database, dba = f"db_{key}", f"{key}_dba"
-    vault, granter = f"{key}_vault", f"{key}_granter"
-    with sigma_postgresql.connect() as admin:
-        admin.execute(f"CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD 'dba-pw'")
-        admin.execute(f"CREATE DATABASE {database} OWNER {dba}")
-    owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
+    key, owner = _createrole_owner(sigma_postgresql)
+    database, vault, granter = owner.name, f"{key}_vault", f"{key}_granter"
     superuser = sigma_postgresql.settings(database, product=key)
     groups = ProductRoles(owner.topology).roles
     sync_roles(owner, [ProductRoles(owner.topology)], apply=True)
@@ -1349,12 +1364,8 @@ def test_a_createrole_owner_repairs_a_logins_own_default_privileges(
 ) -> None:
     # A fourth review: a _ro login's own ALTER DEFAULT PRIVILEGES (it needs no privilege for
     # that) made every apply by the CREATEROLE owner fail: "must be member of role".
-    key = unique_key()
-    database, dba, ro = f"db_{key}", f"{key}_dba", f"{key}_ro_login"
-    with sigma_postgresql.connect() as admin:
-        admin.execute(f"CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD 'dba-pw'")
-        admin.execute(f"CREATE DATABASE {database} OWNER {dba}")
-    owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
+    key, owner = _createrole_owner(sigma_postgresql)
+    database, dba, ro = owner.name, owner.user, f"{key}_ro_login"
     target = ProductRoles(owner.topology, (Login(ro, RO, SecretStr("ro-pw-1")),))
     sync_roles(owner, [target], apply=True)
     # Its own default privileges, and the admin's (which need no borrowed membership).
@@ -1389,12 +1400,8 @@ def test_a_change_only_a_superuser_may_make_says_so(sigma_postgresql: TestServer
     # A login made a member of a superuser role: the CREATEROLE owner's apply cannot revoke it,
     # and was told to run as "a superuser, or a CREATEROLE role that owns the database", which
     # it already is.
-    key = unique_key()
-    database, dba, api = f"db_{key}", f"{key}_dba", f"{key}_api"
-    with sigma_postgresql.connect() as admin:
-        admin.execute(f"CREATE ROLE {dba} LOGIN CREATEROLE PASSWORD 'dba-pw'")
-        admin.execute(f"CREATE DATABASE {database} OWNER {dba}")
-    owner = sigma_postgresql.settings(database, user=dba, password=SecretStr("dba-pw"), product=key)
+    key, owner = _createrole_owner(sigma_postgresql)
+    api = f"{key}_api"
     target = ProductRoles(owner.topology, (Login(api, RW, SecretStr("api-pw-1")),))
     sync_roles(owner, [target], apply=True)
     with sigma_postgresql.connect() as admin:
