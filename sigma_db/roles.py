@@ -956,11 +956,7 @@ class _Planner:
             return  # another planned product's login
         # A member of another product's group too, planned now or not: which one it serves
         # is not ours to pick (alone, each product's apply would take it from the other).
-        theirs = sorted(
-            group
-            for group in self.catalog.member_of.get(name, set()) - kinds.keys()
-            if group in self.groups or _is_group_role(group)
-        )
+        theirs = self._another_products(name, target)
         if len(ours) > 1 or theirs:
             role = self._ident(name)
             revoke = "; ".join(
@@ -982,12 +978,6 @@ class _Planner:
     def _ident(self, name: str) -> str:
         """``name`` quoted as SQL (for the statements a message tells someone to run)."""
         return str(self.sql.Identifier(name).as_string(self.conn))
-
-    def _acts_as(self, name: str) -> str | None:
-        """The group ``name``'s ``role`` setting in this database names, if any."""
-        value = self.catalog.settings.get(name, {}).get("role")
-        value = None if value is None else value.strip('"')
-        return None if value is None or value.lower() == "none" else value
 
     def _another_products(self, name: str, target: ProductRoles) -> list[str]:
         """The other products' group roles ``name`` is a member of (granted by an admin)."""
@@ -1118,7 +1108,8 @@ class _Planner:
                 group=name,
                 role=member,
             )
-        if self._acts_as(name) != group:
+        current = self.catalog.settings.get(name, {}).get("role")
+        if current is None or current.strip('"') != group:
             self.emit(
                 "ALTER ROLE {role} IN DATABASE {db} SET role TO {value}",
                 f"{name} must act as {group} in {self.catalog.database}, so what it "
